@@ -1,0 +1,33 @@
+# Two doors for a new user: `make demo` runs the main job on the embedded sample, `make test` runs
+# the tests. Both create their own virtualenv first. It lives outside the checkout, keyed by the
+# requirement files, so fresh clones (and CI) reuse it instead of reinstalling ~3 GB of wheels.
+SHELL := /bin/bash
+PYTHON ?= python3
+REQS_HASH := $(shell cat requirements.txt requirements-test.txt | sha1sum | cut -c1-12)
+VENV ?= $(HOME)/.cache/noisy-student/venv-$(REQS_HASH)
+PY := $(VENV)/bin/python
+OUT ?= out/demo
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-test.txt
+	@echo "Setting up the virtualenv in $(VENV) (first time only; a few minutes)..."
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
+	touch $@
+
+demo: venv
+	$(PY) -m beam_jobs.demo --output_dir=$(OUT)
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) bench/balance_memory.py
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,292 @@
+"""Pseudo-label a corpus of unlabeled images with a teacher and balance it per class.
+
+    python -m beam_jobs.label_and_balance --input='data/unlabeled-*.tfrecord' \
+        --teacher=models/teacher --output_dir=out/round1 [Beam options]
+
+ReadImages → TeacherInference → FilterByConfidence → BalancePerClass → WriteLabeledShards, as in
+Noisy Student (Xie et al., 2020): keep each class's K most confident images above a confidence
+threshold, duplicate images of classes with fewer than K. Writes `pseudo_labels-*.tfrecord`
+shards, `dead_letters-*.tfrecord` (records that failed, with the reason) and `stats.json`.
+Runs on DirectRunner by default; pass `--runner=DataflowRunner` and the usual Google Cloud
+options to run at scale.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+import apache_beam as beam
+import tensorflow as tf
+from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+
+from ns_data import schema, stats
+from ns_data.balance import DEFAULT_COLLECT_LIMIT
+from ns_data.inference import TeacherInference
+from ns_data.read import INPUT_FORMATS, ReadImages, check_input_pattern
+from ns_data.select import BalancePerClass, FilterByConfidence
+from ns_data.teacher import OUTPUT_KINDS, TeacherModelHandler, TeacherSpec, inspect_teacher
+from ns_data.write import (DEFAULT_CHUNK_RECORDS, PSEUDO_LABEL_PREFIX, WriteDeadLetters,
+                           WriteLabeledShards, shard_pattern)
+
+
+def _pair(kind: type, name: str):
+    def parse(text: str):
+        parts = text.replace("x", ",").split(",")
+        if len(parts) != 2:
+            raise argparse.ArgumentTypeError(f"{name} takes two values like 224,224, got {text!r}")
+        try:
+            return tuple(kind(p) for p in parts)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"bad {name} {text!r}: {e}") from e
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+class LabelAndBalanceOptions(PipelineOptions):
+    """Flags of `beam_jobs.label_and_balance` (Beam's own options are accepted too)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        g = parser.add_argument_group("input")
+        g.add_argument("--input", help="Glob of the unlabeled images: TFRecord files of "
+                       "tf.train.Example with image/encoded (and optional image/id), or image "
+                       "files with --input_format=images. Required.")
+        g.add_argument("--input_format", choices=INPUT_FORMATS, default="tfrecord",
+                       help="What --input holds (default: %(default)s).")
+        g = parser.add_argument_group("teacher")
+        g.add_argument("--teacher", help="SavedModel directory of the teacher whose signature "
+                       "maps images [N,H,W,C] to [N,num_classes] logits or probabilities. "
+                       "Required.")
+        g.add_argument("--teacher_signature", default="serving_default",
+                       help="Serving signature to call (default: %(default)s).")
+        g.add_argument("--teacher_outputs", choices=OUTPUT_KINDS, default=None,
+                       help="Whether the teacher returns logits or probabilities (default: the "
+                       "teacher's ns_teacher.json, else logits).")
+        g.add_argument("--output_key", default=None,
+                       help="Signature output to read when it has several.")
+        g.add_argument("--image_size", type=_pair(int, "--image_size"), default=None,
+                       help="Teacher input HEIGHT,WIDTH (default: from the signature or "
+                       "metadata). Images are resized to it.")
+        g.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                       help="Teacher input channels (default: from the signature).")
+        g.add_argument("--input_range", type=_pair(float, "--input_range"), default=None,
+                       help="LOW,HIGH that pixel values 0 and 255 map to for a float input "
+                       "(default: the teacher's metadata, else 0,1).")
+        g.add_argument("--temperature", type=float, default=1.0,
+                       help="Logits are divided by this before the softmax (default: 1).")
+        g.add_argument("--batch_size", type=_positive_int, default=64,
+                       help="Fixed inference batch; the last batch is padded so compiled "
+                       "(XLA/TPU) functions never recompile (default: %(default)s).")
+        g.add_argument("--large_model", action="store_true",
+                       help="Load one model per worker machine shared across processes "
+                       "instead of one per process.")
+        g.add_argument("--model_copies", type=_positive_int, default=None,
+                       help="Exact number of model copies per worker machine (implies sharing).")
+        g.add_argument("--skip_teacher_check", action="store_true",
+                       help="Do not load the teacher at launch to check it on one batch.")
+        g = parser.add_argument_group("selection")
+        g.add_argument("--min_confidence", type=_probability, default=0.3,
+                       help="Keep images whose top-1 probability is at least this "
+                       "(default: %(default)s).")
+        g.add_argument("--images_per_class", type=_positive_int, default=130_000,
+                       help="K: images per class after balancing (default: %(default)s).")
+        g.add_argument("--no_duplicate", action="store_true",
+                       help="Cap classes at K without duplicating images of smaller classes.")
+        g.add_argument("--seed", type=int, default=0,
+                       help="Seed for tie-breaking, copy choice and shard placement; the same "
+                       "inputs and seed give byte-identical output (default: %(default)s).")
+        g.add_argument("--collect_limit", type=_positive_int, default=DEFAULT_COLLECT_LIMIT,
+                       help="Largest per-class bucket of keys the threshold search sorts in "
+                       "memory (default: %(default)s).")
+        g = parser.add_argument_group("output")
+        g.add_argument("--output_dir", help="Where shards, dead letters and stats.json go. "
+                       "Required.")
+        g.add_argument("--overwrite", action="store_true",
+                       help="Allow writing into an --output_dir that already holds shards.")
+        g.add_argument("--num_shards", type=_positive_int, default=16,
+                       help="Number of pseudo-label TFRecord shards (default: %(default)s).")
+        g.add_argument("--label_type", choices=[t.value for t in schema.LabelType],
+                       default="soft", help="hard: label only; soft: dense probabilities; "
+                       "soft_topk: sparse top-k classes and renormalised probabilities "
+                       "(default: %(default)s).")
+        g.add_argument("--topk", type=_positive_int, default=10,
+                       help="Classes kept per record with --label_type=soft_topk "
+                       "(default: %(default)s).")
+        g.add_argument("--chunk_records", type=_positive_int, default=DEFAULT_CHUNK_RECORDS,
+                       help="Records sorted in memory at once when writing shards; bounds "
+                       "worker memory (default: %(default)s).")
+
+
+def teacher_spec(opts: LabelAndBalanceOptions) -> TeacherSpec:
+    """The teacher's spec from its SavedModel, metadata and the flags."""
+    return inspect_teacher(
+        opts.teacher,
+        signature=opts.teacher_signature,
+        image_size=opts.image_size,
+        channels=opts.channels,
+        input_range=opts.input_range,
+        outputs=opts.teacher_outputs,
+        output_name=opts.output_key,
+        temperature=opts.temperature,
+        batch_size=opts.batch_size,
+    )
+
+
+def check_teacher(spec: TeacherSpec) -> None:
+    """Loads the teacher and runs one zero batch, so a wrong model fails at launch, not later."""
+    handler = TeacherModelHandler(spec)
+    import numpy as np
+    results = handler.run_inference([np.zeros(spec.image.shape, np.uint8)], handler.load_model())
+    raw, probs = results[0].inference
+    if not np.all(np.isfinite(raw)):
+        raise ValueError(f"teacher {spec.path} returns non-finite outputs on a blank image")
+
+
+def run_config(opts: LabelAndBalanceOptions, spec: TeacherSpec) -> dict[str, Any]:
+    """The settings recorded in stats.json."""
+    return {
+        "input": opts.input,
+        "input_format": opts.input_format,
+        "teacher": opts.teacher,
+        "teacher_outputs": spec.outputs,
+        "image_shape": list(spec.image.shape),
+        "input_range": list(spec.input_range),
+        "temperature": spec.temperature,
+        "min_confidence": opts.min_confidence,
+        "images_per_class": opts.images_per_class,
+        "duplicate": not opts.no_duplicate,
+        "label_type": opts.label_type,
+        "topk": opts.topk,
+        "num_shards": opts.num_shards,
+        "seed": opts.seed,
+    }
+
+
+def validate(opts: LabelAndBalanceOptions) -> None:
+    """Clear errors for missing or impossible flags and for an output that would clobber."""
+    missing = [f"--{name}" for name in ("input", "teacher", "output_dir")
+               if not getattr(opts, name)]
+    if missing:
+        raise ValueError(f"missing required flags: {', '.join(missing)} (see --help)")
+    if not opts.temperature > 0:
+        raise ValueError(f"--temperature must be > 0, got {opts.temperature}")
+    check_input_pattern(opts.input)
+    existing = tf.io.gfile.glob(shard_pattern(opts.output_dir, PSEUDO_LABEL_PREFIX))
+    if existing and not opts.overwrite:
+        raise ValueError(f"--output_dir={opts.output_dir} already holds {len(existing)} shards; "
+                         "pass --overwrite or pick another directory")
+    if opts.overwrite:
+        for path in existing:
+            tf.io.gfile.remove(path)
+
+
+def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSpec,
+          model_handler: ModelHandler | None = None) -> beam.PCollection:
+    """Adds the job's steps to `pipeline`; returns the PCollection of the stats.json path.
+
+    Args:
+      pipeline: the pipeline to build into (a TestPipeline in tests).
+      opts: the job's options.
+      spec: the teacher's spec (`teacher_spec(opts)`).
+      model_handler: the ModelHandler to run; defaults to `TeacherModelHandler(spec)`. Tests
+        pass a fake with the same output contract.
+    """
+    handler = model_handler or TeacherModelHandler(
+        spec, large_model=opts.large_model, model_copies=opts.model_copies)
+    read = pipeline | "ReadImages" >> ReadImages(opts.input, opts.input_format)
+    inferred = read["images"] | "TeacherInference" >> TeacherInference(
+        handler, spec.image, spec.outputs)
+    above = inferred["scored"] | "FilterByConfidence" >> FilterByConfidence(opts.min_confidence)
+    balanced = above | "BalancePerClass" >> BalancePerClass(
+        opts.images_per_class, duplicate=not opts.no_duplicate, seed=opts.seed,
+        collect_limit=opts.collect_limit)
+    shards = balanced["copies"] | "WriteLabeledShards" >> WriteLabeledShards(
+        opts.output_dir, opts.num_shards, schema.LabelType(opts.label_type), topk=opts.topk,
+        seed=opts.seed, chunk_records=opts.chunk_records)
+    dead = ((read["dead_letters"], inferred["dead_letters"])
+            | "MergeDeadLetters" >> beam.Flatten())
+    _ = dead | "WriteDeadLetters" >> WriteDeadLetters(opts.output_dir, seed=opts.seed)
+    return {"images": read["images"], "dead_letters": dead, "scored": inferred["scored"],
+            "plans": balanced["plans"], "shards": shards} | "WriteStats" >> stats.WriteRunStats(
+        opts.output_dir, run_config(opts, spec), spec.num_classes)
+
+
+def _help_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m beam_jobs.label_and_balance", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Beam pipeline options (--runner, --project, --region, --temp_location, "
+        "--setup_file, --dataflow_service_options=worker_accelerator=..., --machine_type, "
+        "--direct_num_workers, ...) are accepted as well; see Beam's documentation.")
+    LabelAndBalanceOptions._add_argparse_args(parser)
+    return parser
+
+
+def pipeline_options(argv: list[str]) -> PipelineOptions:
+    """Beam options from argv, with this project's defaults filled in."""
+    options = PipelineOptions(argv)
+    standard = options.view_as(StandardOptions)
+    if not standard.runner:
+        standard.runner = "DirectRunner"  # Beam's default (Prism) downloads a binary
+    setup = options.view_as(SetupOptions)
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
+    if (standard.runner == "DataflowRunner" and not setup.setup_file
+            and not setup.requirements_file and os.path.exists(here)):
+        setup.setup_file = here  # workers need ns_data; ship it unless told otherwise
+    return options
+
+
+def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None,
+        model_handler: ModelHandler | None = None) -> dict[str, Any] | None:
+    """Runs the job; returns the stats once the pipeline has finished (None on a dry run)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        _help_parser().print_help()
+        return None
+    _help_parser().parse_known_args(argv)  # argparse-quality errors for our own flags
+    options = pipeline_options(argv)
+    opts = options.view_as(LabelAndBalanceOptions)
+    validate(opts)
+    spec = teacher_spec(opts)
+    if model_handler is None and not opts.skip_teacher_check:
+        check_teacher(spec)
+    logging.info("Teacher %s: input %s %s in %s, %d classes (%s)", spec.path, spec.image.shape,
+                 spec.input_dtype, spec.input_range, spec.num_classes, spec.outputs)
+    pipeline = test_pipeline or beam.Pipeline(options=options)
+    build(pipeline, opts, spec, model_handler)
+    result = pipeline.run()
+    result.wait_until_finish()
+    if getattr(result, "has_job", True) is False or not tf.io.gfile.exists(
+            os.path.join(opts.output_dir, stats.STATS_FILE)):
+        return None
+    run_stats = stats.read_stats(opts.output_dir)
+    print(f"\nOutput: {opts.output_dir}")
+    print(stats.format_summary(run_stats, read_class_names(opts.teacher)))
+    return run_stats
+
+
+def read_class_names(teacher: str) -> list[str] | None:
+    from ns_data.teacher import read_metadata
+    return read_metadata(teacher).get("class_names")
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    run()

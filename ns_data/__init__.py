@@ -1,0 +1,1 @@
+"""Noisy Student pseudo-labeling at scale: record schema, decoding, teacher handler, selection."""

@@ -1,0 +1,82 @@
+"""ReadImages: unlabeled images from TFRecords of tf.train.Example, or from image files."""
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+
+from ns_data import schema
+from ns_data.records import STAGE_PARSE, DeadLetter, RawImage
+
+INPUT_FORMATS = ("tfrecord", "images")
+DEAD_LETTERS = "dead_letters"
+IMAGES = "images"
+
+
+def check_input_pattern(pattern: str) -> int:
+    """Number of files matching `pattern`; raises a clear error when there are none."""
+    matched = FileSystems.match([pattern])[0].metadata_list
+    if not matched:
+        raise ValueError(f"--input={pattern} matches no files")
+    return len(matched)
+
+
+class _ParseImageExample(beam.DoFn):
+    """Serialized tf.train.Example → RawImage, or a dead letter when it is not one."""
+
+    def __init__(self):
+        self._read = beam.metrics.Metrics.counter("ns_data", "images_read")
+        self._failed = beam.metrics.Metrics.counter("ns_data", "failed_parse")
+
+    def process(self, serialized: bytes):
+        try:
+            features = schema.parse_example(serialized)
+            encoded = features.get(schema.IMAGE_ENCODED)
+            if not encoded or not encoded[0]:
+                raise ValueError(f"record has no {schema.IMAGE_ENCODED!r} bytes "
+                                 f"(features: {sorted(features)})")
+            ids = features.get(schema.IMAGE_ID)
+            image_id = ids[0] if ids and ids[0] else schema.content_id(encoded[0])
+        except Exception as e:  # noqa: BLE001 - any bad record becomes a dead letter
+            self._failed.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, DeadLetter(
+                STAGE_PARSE, schema.content_id(serialized), serialized, f"{type(e).__name__}: {e}"))
+            return
+        self._read.inc()
+        yield RawImage(image_id, encoded[0])
+
+
+def _read_file(readable: fileio.ReadableFile) -> RawImage:
+    beam.metrics.Metrics.counter("ns_data", "images_read").inc()
+    return RawImage(readable.metadata.path.encode(), readable.read())
+
+
+class ReadImages(beam.PTransform):
+    """Reads images; returns {"images": RawImage, "dead_letters": DeadLetter}.
+
+    `tfrecord`: a glob of TFRecord files of tf.train.Example with `image/encoded` (required) and
+    `image/id` (optional; default: a content hash of the bytes). A record that does not parse is
+    a dead letter carrying the whole serialized record.
+    `images`: a glob of image files; the id is the file path.
+    """
+
+    def __init__(self, pattern: str, input_format: str = "tfrecord"):
+        super().__init__()
+        if input_format not in INPUT_FORMATS:
+            raise ValueError(f"input format must be one of {INPUT_FORMATS}, got {input_format!r}")
+        self._pattern = pattern
+        self._format = input_format
+
+    def expand(self, pbegin):
+        if self._format == "images":
+            images = (pbegin
+                      | "MatchFiles" >> fileio.MatchFiles(self._pattern)
+                      | "ReadMatches" >> fileio.ReadMatches()
+                      | "ReadBytes" >> beam.Map(_read_file))
+            dead = pbegin | "NoDeadLetters" >> beam.Create([])
+            return {IMAGES: images, DEAD_LETTERS: dead}
+        parsed = (pbegin
+                  | "ReadTFRecords" >> beam.io.ReadFromTFRecord(self._pattern)
+                  | "ParseExamples" >> beam.ParDo(_ParseImageExample()).with_outputs(
+                      DEAD_LETTERS, main=IMAGES))
+        return {IMAGES: parsed[IMAGES], DEAD_LETTERS: parsed[DEAD_LETTERS]}

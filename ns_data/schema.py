@@ -1,0 +1,221 @@
+"""The one record schema: every feature name and dtype of every record the toolkit reads or writes.
+
+Three kinds of `tf.train.Example` records share these names:
+
+* **Input images** (labeled or unlabeled): `image/encoded` (JPEG/PNG bytes, required),
+  `image/id` (bytes, optional) and, for labeled data, `label` (int64, the true class).
+* **Pseudo-labeled images** written by `beam_jobs.label_and_balance`: `image/encoded`,
+  `image/id`, `label` (teacher argmax), `confidence` (top-1 probability), `copy` (0 for the
+  original, 1.. for duplicates), plus the soft target for `--label_type=soft` (`probabilities`)
+  or `--label_type=soft_topk` (`topk/classes` + `topk/probs`, renormalised).
+* **Dead letters**: `image/id`, `image/encoded` (when there were bytes), `error/stage`,
+  `error/message`.
+
+The writer, the trainer's parser and the tests all use this module; nothing else spells a
+feature name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+IMAGE_ENCODED = "image/encoded"
+IMAGE_ID = "image/id"
+LABEL = "label"
+CONFIDENCE = "confidence"
+COPY = "copy"
+PROBABILITIES = "probabilities"
+TOPK_CLASSES = "topk/classes"
+TOPK_PROBS = "topk/probs"
+ERROR_STAGE = "error/stage"
+ERROR_MESSAGE = "error/message"
+
+
+class LabelType(str, enum.Enum):
+    """Which target a pseudo-labeled record carries besides its hard `label`."""
+
+    HARD = "hard"
+    SOFT = "soft"
+    SOFT_TOPK = "soft_topk"
+
+
+@dataclasses.dataclass(frozen=True)
+class PseudoLabel:
+    """One pseudo-labeled record, as written and as parsed back."""
+
+    image_id: bytes
+    encoded: bytes
+    label: int
+    confidence: float
+    copy: int = 0
+    probabilities: tuple[float, ...] | None = None
+    topk_classes: tuple[int, ...] | None = None
+    topk_probs: tuple[float, ...] | None = None
+
+
+def content_id(encoded: bytes) -> bytes:
+    """The default image id: a content hash, so re-reading the same bytes gives the same id."""
+    return b"sha256:" + hashlib.sha256(encoded).hexdigest()[:32].encode()
+
+
+def _bytes(values: Sequence[bytes]) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+
+
+def _ints(values: Sequence[int]) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+
+
+def _floats(values: Sequence[float]) -> tf.train.Feature:
+    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
+
+
+def _example(features: dict[str, tf.train.Feature]) -> bytes:
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def image_example(encoded: bytes, image_id: bytes | None = None, label: int | None = None) -> bytes:
+    """Serializes an input image record (unlabeled, or labeled when `label` is given)."""
+    features = {IMAGE_ENCODED: _bytes([encoded])}
+    if image_id is not None:
+        features[IMAGE_ID] = _bytes([image_id])
+    if label is not None:
+        features[LABEL] = _ints([label])
+    return _example(features)
+
+
+def topk_target(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k most probable classes (ties to the lower class id) and their renormalised probs."""
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    k = min(k, probabilities.shape[-1])
+    classes = np.argsort(-probabilities, kind="stable")[:k]
+    probs = probabilities[classes].astype(np.float64)
+    total = probs.sum()
+    probs = probs / total if total > 0 else np.full(k, 1.0 / k)
+    return classes.astype(np.int64), probs.astype(np.float32)
+
+
+def pseudo_label_example(
+    image_id: bytes,
+    encoded: bytes,
+    probabilities: np.ndarray,
+    label_type: LabelType,
+    copy: int = 0,
+    topk: int = 10,
+) -> bytes:
+    """Serializes one pseudo-labeled record from the teacher's probabilities.
+
+    Args:
+      image_id: the stable image id.
+      encoded: the original encoded image bytes (never re-encoded).
+      probabilities: the teacher's probability vector for this image.
+      label_type: which soft target to add besides the hard label.
+      copy: 0 for the original record, 1.. for duplicates made by balancing.
+      topk: number of classes kept for `LabelType.SOFT_TOPK`.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    label = int(np.argmax(probabilities))
+    features = {
+        IMAGE_ENCODED: _bytes([encoded]),
+        IMAGE_ID: _bytes([image_id]),
+        LABEL: _ints([label]),
+        CONFIDENCE: _floats([probabilities[label]]),
+        COPY: _ints([copy]),
+    }
+    label_type = LabelType(label_type)
+    if label_type is LabelType.SOFT:
+        features[PROBABILITIES] = _floats(probabilities)
+    elif label_type is LabelType.SOFT_TOPK:
+        classes, probs = topk_target(probabilities, topk)
+        features[TOPK_CLASSES] = _ints(classes)
+        features[TOPK_PROBS] = _floats(probs)
+    return _example(features)
+
+
+def dead_letter_example(stage: str, image_id: bytes, encoded: bytes | None, message: str) -> bytes:
+    """Serializes a dead-letter record: what failed, where, and the bytes to reproduce it."""
+    features = {
+        IMAGE_ID: _bytes([image_id]),
+        ERROR_STAGE: _bytes([stage.encode()]),
+        ERROR_MESSAGE: _bytes([message.encode("utf-8", "replace")]),
+    }
+    if encoded is not None:
+        features[IMAGE_ENCODED] = _bytes([encoded])
+    return _example(features)
+
+
+def parse_example(serialized: bytes) -> dict[str, list[Any]]:
+    """Parses any record of this schema into {feature name: list of values} (no TF graph)."""
+    example = tf.train.Example.FromString(serialized)
+    parsed: dict[str, list[Any]] = {}
+    for name, feature in example.features.feature.items():
+        kind = feature.WhichOneof("kind")
+        parsed[name] = list(getattr(feature, kind).value) if kind else []
+    return parsed
+
+
+def parse_pseudo_label(serialized: bytes) -> PseudoLabel:
+    """Parses a pseudo-labeled record back into a `PseudoLabel`."""
+    f = parse_example(serialized)
+
+    def optional(name: str, cast: type) -> tuple | None:
+        return tuple(cast(v) for v in f[name]) if name in f else None
+
+    return PseudoLabel(
+        image_id=f[IMAGE_ID][0],
+        encoded=f[IMAGE_ENCODED][0],
+        label=int(f[LABEL][0]),
+        confidence=float(f[CONFIDENCE][0]),
+        copy=int(f[COPY][0]),
+        probabilities=optional(PROBABILITIES, float),
+        topk_classes=optional(TOPK_CLASSES, int),
+        topk_probs=optional(TOPK_PROBS, float),
+    )
+
+
+def tf_feature_spec() -> dict[str, tf.io.FixedLenFeature | tf.io.RaggedFeature]:
+    """Feature spec for `tf.io.parse_example` that reads any image or pseudo-label record.
+
+    Optional scalars get defaults (`label` -1, `confidence` 1, `copy` 0, `image/id` empty); the
+    soft targets are ragged so one spec reads hard, soft and soft_topk records alike.
+    """
+    return {
+        IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string),
+        IMAGE_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+        CONFIDENCE: tf.io.FixedLenFeature([], tf.float32, default_value=1.0),
+        COPY: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+        PROBABILITIES: tf.io.RaggedFeature(tf.float32),
+        TOPK_CLASSES: tf.io.RaggedFeature(tf.int64),
+        TOPK_PROBS: tf.io.RaggedFeature(tf.float32),
+    }
+
+
+def dense_targets(parsed: dict[str, tf.Tensor], num_classes: int) -> tf.Tensor:
+    """Dense [N, num_classes] training targets from a batch parsed with `tf_feature_spec`.
+
+    Each row uses the richest target its record carries: dense probabilities, else the top-k
+    classes scattered into a dense vector, else a one-hot of `label`. Works in-graph.
+    """
+    labels = parsed[LABEL]
+    one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)
+    probs = parsed[PROBABILITIES]
+    has_probs = probs.row_lengths() > 0
+    dense_probs = probs.to_tensor(shape=[None, num_classes])
+    classes, topk_probs = parsed[TOPK_CLASSES], parsed[TOPK_PROBS]
+    has_topk = classes.row_lengths() > 0
+    dense_topk = tf.math.unsorted_segment_sum(
+        topk_probs.flat_values,
+        classes.value_rowids() * num_classes + classes.flat_values,
+        tf.size(labels, out_type=tf.int64) * num_classes,
+    )
+    dense_topk = tf.reshape(dense_topk, [-1, num_classes])
+    return tf.where(
+        has_probs[:, tf.newaxis], dense_probs, tf.where(has_topk[:, tf.newaxis], dense_topk, one_hot)
+    )

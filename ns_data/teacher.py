@@ -1,0 +1,284 @@
+"""The teacher: what a SavedModel expects and returns, and a Beam ModelHandler that runs it.
+
+A teacher is any TensorFlow SavedModel whose serving signature takes one batch of images
+[N, H, W, C] and returns [N, num_classes] logits or probabilities. `inspect_teacher` reads the
+signature from `saved_model.pb` without loading variables, plus the optional metadata file
+`assets.extra/ns_teacher.json` that `ns_train` writes (input range, output kind, class names).
+Command-line flags override both.
+
+Beam's stock TF handler loads through tf_keras + tensorflow_hub and fails on Keras 3 exports, so
+`TeacherModelHandler` loads with `tf.saved_model.load` instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import posixpath
+from collections.abc import Iterable, Sequence
+from typing import Any, Callable
+
+import numpy as np
+import tensorflow as tf
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from tensorflow.core.protobuf import saved_model_pb2
+
+from ns_data.images import ImageSpec
+
+METADATA_FILE = "assets.extra/ns_teacher.json"
+OUTPUT_KINDS = ("logits", "probabilities")
+# Probabilities may be off by float rounding; anything further is a wrong --teacher_outputs.
+_PROBABILITY_TOLERANCE = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSpec:
+    """Everything needed to feed a teacher and read its answer.
+
+    Attributes:
+      path: SavedModel directory (local or any Beam filesystem, e.g. gs://).
+      image: decoded image geometry the signature expects.
+      num_classes: width of the output.
+      input_name: the signature's single input.
+      output_name: the signature output holding logits or probabilities.
+      input_dtype: "float32" (pixels scaled to `input_range`) or "uint8" (raw pixels).
+      input_range: (low, high) that pixel values 0 and 255 map to.
+      outputs: "logits" or "probabilities".
+      temperature: logits are divided by it before the softmax (probabilities are re-tempered).
+      signature: the serving signature name.
+      batch_size: fixed batch the model always sees; the last batch is padded.
+    """
+
+    path: str
+    image: ImageSpec
+    num_classes: int
+    input_name: str
+    output_name: str
+    input_dtype: str = "float32"
+    input_range: tuple[float, float] = (0.0, 1.0)
+    outputs: str = "logits"
+    temperature: float = 1.0
+    signature: str = "serving_default"
+    batch_size: int = 64
+
+    def __post_init__(self):
+        if self.outputs not in OUTPUT_KINDS:
+            raise ValueError(f"teacher outputs must be one of {OUTPUT_KINDS}, got {self.outputs!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_classes < 2:
+            raise ValueError(f"a teacher needs at least 2 classes, got {self.num_classes}")
+        if self.input_dtype not in ("float32", "uint8"):
+            raise ValueError(f"unsupported teacher input dtype {self.input_dtype}")
+        low, high = self.input_range
+        if not high > low:
+            raise ValueError(f"input range must have high > low, got {self.input_range}")
+
+
+def read_metadata(path: str) -> dict[str, Any]:
+    """The teacher's `assets.extra/ns_teacher.json`, or {} when it has none."""
+    metadata_path = posixpath.join(path, METADATA_FILE)
+    if not tf.io.gfile.exists(metadata_path):
+        return {}
+    with tf.io.gfile.GFile(metadata_path) as f:
+        return json.load(f)
+
+
+def write_metadata(path: str, metadata: dict[str, Any]) -> None:
+    """Records input range, output kind and the like next to an exported SavedModel."""
+    metadata_path = posixpath.join(path, METADATA_FILE)
+    tf.io.gfile.makedirs(posixpath.dirname(metadata_path))
+    with tf.io.gfile.GFile(metadata_path, "w") as f:
+        json.dump(metadata, f, indent=2, sort_keys=True)
+
+
+def inspect_teacher(
+    path: str,
+    *,
+    signature: str = "serving_default",
+    image_size: tuple[int, int] | None = None,
+    channels: int | None = None,
+    input_range: tuple[float, float] | None = None,
+    outputs: str | None = None,
+    output_name: str | None = None,
+    temperature: float = 1.0,
+    batch_size: int = 64,
+) -> TeacherSpec:
+    """Builds a `TeacherSpec` from the SavedModel's signature, its metadata and overrides.
+
+    Precedence for each field: explicit argument, then `ns_teacher.json`, then the signature's
+    static shape, then a default (`input_range` 0..1, `outputs` logits).
+
+    Raises:
+      ValueError: with an actionable message when the model cannot serve as a teacher.
+    """
+    pb_path = posixpath.join(path, "saved_model.pb")
+    if not tf.io.gfile.exists(pb_path):
+        raise ValueError(f"--teacher={path} is not a SavedModel directory (no saved_model.pb)")
+    saved_model = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(pb_path, "rb") as f:
+        saved_model.ParseFromString(f.read())
+    signatures = saved_model.meta_graphs[0].signature_def
+    if signature not in signatures:
+        raise ValueError(
+            f"teacher {path} has no signature {signature!r}; it has {sorted(signatures)}")
+    sig = signatures[signature]
+    if len(sig.inputs) != 1:
+        raise ValueError(
+            f"teacher signature {signature!r} must take one image batch, takes {sorted(sig.inputs)}")
+    (input_name, input_info), = sig.inputs.items()
+    dims = [d.size for d in input_info.tensor_shape.dim]
+    if len(dims) != 4:
+        raise ValueError(f"teacher input {input_name!r} must be [N, H, W, C], has shape {dims}")
+    if output_name is None:
+        if len(sig.outputs) != 1:
+            raise ValueError(
+                f"teacher signature has outputs {sorted(sig.outputs)}; pick one with --output_key")
+        output_name = next(iter(sig.outputs))
+    elif output_name not in sig.outputs:
+        raise ValueError(f"teacher has no output {output_name!r}; it has {sorted(sig.outputs)}")
+    out_dims = [d.size for d in sig.outputs[output_name].tensor_shape.dim]
+    if len(out_dims) != 2:
+        raise ValueError(f"teacher output {output_name!r} must be [N, num_classes], is {out_dims}")
+
+    metadata = read_metadata(path)
+    height, width, in_channels = dims[1:]
+    if image_size is None and "image_size" in metadata:
+        image_size = tuple(metadata["image_size"])
+    if image_size is None:
+        if height <= 0 or width <= 0:
+            raise ValueError("teacher input has no static height/width; pass --image_size")
+        image_size = (height, width)
+    if channels is None:
+        channels = in_channels if in_channels > 0 else metadata.get("channels", 3)
+    if input_range is None:
+        input_range = tuple(metadata.get("input_range", (0.0, 1.0)))
+        if "input_range" not in metadata:
+            logging.warning("Teacher %s records no input range; feeding pixels scaled to %s "
+                            "(set --input_range to change).", path, input_range)
+    num_classes = out_dims[1] if out_dims[1] > 0 else metadata.get("num_classes", 0)
+    if num_classes <= 0:
+        raise ValueError("teacher output has no static class count and its metadata none")
+    input_dtype = tf.dtypes.as_dtype(input_info.dtype).name
+    return TeacherSpec(
+        path=path,
+        image=ImageSpec(image_size[0], image_size[1], channels),
+        num_classes=num_classes,
+        input_name=input_name,
+        output_name=output_name,
+        input_dtype=input_dtype,
+        input_range=(float(input_range[0]), float(input_range[1])),
+        outputs=outputs or metadata.get("outputs", "logits"),
+        temperature=temperature,
+        signature=signature,
+        batch_size=batch_size,
+    )
+
+
+def to_probabilities(outputs: np.ndarray, kind: str, temperature: float = 1.0) -> np.ndarray:
+    """Teacher outputs [N, C] → probabilities [N, C] (float32), tempered by `temperature`.
+
+    Rows with non-finite values stay non-finite so `output_error` can report them.
+    """
+    x = np.asarray(outputs, dtype=np.float64)
+    if kind == "probabilities":
+        if temperature == 1.0:
+            return x.astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = np.log(x)
+    x = x / temperature
+    with np.errstate(invalid="ignore", over="ignore"):
+        x = x - np.max(x, axis=-1, keepdims=True)
+        e = np.exp(x)
+        return (e / np.sum(e, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def output_error(raw: np.ndarray, probabilities: np.ndarray, kind: str) -> str | None:
+    """Why one row of teacher output cannot be a pseudo-label, or None when it can."""
+    if not np.all(np.isfinite(raw)):
+        return f"teacher output has non-finite values (NaN/inf): {np.asarray(raw)[:8].tolist()}"
+    if kind == "probabilities":
+        total = float(np.sum(raw))
+        if np.any(raw < 0) or np.any(raw > 1) or abs(total - 1.0) > _PROBABILITY_TOLERANCE:
+            return (f"teacher output is not a probability vector (sum {total:.4f}, "
+                    f"min {float(np.min(raw)):.4f}); did you mean --teacher_outputs=logits?")
+    if not np.all(np.isfinite(probabilities)):
+        return "probabilities are not finite after temperature scaling"
+    return None
+
+
+def scale_pixels(images: np.ndarray, spec: TeacherSpec) -> np.ndarray:
+    """uint8 pixels → what the teacher's input expects (dtype and value range)."""
+    if spec.input_dtype == "uint8":
+        return images.astype(np.uint8, copy=False)
+    low, high = spec.input_range
+    return images.astype(np.float32) * np.float32((high - low) / 255.0) + np.float32(low)
+
+
+class _LoadedTeacher:
+    """A loaded SavedModel signature called on fixed-size batches."""
+
+    def __init__(self, spec: TeacherSpec):
+        self.spec = spec
+        self._module = tf.saved_model.load(spec.path)  # keeps variables alive
+        self._fn: Callable[..., dict[str, tf.Tensor]] = self._module.signatures[spec.signature]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        result = self._fn(**{self.spec.input_name: tf.constant(batch)})
+        return result[self.spec.output_name].numpy()
+
+
+class TeacherModelHandler(ModelHandler[np.ndarray, PredictionResult, _LoadedTeacher]):
+    """Runs the teacher, un-noised, on uint8 images; yields raw outputs and probabilities.
+
+    Every call sees exactly `spec.batch_size` images: a short batch is padded with zeros and the
+    padding's outputs are dropped, so an XLA/TPU-compiled signature never recompiles. Each
+    `PredictionResult.inference` is a (raw_output, probabilities) pair of float arrays.
+    """
+
+    def __init__(self, spec: TeacherSpec, *, large_model: bool = False,
+                 model_copies: int | None = None):
+        super().__init__(
+            min_batch_size=spec.batch_size,
+            max_batch_size=spec.batch_size,
+            large_model=large_model,
+            model_copies=model_copies,
+        )
+        self.spec = spec
+
+    def load_model(self) -> _LoadedTeacher:
+        logging.info("Loading teacher %s", self.spec.path)
+        return _LoadedTeacher(self.spec)
+
+    def run_inference(
+        self,
+        batch: Sequence[np.ndarray],
+        model: _LoadedTeacher,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
+        images = np.stack(batch)
+        if images.shape[1:] != self.spec.image.shape:
+            raise ValueError(f"images have shape {images.shape[1:]}, "
+                             f"the teacher expects {self.spec.image.shape}")
+        n, size = len(images), self.spec.batch_size
+        results = []
+        for start in range(0, n, size):
+            chunk = images[start:start + size]
+            padded = np.zeros((size, *self.spec.image.shape), dtype=np.uint8)
+            padded[:len(chunk)] = chunk
+            raw = model(scale_pixels(padded, self.spec))
+            if raw.shape != (size, self.spec.num_classes):
+                raise ValueError(f"teacher returned shape {raw.shape}, "
+                                 f"expected {(size, self.spec.num_classes)}")
+            raw = raw[:len(chunk)]
+            probs = to_probabilities(raw, self.spec.outputs, self.spec.temperature)
+            results.extend(zip(chunk, raw, probs))
+        return [PredictionResult(example, (r, p)) for example, r, p in results]
+
+    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
+        return sum(image.nbytes for image in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "ns_data_teacher"
