@@ -15,20 +15,25 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import posixpath
 import sys
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions, StandardOptions,
+                                                  TestOptions)
+from apache_beam.runners.runner import PipelineResult
 
 from ns_data import schema, stats
 from ns_data.balance import DEFAULT_COLLECT_LIMIT
 from ns_data.inference import TeacherInference
 from ns_data.read import INPUT_FORMATS, ReadImages, check_input_pattern
 from ns_data.select import BalancePerClass, FilterByConfidence
-from ns_data.teacher import OUTPUT_KINDS, TeacherModelHandler, TeacherSpec, inspect_teacher
+from ns_data.teacher import (OUTPUT_KINDS, TeacherModelHandler, TeacherSpec, inspect_teacher,
+                             output_error, read_metadata)
 from ns_data.write import (DEFAULT_CHUNK_RECORDS, PSEUDO_LABEL_PREFIX, WriteDeadLetters,
                            WriteLabeledShards, shard_pattern)
 
@@ -152,11 +157,10 @@ def teacher_spec(opts: LabelAndBalanceOptions) -> TeacherSpec:
 def check_teacher(spec: TeacherSpec) -> None:
     """Loads the teacher and runs one zero batch, so a wrong model fails at launch, not later."""
     handler = TeacherModelHandler(spec)
-    import numpy as np
     results = handler.run_inference([np.zeros(spec.image.shape, np.uint8)], handler.load_model())
-    raw, probs = results[0].inference
-    if not np.all(np.isfinite(raw)):
-        raise ValueError(f"teacher {spec.path} returns non-finite outputs on a blank image")
+    error = output_error(*results[0].inference, spec.outputs)
+    if error:
+        raise ValueError(f"teacher {spec.path} fails its launch check on a blank image: {error}")
 
 
 def run_config(opts: LabelAndBalanceOptions, spec: TeacherSpec) -> dict[str, Any]:
@@ -179,7 +183,7 @@ def run_config(opts: LabelAndBalanceOptions, spec: TeacherSpec) -> dict[str, Any
     }
 
 
-def validate(opts: LabelAndBalanceOptions) -> None:
+def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
     """Clear errors for missing or impossible flags and for an output that would clobber."""
     missing = [f"--{name}" for name in ("input", "teacher", "output_dir")
                if not getattr(opts, name)]
@@ -188,6 +192,8 @@ def validate(opts: LabelAndBalanceOptions) -> None:
     if not opts.temperature > 0:
         raise ValueError(f"--temperature must be > 0, got {opts.temperature}")
     check_input_pattern(opts.input)
+    if not check_output:
+        return
     existing = tf.io.gfile.glob(shard_pattern(opts.output_dir, PSEUDO_LABEL_PREFIX))
     if existing and not opts.overwrite:
         raise ValueError(f"--output_dir={opts.output_dir} already holds {len(existing)} shards; "
@@ -254,8 +260,14 @@ def pipeline_options(argv: list[str]) -> PipelineOptions:
 
 
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None,
-        model_handler: ModelHandler | None = None) -> dict[str, Any] | None:
-    """Runs the job; returns the stats once the pipeline has finished (None on a dry run)."""
+        model_handler: ModelHandler | None = None) -> PipelineResult | None:
+    """Runs the job and prints a per-class summary; returns the result (None for --help).
+
+    Args:
+      argv: command-line flags; defaults to sys.argv.
+      test_pipeline: a pipeline to build into instead of a new one (tests).
+      model_handler: replaces the teacher's handler (tests); the teacher is then not checked.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         _help_parser().print_help()
@@ -263,7 +275,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     _help_parser().parse_known_args(argv)  # argparse-quality errors for our own flags
     options = pipeline_options(argv)
     opts = options.view_as(LabelAndBalanceOptions)
-    validate(opts)
+    dry_run = options.view_as(TestOptions).dry_run
+    validate(opts, check_output=not dry_run)
     spec = teacher_spec(opts)
     if model_handler is None and not opts.skip_teacher_check:
         check_teacher(spec)
@@ -273,20 +286,19 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     build(pipeline, opts, spec, model_handler)
     result = pipeline.run()
     result.wait_until_finish()
-    if getattr(result, "has_job", True) is False or not tf.io.gfile.exists(
-            os.path.join(opts.output_dir, stats.STATS_FILE)):
-        return None
-    run_stats = stats.read_stats(opts.output_dir)
-    print(f"\nOutput: {opts.output_dir}")
-    print(stats.format_summary(run_stats, read_class_names(opts.teacher)))
-    return run_stats
+    if not dry_run and tf.io.gfile.exists(posixpath.join(opts.output_dir, stats.STATS_FILE)):
+        print(f"\nOutput: {opts.output_dir}")
+        print(stats.format_summary(stats.read_stats(opts.output_dir),
+                                   read_metadata(opts.teacher).get("class_names")))
+    return result
 
 
-def read_class_names(teacher: str) -> list[str] | None:
-    from ns_data.teacher import read_metadata
-    return read_metadata(teacher).get("class_names")
+def main() -> None:
+    logging.getLogger().setLevel(logging.INFO)
+    # Beam logs every string type hint it meets at INFO; that is noise for users.
+    logging.getLogger("apache_beam.typehints").setLevel(logging.WARNING)
+    run()
 
 
 if __name__ == "__main__":
-    logging.getLogger().setLevel(logging.INFO)
-    run()
+    main()

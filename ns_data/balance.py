@@ -30,8 +30,9 @@ KEY_BITS = 96
 DIGIT_BITS = 16
 DIGIT_MASK = (1 << DIGIT_BITS) - 1
 MAX_KEY = (1 << KEY_BITS) - 1
-# Radix passes needed in the worst case: one per digit, plus one pass that collects a bucket.
-MAX_PASSES = KEY_BITS // DIGIT_BITS + 1
+# Radix passes needed in the worst case: one per digit. A collecting pass only follows a refine
+# that left digits to go, so it never adds a pass beyond the last digit's.
+MAX_PASSES = KEY_BITS // DIGIT_BITS
 # A boundary bucket this small is collected and sorted exactly instead of refined further.
 DEFAULT_COLLECT_LIMIT = 50_000
 
@@ -44,7 +45,7 @@ def id_hash(data: bytes, seed: int) -> int:
 
 def priority_key(confidence: float, image_id: bytes, seed: int) -> int:
     """The 96-bit sort key of an image: confidence bits, then hash(image id, seed)."""
-    conf = np.float32(confidence)
+    conf = np.float32(confidence) + np.float32(0.0)  # -0.0 → 0.0, whose bits sort lowest
     if not (conf >= 0 and np.isfinite(conf)):
         raise ValueError(f"confidence must be finite and >= 0, got {confidence}")
     return (int(conf.view(np.uint32)) << 64) | id_hash(image_id, seed)

@@ -31,19 +31,24 @@ class _ParseImageExample(beam.DoFn):
     def process(self, serialized: bytes):
         try:
             features = schema.parse_example(serialized)
-            encoded = features.get(schema.IMAGE_ENCODED)
-            if not encoded or not encoded[0]:
-                raise ValueError(f"record has no {schema.IMAGE_ENCODED!r} bytes "
-                                 f"(features: {sorted(features)})")
-            ids = features.get(schema.IMAGE_ID)
-            image_id = ids[0] if ids and ids[0] else schema.content_id(encoded[0])
         except Exception as e:  # noqa: BLE001 - any bad record becomes a dead letter
-            self._failed.inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, DeadLetter(
-                STAGE_PARSE, schema.content_id(serialized), serialized, f"{type(e).__name__}: {e}"))
+            yield self._dead(schema.content_id(serialized), serialized,
+                             f"not a tf.train.Example: {type(e).__name__}: {e}")
+            return
+        ids = features.get(schema.IMAGE_ID)
+        encoded = features.get(schema.IMAGE_ENCODED)
+        if not encoded or not encoded[0]:
+            image_id = ids[0] if ids and ids[0] else schema.content_id(serialized)
+            yield self._dead(image_id, serialized, f"record has no {schema.IMAGE_ENCODED!r} "
+                             f"bytes (features: {sorted(features)})")
             return
         self._read.inc()
-        yield RawImage(image_id, encoded[0])
+        yield RawImage(ids[0] if ids and ids[0] else schema.content_id(encoded[0]), encoded[0])
+
+    def _dead(self, image_id: bytes, serialized: bytes, message: str):
+        self._failed.inc()
+        return beam.pvalue.TaggedOutput(
+            DEAD_LETTERS, DeadLetter(STAGE_PARSE, image_id, serialized, message))
 
 
 def _read_file(readable: fileio.ReadableFile) -> RawImage:

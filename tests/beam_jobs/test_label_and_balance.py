@@ -1,0 +1,231 @@
+"""End-to-end tests of beam_jobs.label_and_balance on DirectRunner (fake and real teachers)."""
+from __future__ import annotations
+
+import collections
+import glob
+import os
+
+import numpy as np
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+
+from beam_jobs import label_and_balance as job
+from ns_data import schema, stats
+from ns_data.balance import id_hash
+from tests import fakes
+
+K = 10
+SEED = 7
+
+
+def corpus() -> list[fakes.FakeImage]:
+    """Class 0: 30 images (> K, with tied confidences), class 1: 7 (< K), class 2: exactly K,
+    class 3: only images below the 0.3 threshold; plus 4 low-confidence images of class 0."""
+    specs = ([(0, 20 + (i % 12) * 19) for i in range(30)]
+             + [(1, 40 + 30 * i) for i in range(7)]
+             + [(2, 100 + 10 * i) for i in range(K)]
+             + [(3, i) for i in range(5)]
+             + [(0, 13 - i) for i in range(4)])
+    return [fakes.fake_image(i, label, code) for i, (label, code) in enumerate(specs)]
+
+
+def expected_copies(images, k, duplicate=True, min_confidence=0.3, seed=SEED):
+    """Brute force: {image id: copies} from sorting each class by (confidence, hash)."""
+    by_class = collections.defaultdict(list)
+    for im in images:
+        if im.confidence >= np.float32(min_confidence):
+            by_class[im.label].append(im)
+    copies = {}
+    for members in by_class.values():
+        members.sort(key=lambda im: (im.confidence, id_hash(im.image_id, seed)), reverse=True)
+        n = len(members)
+        for rank, im in enumerate(members):
+            if n > k:
+                copies[im.image_id] = 1 if rank < k else 0
+            elif duplicate:
+                copies[im.image_id] = k // n + (1 if rank < k % n else 0)
+            else:
+                copies[im.image_id] = 1
+    return copies
+
+
+def read_records(output_dir: str, prefix: str = "pseudo_labels") -> list[bytes]:
+    import tensorflow as tf
+    files = sorted(glob.glob(os.path.join(output_dir, f"{prefix}-*.tfrecord")))
+    return [r.numpy() for r in tf.data.TFRecordDataset(files)] if files else []
+
+
+def run_fake(tmp_path, images, *flags, name="out", batch_size=8, input_records=None):
+    input_path = tmp_path / "input.tfrecord"
+    if not input_path.exists():
+        if input_records is None:
+            fakes.write_images(input_path, images)
+        else:
+            fakes.write_tfrecord(input_path, input_records)
+    output_dir = str(tmp_path / name)
+    argv = [f"--input={input_path}", "--teacher=unused", f"--output_dir={output_dir}",
+            f"--images_per_class={K}", "--num_shards=3", f"--seed={SEED}", *flags]
+    opts = PipelineOptions(argv).view_as(job.LabelAndBalanceOptions)
+    with BeamTestPipeline(runner="DirectRunner") as p:
+        job.build(p, opts, fakes.fake_spec(batch_size), fakes.FakeTeacherHandler(batch_size))
+    return output_dir, stats.read_stats(output_dir)
+
+
+def test_exact_counts_topk_and_copies_match_brute_force(tmp_path):
+    images = corpus()
+    output_dir, run_stats = run_fake(tmp_path, images)
+    records = [schema.parse_pseudo_label(r) for r in read_records(output_dir)]
+    by_id = {im.image_id: im for im in images}
+
+    got = collections.Counter(r.image_id for r in records)
+    want = {i: c for i, c in expected_copies(images, K).items() if c}
+    assert dict(got) == want
+    per_class = collections.Counter(r.label for r in records)
+    assert per_class == {0: K, 1: K, 2: K}
+    for r in records:
+        im = by_id[r.image_id]
+        assert r.label == im.label
+        assert r.confidence == pytest.approx(float(im.confidence), abs=1e-7)
+        assert r.encoded == im.encoded
+    # Copy indices of one image are 0..c-1, each once.
+    copies_seen = collections.defaultdict(list)
+    for r in records:
+        copies_seen[r.image_id].append(r.copy)
+    assert all(sorted(c) == list(range(len(c))) for c in copies_seen.values())
+
+    rows = {c["class"]: c for c in run_stats["classes"]}
+    assert [rows[c]["read"] for c in range(4)] == [34, 7, K, 5]
+    assert [rows[c]["above_threshold"] for c in range(4)] == [30, 7, K, 0]
+    assert [rows[c]["kept"] for c in range(4)] == [K, 7, K, 0]
+    assert [rows[c]["duplicated"] for c in range(4)] == [0, 3, 0, 0]
+    kth = sorted((im.confidence for im in images if im.label == 0 and im.code >= 14),
+                 reverse=True)[K - 1]
+    assert rows[0]["capped"] and rows[0]["threshold"] == pytest.approx(float(kth))
+    assert rows[1]["threshold"] == pytest.approx(0.3)
+    assert run_stats["empty_classes"] == [3]
+    totals = run_stats["totals"]
+    assert totals["read"] == len(images) and totals["failed_total"] == 0
+    assert totals["below_threshold"] == 9 and totals["written"] == 3 * K == len(records)
+    stats.check_reconciles(run_stats)
+
+
+def test_no_duplicate_caps_without_copies(tmp_path):
+    images = corpus()
+    output_dir, run_stats = run_fake(tmp_path, images, "--no_duplicate")
+    records = [schema.parse_pseudo_label(r) for r in read_records(output_dir)]
+    assert collections.Counter(r.label for r in records) == {0: K, 1: 7, 2: K}
+    assert all(r.copy == 0 for r in records)
+    want = {i for i, c in expected_copies(images, K, duplicate=False).items() if c}
+    assert {r.image_id for r in records} == want
+    assert run_stats["totals"]["duplicated"] == 0
+
+
+@pytest.mark.parametrize("label_type", ["hard", "soft", "soft_topk"])
+def test_label_types_round_trip(tmp_path, label_type):
+    images = corpus()[:40]
+    output_dir, _ = run_fake(tmp_path, images, f"--label_type={label_type}", "--topk=2")
+    records = [schema.parse_pseudo_label(r) for r in read_records(output_dir)]
+    by_id = {im.image_id: im for im in images}
+    assert records
+    for r in records:
+        probs = fakes.probabilities(by_id[r.image_id].label, by_id[r.image_id].code)
+        if label_type == "hard":
+            assert r.probabilities is None and r.topk_classes is None
+        elif label_type == "soft":
+            np.testing.assert_allclose(r.probabilities, probs, rtol=1e-6)
+        else:
+            assert r.probabilities is None
+            assert r.topk_classes[0] == r.label and len(r.topk_classes) == 2
+            assert sum(r.topk_probs) == pytest.approx(1.0, abs=1e-6)
+            top2 = probs[list(r.topk_classes)]
+            np.testing.assert_allclose(r.topk_probs, top2 / top2.sum(), rtol=1e-5)
+
+
+def test_same_seed_same_bytes_other_seed_other_order(tmp_path):
+    images = corpus()
+    out_a, _ = run_fake(tmp_path, images, name="a")
+    out_b, _ = run_fake(tmp_path, images, name="b", batch_size=5)
+    out_c, _ = run_fake(tmp_path, images, "--seed=8", name="c")
+    shards = sorted(os.listdir(out_a))
+    assert shards == sorted(os.listdir(out_b))
+    for name in shards:
+        if name.endswith(".tfrecord"):
+            with open(os.path.join(out_a, name), "rb") as a, open(
+                    os.path.join(out_b, name), "rb") as b:
+                assert a.read() == b.read(), name
+    assert read_records(out_a) != read_records(out_c)
+
+
+def test_records_are_spread_across_shards(tmp_path):
+    images = corpus()
+    output_dir, run_stats = run_fake(tmp_path, images)
+    per_shard = []
+    for path in sorted(glob.glob(os.path.join(output_dir, "pseudo_labels-*.tfrecord"))):
+        import tensorflow as tf
+        per_shard.append([schema.parse_pseudo_label(r.numpy())
+                          for r in tf.data.TFRecordDataset(path)])
+    assert len(per_shard) == 3 and all(per_shard)
+    # Each shard mixes classes, and the 10 copies-or-originals of class 1 are not in one shard.
+    assert all(len({r.label for r in shard}) >= 2 for shard in per_shard)
+    class1_shards = {i for i, shard in enumerate(per_shard) for r in shard if r.label == 1}
+    assert len(class1_shards) >= 2
+    assert run_stats["shards"]["count"] == 3
+
+
+def test_bad_records_become_dead_letters_and_are_counted(tmp_path):
+    good = corpus()[:20]
+    nan_image = fakes.fake_image(900, fakes.CLASS_NAN, 100)
+    raising = fakes.fake_image(901, fakes.CLASS_RAISE, 100)
+    records = [schema.image_example(im.encoded, im.image_id) for im in good]
+    records += [
+        schema.image_example(b"\x89PNG\r\n\x1a\n-not-really", b"corrupt-png"),
+        schema.image_example(b"\xff\xd8\xff\xe0 truncated jpeg", b"corrupt-jpeg"),
+        b"this is not a tf.train.Example",
+        schema.image_example(b"", b"empty-bytes"),
+        schema.image_example(nan_image.encoded, nan_image.image_id),
+        schema.image_example(raising.encoded, raising.image_id),
+    ]
+    # batch_size=1: the raising image fails alone, so the count is exact.
+    output_dir, run_stats = run_fake(tmp_path, good, input_records=records, batch_size=1)
+    letters = [schema.parse_example(r) for r in read_records(output_dir, "dead_letters")]
+    stage_of = {d[schema.IMAGE_ID][0]: d[schema.ERROR_STAGE][0].decode() for d in letters}
+    assert stage_of[b"corrupt-png"] == "decode"
+    assert stage_of[b"corrupt-jpeg"] == "decode"
+    assert stage_of[b"empty-bytes"] == "parse"
+    assert stage_of[nan_image.image_id] == "invalid_output"
+    assert stage_of[raising.image_id] == "inference"
+    assert list(stage_of.values()).count("parse") == 2  # plus the non-Example record
+    assert all(d[schema.ERROR_MESSAGE][0] for d in letters)
+    by_id = {d[schema.IMAGE_ID][0]: d for d in letters}
+    assert by_id[b"corrupt-png"][schema.IMAGE_ENCODED][0] == b"\x89PNG\r\n\x1a\n-not-really"
+    totals = run_stats["totals"]
+    assert totals["read"] == len(records)
+    assert totals["failed"] == {"parse": 2, "decode": 2, "inference": 1, "invalid_output": 1}
+    assert totals["scored"] == len(good)
+    stats.check_reconciles(run_stats)
+
+
+def test_missing_flags_and_existing_output_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="missing required flags: --teacher, --output_dir"):
+        job.run([f"--input={tmp_path}/*.tfrecord"])
+    with pytest.raises(ValueError, match="matches no files"):
+        job.run([f"--input={tmp_path}/none-*.tfrecord", "--teacher=t", "--output_dir=o"])
+    output_dir, _ = run_fake(tmp_path, corpus()[:12])
+    with pytest.raises(ValueError, match="already holds 3 shards; pass --overwrite"):
+        job.run([f"--input={tmp_path}/input.tfrecord", "--teacher=t",
+                 f"--output_dir={output_dir}"])
+    with pytest.raises(SystemExit):
+        job.run(["--input=x", "--min_confidence=1.5"])
+
+
+def test_help_documents_every_flag(capsys):
+    assert job.run(["--help"]) is None
+    text = capsys.readouterr().out
+    parser = job._help_parser()
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.option_strings[0] in text
+            assert action.help, action.option_strings
+    for flag in ("--min_confidence", "--images_per_class", "--label_type", "--runner"):
+        assert flag in text

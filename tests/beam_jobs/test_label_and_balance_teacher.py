@@ -1,0 +1,106 @@
+"""label_and_balance with a real (tiny) exported SavedModel, and the Dataflow job graph."""
+from __future__ import annotations
+
+import collections
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOptions
+from apache_beam.runners.dataflow.internal import apiclient
+
+from beam_jobs import label_and_balance as job
+from ns_data import schema, stats
+from ns_data.images import ImageDecoder, ImageSpec
+from ns_train.tiny_teacher import train_tiny_teacher
+
+SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "ns_data", "sample")
+N_IMAGES = 300
+K = 25
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("teacher") / "saved_model")
+    train_tiny_teacher(os.path.join(SAMPLE, "labeled.tfrecord"), path, epochs=3, seed=1)
+    return path
+
+
+@pytest.fixture(scope="module")
+def unlabeled(tmp_path_factory):
+    """The first N_IMAGES records of the embedded sample."""
+    records = [r.numpy() for r in
+               tf.data.TFRecordDataset(os.path.join(SAMPLE, "unlabeled.tfrecord")).take(N_IMAGES)]
+    path = str(tmp_path_factory.mktemp("input") / "unlabeled.tfrecord")
+    with tf.io.TFRecordWriter(path) as w:
+        for r in records:
+            w.write(r)
+    return path, records
+
+
+def keras_probabilities(teacher: str, records: list[bytes]) -> dict[bytes, np.ndarray]:
+    """What the exported model says about each image, computed outside Beam."""
+    decoder = ImageDecoder(ImageSpec(28, 28, 1))
+    model = tf.saved_model.load(teacher)
+    out = {}
+    for r in records:
+        f = schema.parse_example(r)
+        pixels = decoder(f[schema.IMAGE_ENCODED][0]).astype(np.float32)[np.newaxis] / 255.0
+        logits = model.serve(tf.constant(pixels)).numpy()[0].astype(np.float64)
+        p = np.exp(logits - logits.max())
+        out[f[schema.IMAGE_ID][0]] = p / p.sum()
+    return out
+
+
+@pytest.mark.slow
+def test_real_savedmodel_labels_and_counts(teacher, unlabeled, tmp_path):
+    input_path, records = unlabeled
+    output_dir = str(tmp_path / "out")
+    job.run([f"--input={input_path}", f"--teacher={teacher}", f"--output_dir={output_dir}",
+             f"--images_per_class={K}", "--num_shards=2", "--batch_size=32",
+             "--label_type=soft"])
+    expected = keras_probabilities(teacher, records)
+    written = [schema.parse_pseudo_label(r.numpy()) for r in tf.data.TFRecordDataset(
+        sorted(glob.glob(os.path.join(output_dir, "pseudo_labels-*.tfrecord"))))]
+    for r in written:
+        want = expected[r.image_id]
+        assert r.label == int(np.argmax(want))
+        np.testing.assert_allclose(r.probabilities, want, atol=1e-5)
+
+    above = collections.Counter(int(np.argmax(p)) for p in expected.values() if p.max() >= 0.3)
+    assert collections.Counter(r.label for r in written) == {c: K for c in above}
+    run_stats = stats.read_stats(output_dir)
+    assert {c["class"]: c["above_threshold"] for c in run_stats["classes"] if c[
+        "above_threshold"]} == dict(above)
+    assert run_stats["totals"]["read"] == N_IMAGES
+    assert run_stats["totals"]["written"] == K * len(above) == len(written)
+    assert run_stats["config"]["image_shape"] == [28, 28, 1]
+    stats.check_reconciles(run_stats)
+
+
+@pytest.mark.parametrize("accelerator,machine", [
+    ("worker_accelerator=type:tpu-v5-lite-podslice;topology:1x1", "ct5lp-hightpu-1t"),
+    ("worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver", "n1-standard-8"),
+])
+def test_dataflow_dry_run_builds_the_job_graph(teacher, unlabeled, accelerator, machine):
+    result = job.run([
+        f"--input={unlabeled[0]}", f"--teacher={teacher}", "--output_dir=gs://ns-bucket/out",
+        "--runner=DataflowRunner", "--dry_run=True", "--no_auth", "--sdk_location=container",
+        "--project=test-project", "--region=us-central1", "--temp_location=gs://ns-bucket/tmp",
+        f"--dataflow_service_options={accelerator}", f"--machine_type={machine}",
+        "--skip_teacher_check"])
+    graph = result.job.proto_pipeline
+    top_level = {t.unique_name for t in graph.components.transforms.values()
+                 if "/" not in t.unique_name}
+    assert {"ReadImages", "TeacherInference", "FilterByConfidence", "BalancePerClass",
+            "WriteLabeledShards", "WriteDeadLetters", "WriteStats"} <= top_level
+    assert any(t.unique_name.endswith("RunInference") for t in graph.components.transforms.values())
+    options = result.job.options
+    assert options.view_as(GoogleCloudOptions).dataflow_service_options == [accelerator]
+    # The job ships this package to workers unless told otherwise.
+    assert options.view_as(SetupOptions).setup_file.endswith("setup.py")
+    env = apiclient.Environment([], options, "8", "gs://ns-bucket/tmp/pipeline.pb", graph)
+    assert list(env.proto.service_options) == [accelerator]
+    assert env.proto.worker_pools[0].machine_type == machine
