@@ -8,6 +8,8 @@ VENV ?= $(HOME)/.cache/noisy-student/venv-$(REQS_HASH)
 PY := $(VENV)/bin/python
 OUT ?= out/demo
 PYTEST_ARGS ?=
+# TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) hides the useful output.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: venv demo test bench clean
 

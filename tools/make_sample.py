@@ -1,6 +1,6 @@
 """Rebuilds the embedded sample in ns_data/sample/ from Debian's Fashion-MNIST.
 
-    python tools/make_sample.py
+    PYTHONPATH=. python tools/make_sample.py
 
 labeled.tfrecord: 100 images per class from the train split, with `label`.
 unlabeled.tfrecord: 2,000 other train images, no labels (ids keep their provenance).

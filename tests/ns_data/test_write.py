@@ -1,0 +1,271 @@
+"""Tests for the deterministic shard writer in `ns_data/write.py`.
+
+Each record's bytes start with its zero-padded order key, so a shard read back tells which key
+every record had. Pipelines are few and shared through module fixtures: a DirectRunner run costs
+about two seconds.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import os
+import pathlib
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import tensorflow as tf
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from ns_data import schema
+from ns_data.balance import id_hash
+from ns_data.records import DeadLetter, ScoredImage
+from ns_data.write import (DEAD_LETTER_PREFIX, PSEUDO_LABEL_PREFIX, WriteDeadLetters,
+                           WriteLabeledShards, WriteShuffledShards, shard_path)
+
+PREFIX = "recs"
+
+
+def direct_pipeline() -> BeamTestPipeline:
+    return BeamTestPipeline(options=PipelineOptions(["--runner=DirectRunner"]))
+
+
+def record(key: int, tag: str) -> bytes:
+    return f"{key:020d}/{tag}".encode()
+
+
+def key_of(rec: bytes) -> int:
+    return int(rec.split(b"/")[0])
+
+
+# 41 records with 64-bit hash keys (most above 2**63), one key shared by two records.
+KEYS = [id_hash(b"image-%d" % i, 7) for i in range(40)]
+MANY = [(k, record(k, f"r{i}")) for i, k in enumerate(KEYS)] + [(KEYS[5], record(KEYS[5], "dup"))]
+FEW = [(5, record(5, "a")), (13, record(13, "b")), (2, record(2, "c"))]  # shards 5, 5, 2 of 8
+
+
+def _pick(index, pairs):
+    # Unannotated, so the output type is Any as for the pipeline's own keyed records (a typed
+    # Tuple[int, bytes] would get VarIntCoder, which cannot hold keys >= 2**63).
+    return pairs[index]
+
+
+def keyed(p, label: str, pairs):
+    return p | f"Create{label}" >> beam.Create(range(len(pairs))) | f"Key{label}" >> beam.Map(
+        _pick, list(pairs))
+
+
+def expected_counts(pairs, num_shards: int) -> list[tuple[int, int]]:
+    counts = collections.Counter(key % num_shards for key, _ in pairs)
+    return [(s, counts[s]) for s in range(num_shards)]
+
+
+def write(p, label: str, pairs, out: str, num_shards: int, **kwargs) -> None:
+    written = keyed(p, label, pairs) | f"Write{label}" >> WriteShuffledShards(
+        out, PREFIX, num_shards, **kwargs)
+    assert_that(written, equal_to(expected_counts(pairs, num_shards)), label=f"Counts{label}")
+
+
+def read_records(path: str) -> list[bytes]:
+    return [r.numpy() for r in tf.data.TFRecordDataset(path)]
+
+
+def read_shards(out: str, num_shards: int, prefix: str = PREFIX) -> list[list[bytes]]:
+    return [read_records(shard_path(out, prefix, s, num_shards)) for s in range(num_shards)]
+
+
+def file_bytes(out: str) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(pathlib.Path(out).iterdir())}
+
+
+def shard_names(num_shards: int, prefix: str = PREFIX) -> list[str]:
+    return [f"{prefix}-{s:05d}-of-{num_shards:05d}.tfrecord" for s in range(num_shards)]
+
+
+# --------------------------------------------------------------------------------------------
+# WriteShuffledShards
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    """Runs the writer on several inputs: {name: (output dir, inputs, num_shards)}."""
+    root = tmp_path_factory.mktemp("write")
+    cases = {
+        "few": (FEW, 8, {}),
+        "sorted": (MANY, 4, {}),
+        "chunked": (MANY, 4, {"chunk_records": 2}),
+        "empty": ([], 3, {}),
+        # The same inputs again, in reverse order: must give the same bytes.
+        "sorted_again": (MANY[::-1], 4, {}),
+        "chunked_again": (MANY[::-1], 4, {"chunk_records": 2}),
+    }
+    dirs = {}
+    with direct_pipeline() as p:
+        for name, (pairs, num_shards, kwargs) in cases.items():
+            dirs[name] = (str(root / name), pairs, num_shards)
+            write(p, name, pairs, dirs[name][0], num_shards, **kwargs)
+    return dirs
+
+
+@pytest.mark.parametrize("name", ["few", "sorted", "chunked", "empty"])
+def test_every_record_written_exactly_once(outputs, name):
+    out, pairs, num_shards = outputs[name]
+    written = [rec for shard in read_shards(out, num_shards) for rec in shard]
+    assert sorted(written) == sorted(rec for _, rec in pairs)
+
+
+@pytest.mark.parametrize("name", ["few", "sorted", "chunked", "empty"])
+def test_exactly_the_shards_and_nothing_else(outputs, name):
+    # No temp dir, no `.incomplete` file, no stray piece: only the num_shards shard files.
+    out, _, num_shards = outputs[name]
+    assert sorted(os.listdir(out)) == shard_names(num_shards)
+
+
+def test_few_records_into_many_shards(outputs):
+    out, _, _ = outputs["few"]
+    shards = read_shards(out, 8)
+    assert shards[2] == [record(2, "c")]
+    assert shards[5] == [record(5, "a"), record(13, "b")]
+    for s in (0, 1, 3, 4, 6, 7):
+        assert shards[s] == []
+        assert os.path.getsize(shard_path(out, PREFIX, s, 8)) == 0
+
+
+def test_empty_input_writes_empty_shards(outputs):
+    out, _, _ = outputs["empty"]
+    assert [os.path.getsize(os.path.join(out, n)) for n in shard_names(3)] == [0, 0, 0]
+
+
+@pytest.mark.parametrize("name", ["sorted", "chunked"])
+def test_each_record_is_in_shard_key_mod_num_shards(outputs, name):
+    out, _, num_shards = outputs[name]
+    for s, shard in enumerate(read_shards(out, num_shards)):
+        assert shard, "the test data should fill every shard"
+        assert {key_of(rec) % num_shards for rec in shard} == {s}
+
+
+def test_single_chunk_shards_are_sorted_by_key(outputs):
+    out, pairs, num_shards = outputs["sorted"]
+    for s, shard in enumerate(read_shards(out, num_shards)):
+        assert shard == sorted(rec for key, rec in pairs if key % num_shards == s)
+
+
+def test_small_chunks_are_sorted_runs_in_chunk_order(outputs):
+    # With several chunks per shard the documented layout is: the chunk's pieces, each sorted
+    # by key, concatenated in chunk order (chunk = (key // num_shards) % chunks).
+    out, pairs, num_shards = outputs["chunked"]
+    chunks = math.ceil(len(pairs) / num_shards / 2)
+    assert chunks > 1
+    unchunked = read_shards(outputs["sorted"][0], num_shards)
+    for shard, sorted_shard in zip(read_shards(out, num_shards), unchunked):
+        assert sorted(shard) == sorted_shard
+        assert shard == sorted(shard, key=lambda r: ((key_of(r) // num_shards) % chunks, r))
+    # The data really spans several chunks, so the shards differ from the fully sorted ones.
+    assert read_shards(out, num_shards) != unchunked
+
+
+@pytest.mark.parametrize("name", ["sorted", "chunked"])
+def test_same_inputs_give_identical_bytes(outputs, name):
+    first = file_bytes(outputs[name][0])
+    again = file_bytes(outputs[f"{name}_again"][0])
+    assert first == again
+    assert sum(len(b) for b in first.values()) > 0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_shards=0), "num_shards must be >= 1"),
+    (dict(num_shards=2, chunk_records=0), "chunk_records must be >= 1"),
+])
+def test_write_shuffled_shards_validates(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        WriteShuffledShards("/unused", PREFIX, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# WriteLabeledShards and WriteDeadLetters
+# --------------------------------------------------------------------------------------------
+
+IMAGES = [
+    ScoredImage(b"cat-1", b"jpeg-1", np.float32([0.7, 0.2, 0.1])),
+    ScoredImage(b"dog-1", b"jpeg-2", np.float32([0.1, 0.3, 0.6])),
+    ScoredImage(b"dog-2", b"jpeg-3", np.float32([0.05, 0.15, 0.8])),
+    ScoredImage(b"bird-1", b"jpeg-4", np.float32([0.2, 0.5, 0.3])),
+]
+COPIES = [(IMAGES[0], 0), (IMAGES[1], 0), (IMAGES[2], 0), (IMAGES[3], 0), (IMAGES[3], 1),
+          (IMAGES[3], 2)]
+LETTERS = [
+    DeadLetter("decode", b"bad-1", b"\x00\x01", "not an image"),
+    DeadLetter("parse", b"bad-2", None, "no image/encoded"),
+    DeadLetter("invalid_output", b"bad-3", b"png", "NaN"),
+]
+
+
+@pytest.fixture(scope="module")
+def labeled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("labeled")
+    runs = {"seed0": (COPIES, 0), "seed0_again": (COPIES[::-1], 0), "seed1": (COPIES, 1)}
+    with direct_pipeline() as p:
+        for name, (copies, seed) in runs.items():
+            written = (p | f"Create{name}" >> beam.Create(copies)
+                       | f"Write{name}" >> WriteLabeledShards(
+                           str(root / name), 3, schema.LabelType.SOFT_TOPK, topk=2, seed=seed))
+            total = (written | f"Counts{name}" >> beam.Values()
+                     | f"Sum{name}" >> beam.CombineGlobally(sum))
+            assert_that(total, equal_to([len(copies)]), label=f"Records{name}")
+        dead = (p | "CreateLetters" >> beam.Create(LETTERS)
+                | "WriteDead" >> WriteDeadLetters(str(root / "dead")))
+        assert_that(dead, equal_to([(0, 3)]), label="DeadCounts")
+    return root
+
+
+def test_labeled_shards_round_trip(labeled):
+    out = str(labeled / "seed0")
+    assert sorted(os.listdir(out)) == shard_names(3, PSEUDO_LABEL_PREFIX)
+    parsed = [schema.parse_pseudo_label(r)
+              for shard in read_shards(out, 3, PSEUDO_LABEL_PREFIX) for r in shard]
+    by_key = {(pl.image_id, pl.copy): pl for pl in parsed}
+    assert len(parsed) == len(by_key) == 6
+    assert sorted(by_key) == sorted([(b"cat-1", 0), (b"dog-1", 0), (b"dog-2", 0), (b"bird-1", 0),
+                                     (b"bird-1", 1), (b"bird-1", 2)])
+    expected = {  # image id: (encoded, label, confidence, top-2 classes, their probs)
+        b"cat-1": (b"jpeg-1", 0, 0.7, (0, 1), (0.7, 0.2)),
+        b"dog-1": (b"jpeg-2", 2, 0.6, (2, 1), (0.6, 0.3)),
+        b"dog-2": (b"jpeg-3", 2, 0.8, (2, 1), (0.8, 0.15)),
+        b"bird-1": (b"jpeg-4", 1, 0.5, (1, 2), (0.5, 0.3)),
+    }
+    for (image_id, _), pl in by_key.items():
+        encoded, label, confidence, classes, probs = expected[image_id]
+        assert pl.encoded == encoded
+        assert pl.label == label
+        assert pl.confidence == float(np.float32(confidence))
+        assert pl.probabilities is None
+        assert pl.topk_classes == classes
+        np.testing.assert_allclose(pl.topk_probs, np.divide(probs, sum(probs)), rtol=1e-6)
+
+
+def test_labeled_shards_are_deterministic_and_seeded(labeled):
+    first = file_bytes(str(labeled / "seed0"))
+    assert first == file_bytes(str(labeled / "seed0_again"))
+    assert file_bytes(str(labeled / "seed1")) != first
+
+    def records(name):
+        return sorted(r for shard in read_shards(str(labeled / name), 3, PSEUDO_LABEL_PREFIX)
+                      for r in shard)
+
+    # Another seed places the records differently, but they are the same records.
+    assert records("seed1") == records("seed0")
+
+
+def test_dead_letters_single_file(labeled):
+    out = str(labeled / "dead")
+    assert os.listdir(out) == [f"{DEAD_LETTER_PREFIX}-00000-of-00001.tfrecord"]
+    parsed = [schema.parse_example(r) for r in read_shards(out, 1, DEAD_LETTER_PREFIX)[0]]
+    by_id = {f[schema.IMAGE_ID][0]: f for f in parsed}
+    assert sorted(by_id) == [b"bad-1", b"bad-2", b"bad-3"]
+    assert by_id[b"bad-1"][schema.ERROR_STAGE] == [b"decode"]
+    assert by_id[b"bad-1"][schema.IMAGE_ENCODED] == [b"\x00\x01"]
+    assert by_id[b"bad-2"][schema.ERROR_MESSAGE] == [b"no image/encoded"]
+    assert schema.IMAGE_ENCODED not in by_id[b"bad-2"]
+    assert by_id[b"bad-3"][schema.ERROR_STAGE] == [b"invalid_output"]
