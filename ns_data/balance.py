@@ -1,7 +1,7 @@
 """Selection math for per-class balancing, in plain Python (the Beam wiring is in `select.py`).
 
 Every image above the confidence threshold gets a **priority key**, a 96-bit integer: the float32
-bits of its confidence (monotonic for non-negative floats) followed by a 64-bit hash of
+bits of its confidence (monotonic for non-negative floats) followed by a 63-bit hash of
 (image id, seed). Keys order images by confidence, ties broken deterministically by the hash.
 
 For a class with n images and a target of K per class (`plan_quota`):
@@ -38,9 +38,12 @@ DEFAULT_COLLECT_LIMIT = 50_000
 
 
 def id_hash(data: bytes, seed: int) -> int:
-    """A 64-bit hash of `data` salted by `seed`, stable across processes and machines."""
+    """A 63-bit hash of `data` salted by `seed`, stable across processes and machines.
+
+    63 bits, so the value fits Beam's int64 coders wherever a runner infers one.
+    """
     salted = hashlib.blake2b(data, digest_size=8, key=seed.to_bytes(8, "little", signed=True))
-    return int.from_bytes(salted.digest(), "big")
+    return int.from_bytes(salted.digest(), "big") >> 1
 
 
 def priority_key(confidence: float, image_id: bytes, seed: int) -> int:

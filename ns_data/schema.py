@@ -212,7 +212,7 @@ def dense_targets(parsed: dict[str, tf.Tensor], num_classes: int) -> tf.Tensor:
     has_topk = classes.row_lengths() > 0
     dense_topk = tf.math.unsorted_segment_sum(
         topk_probs.flat_values,
-        classes.value_rowids() * num_classes + classes.flat_values,
+        tf.cast(classes.value_rowids(), tf.int64) * num_classes + classes.flat_values,
         tf.size(labels, out_type=tf.int64) * num_classes,
     )
     dense_topk = tf.reshape(dense_topk, [-1, num_classes])

@@ -1,6 +1,6 @@
 """WriteLabeledShards: deterministic, shuffled, sharded TFRecord output.
 
-Every record carries a 64-bit order key (a hash of its image id, copy index and the seed). The
+Every record carries a 63-bit order key (a hash of its image id, copy index and the seed). The
 key picks the shard (`key % num_shards`) and a sort chunk inside it; each chunk, a few thousand
 records, is sorted by key in memory and written to a temporary piece; each shard is then the
 concatenation of its pieces in chunk order (TFRecord files concatenate), renamed into place.

@@ -40,15 +40,14 @@ def key_of(rec: bytes) -> int:
     return int(rec.split(b"/")[0])
 
 
-# 41 records with 64-bit hash keys (most above 2**63), one key shared by two records.
+# 41 records with 63-bit hash keys, one key shared by two records.
 KEYS = [id_hash(b"image-%d" % i, 7) for i in range(40)]
 MANY = [(k, record(k, f"r{i}")) for i, k in enumerate(KEYS)] + [(KEYS[5], record(KEYS[5], "dup"))]
 FEW = [(5, record(5, "a")), (13, record(13, "b")), (2, record(2, "c"))]  # shards 5, 5, 2 of 8
 
 
 def _pick(index, pairs):
-    # Unannotated, so the output type is Any as for the pipeline's own keyed records (a typed
-    # Tuple[int, bytes] would get VarIntCoder, which cannot hold keys >= 2**63).
+    # Unannotated, so the output type is Any as for the pipeline's own keyed records.
     return pairs[index]
 
 
