@@ -35,7 +35,7 @@ from ns_data.select import BalancePerClass, FilterByConfidence
 from ns_data.teacher import (OUTPUT_KINDS, TeacherModelHandler, TeacherSpec, inspect_teacher,
                              output_error, read_metadata)
 from ns_data.write import (DEFAULT_CHUNK_RECORDS, PSEUDO_LABEL_PREFIX, WriteDeadLetters,
-                           WriteLabeledShards, shard_pattern)
+                           WriteLabeledShards, WriteScores, shard_pattern)
 
 
 def _pair(kind: type, name: str):
@@ -62,6 +62,49 @@ def _probability(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
     return value
+
+
+def add_balance_args(parser) -> None:
+    """Selection and output flags, shared with `beam_jobs.rebalance`."""
+    g = parser.add_argument_group("selection")
+    g.add_argument("--min_confidence", type=_probability, default=0.3,
+                   help="Keep images whose top-1 probability is at least this "
+                   "(default: %(default)s).")
+    g.add_argument("--images_per_class", type=_positive_int, default=130_000,
+                   help="K: images per class after balancing (default: %(default)s).")
+    g.add_argument("--no_duplicate", action="store_true",
+                   help="Cap classes at K without duplicating images of smaller classes.")
+    g.add_argument("--seed", type=int, default=0,
+                   help="Seed for tie-breaking, copy choice and shard placement; the same "
+                   "inputs and seed give byte-identical output (default: %(default)s).")
+    g.add_argument("--collect_limit", type=_positive_int, default=DEFAULT_COLLECT_LIMIT,
+                   help="Largest per-class bucket of keys the threshold search sorts in "
+                   "memory (default: %(default)s).")
+    g = parser.add_argument_group("output")
+    g.add_argument("--output_dir", help="Where shards, dead letters and stats.json go. "
+                   "Required.")
+    g.add_argument("--overwrite", action="store_true",
+                   help="Allow writing into an --output_dir that already holds shards.")
+    g.add_argument("--num_shards", type=_positive_int, default=16,
+                   help="Number of pseudo-label TFRecord shards (default: %(default)s).")
+    g.add_argument("--label_type", choices=[t.value for t in schema.LabelType],
+                   default="soft", help="hard: label only; soft: dense probabilities; "
+                   "soft_topk: sparse top-k classes and renormalised probabilities "
+                   "(default: %(default)s).")
+    g.add_argument("--topk", type=_positive_int, default=10,
+                   help="Classes kept per record with --label_type=soft_topk "
+                   "(default: %(default)s).")
+    g.add_argument("--chunk_records", type=_positive_int, default=DEFAULT_CHUNK_RECORDS,
+                   help="Records sorted in memory at once when writing shards; bounds "
+                   "worker memory (default: %(default)s).")
+
+
+class BalanceOptions(PipelineOptions):
+    """Selection and output flags, shared by `label_and_balance` and `rebalance`."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        add_balance_args(parser)
 
 
 class LabelAndBalanceOptions(PipelineOptions):
@@ -106,37 +149,10 @@ class LabelAndBalanceOptions(PipelineOptions):
                        help="Exact number of model copies per worker machine (implies sharing).")
         g.add_argument("--skip_teacher_check", action="store_true",
                        help="Do not load the teacher at launch to check it on one batch.")
-        g = parser.add_argument_group("selection")
-        g.add_argument("--min_confidence", type=_probability, default=0.3,
-                       help="Keep images whose top-1 probability is at least this "
-                       "(default: %(default)s).")
-        g.add_argument("--images_per_class", type=_positive_int, default=130_000,
-                       help="K: images per class after balancing (default: %(default)s).")
-        g.add_argument("--no_duplicate", action="store_true",
-                       help="Cap classes at K without duplicating images of smaller classes.")
-        g.add_argument("--seed", type=int, default=0,
-                       help="Seed for tie-breaking, copy choice and shard placement; the same "
-                       "inputs and seed give byte-identical output (default: %(default)s).")
-        g.add_argument("--collect_limit", type=_positive_int, default=DEFAULT_COLLECT_LIMIT,
-                       help="Largest per-class bucket of keys the threshold search sorts in "
-                       "memory (default: %(default)s).")
-        g = parser.add_argument_group("output")
-        g.add_argument("--output_dir", help="Where shards, dead letters and stats.json go. "
-                       "Required.")
-        g.add_argument("--overwrite", action="store_true",
-                       help="Allow writing into an --output_dir that already holds shards.")
-        g.add_argument("--num_shards", type=_positive_int, default=16,
-                       help="Number of pseudo-label TFRecord shards (default: %(default)s).")
-        g.add_argument("--label_type", choices=[t.value for t in schema.LabelType],
-                       default="soft", help="hard: label only; soft: dense probabilities; "
-                       "soft_topk: sparse top-k classes and renormalised probabilities "
-                       "(default: %(default)s).")
-        g.add_argument("--topk", type=_positive_int, default=10,
-                       help="Classes kept per record with --label_type=soft_topk "
-                       "(default: %(default)s).")
-        g.add_argument("--chunk_records", type=_positive_int, default=DEFAULT_CHUNK_RECORDS,
-                       help="Records sorted in memory at once when writing shards; bounds "
-                       "worker memory (default: %(default)s).")
+        g.add_argument("--scores_dir", default=None,
+                       help="Also persist every scored image (probabilities included) here, so "
+                       "beam_jobs.rebalance can re-select with another K or threshold without "
+                       "re-running the teacher.")
 
 
 def teacher_spec(opts: LabelAndBalanceOptions) -> TeacherSpec:
@@ -163,16 +179,9 @@ def check_teacher(spec: TeacherSpec) -> None:
         raise ValueError(f"teacher {spec.path} fails its launch check on a blank image: {error}")
 
 
-def run_config(opts: LabelAndBalanceOptions, spec: TeacherSpec) -> dict[str, Any]:
-    """The settings recorded in stats.json."""
+def balance_config(opts: BalanceOptions) -> dict[str, Any]:
+    """The selection and output settings recorded in stats.json."""
     return {
-        "input": opts.input,
-        "input_format": opts.input_format,
-        "teacher": opts.teacher,
-        "teacher_outputs": spec.outputs,
-        "image_shape": list(spec.image.shape),
-        "input_range": list(spec.input_range),
-        "temperature": spec.temperature,
         "min_confidence": opts.min_confidence,
         "images_per_class": opts.images_per_class,
         "duplicate": not opts.no_duplicate,
@@ -183,24 +192,43 @@ def run_config(opts: LabelAndBalanceOptions, spec: TeacherSpec) -> dict[str, Any
     }
 
 
+def run_config(opts: LabelAndBalanceOptions, spec: TeacherSpec) -> dict[str, Any]:
+    """The settings recorded in stats.json."""
+    return {
+        "input": opts.input,
+        "input_format": opts.input_format,
+        "teacher": opts.teacher,
+        "teacher_outputs": spec.outputs,
+        "image_shape": list(spec.image.shape),
+        "input_range": list(spec.input_range),
+        "temperature": spec.temperature,
+        "scores_dir": opts.scores_dir,
+        **balance_config(opts.view_as(BalanceOptions)),
+    }
+
+
+def check_output_dir(output_dir: str, overwrite: bool) -> None:
+    """Refuses to mix a new run's shards with an old run's, unless told to replace them."""
+    existing = tf.io.gfile.glob(shard_pattern(output_dir, PSEUDO_LABEL_PREFIX))
+    if existing and not overwrite:
+        raise ValueError(f"--output_dir={output_dir} already holds {len(existing)} shards; "
+                         "pass --overwrite or pick another directory")
+    for path in existing:
+        tf.io.gfile.remove(path)
+
+
 def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
     """Clear errors for missing or impossible flags and for an output that would clobber."""
-    missing = [f"--{name}" for name in ("input", "teacher", "output_dir")
-               if not getattr(opts, name)]
+    balance = opts.view_as(BalanceOptions)
+    missing = [f"--{name}" for name, value in (("input", opts.input), ("teacher", opts.teacher),
+                                               ("output_dir", balance.output_dir)) if not value]
     if missing:
         raise ValueError(f"missing required flags: {', '.join(missing)} (see --help)")
     if not opts.temperature > 0:
         raise ValueError(f"--temperature must be > 0, got {opts.temperature}")
     check_input_pattern(opts.input)
-    if not check_output:
-        return
-    existing = tf.io.gfile.glob(shard_pattern(opts.output_dir, PSEUDO_LABEL_PREFIX))
-    if existing and not opts.overwrite:
-        raise ValueError(f"--output_dir={opts.output_dir} already holds {len(existing)} shards; "
-                         "pass --overwrite or pick another directory")
-    if opts.overwrite:
-        for path in existing:
-            tf.io.gfile.remove(path)
+    if check_output:
+        check_output_dir(balance.output_dir, balance.overwrite)
 
 
 def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSpec,
@@ -219,19 +247,35 @@ def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSp
     read = pipeline | "ReadImages" >> ReadImages(opts.input, opts.input_format)
     inferred = read["images"] | "TeacherInference" >> TeacherInference(
         handler, spec.image, spec.outputs)
-    above = inferred["scored"] | "FilterByConfidence" >> FilterByConfidence(opts.min_confidence)
+    balance = opts.view_as(BalanceOptions)
+    if opts.scores_dir:
+        _ = inferred["scored"] | "PersistScores" >> WriteScores(
+            opts.scores_dir, balance.num_shards, seed=balance.seed)
+    dead = ((read["dead_letters"], inferred["dead_letters"])
+            | "MergeDeadLetters" >> beam.Flatten())
+    return balance_and_write(read["images"], inferred["scored"], dead, balance,
+                             run_config(opts, spec), spec.num_classes)
+
+
+def balance_and_write(images: beam.PCollection, scored: beam.PCollection,
+                      dead: beam.PCollection, opts: BalanceOptions, config: dict[str, Any],
+                      num_classes: int = 0) -> beam.PCollection:
+    """FilterByConfidence → BalancePerClass → WriteLabeledShards, dead letters and stats.
+
+    Shared by this job and `beam_jobs.rebalance`.
+    Returns the PCollection of the stats.json path.
+    """
+    above = scored | "FilterByConfidence" >> FilterByConfidence(opts.min_confidence)
     balanced = above | "BalancePerClass" >> BalancePerClass(
         opts.images_per_class, duplicate=not opts.no_duplicate, seed=opts.seed,
         collect_limit=opts.collect_limit)
     shards = balanced["copies"] | "WriteLabeledShards" >> WriteLabeledShards(
         opts.output_dir, opts.num_shards, schema.LabelType(opts.label_type), topk=opts.topk,
         seed=opts.seed, chunk_records=opts.chunk_records)
-    dead = ((read["dead_letters"], inferred["dead_letters"])
-            | "MergeDeadLetters" >> beam.Flatten())
     _ = dead | "WriteDeadLetters" >> WriteDeadLetters(opts.output_dir, seed=opts.seed)
-    return {"images": read["images"], "dead_letters": dead, "scored": inferred["scored"],
+    return {"images": images, "dead_letters": dead, "scored": scored,
             "plans": balanced["plans"], "shards": shards} | "WriteStats" >> stats.WriteRunStats(
-        opts.output_dir, run_config(opts, spec), spec.num_classes)
+        opts.output_dir, config, num_classes)
 
 
 def _help_parser() -> argparse.ArgumentParser:
@@ -242,6 +286,7 @@ def _help_parser() -> argparse.ArgumentParser:
         "--setup_file, --dataflow_service_options=worker_accelerator=..., --machine_type, "
         "--direct_num_workers, ...) are accepted as well; see Beam's documentation.")
     LabelAndBalanceOptions._add_argparse_args(parser)
+    BalanceOptions._add_argparse_args(parser)
     return parser
 
 
@@ -286,19 +331,24 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     build(pipeline, opts, spec, model_handler)
     result = pipeline.run()
     result.wait_until_finish()
-    if not dry_run and tf.io.gfile.exists(posixpath.join(opts.output_dir, stats.STATS_FILE)):
-        print(f"\nOutput: {opts.output_dir}")
-        print(stats.format_summary(stats.read_stats(opts.output_dir),
-                                   read_metadata(opts.teacher).get("class_names")))
+    if not dry_run:
+        print_summary(opts.view_as(BalanceOptions).output_dir, read_metadata(opts.teacher).get("class_names"))
     return result
 
 
-def main() -> None:
+def print_summary(output_dir: str, class_names: list[str] | None = None) -> None:
+    """Prints where the output went and the per-class table from its stats.json."""
+    if tf.io.gfile.exists(posixpath.join(output_dir, stats.STATS_FILE)):
+        print(f"\nOutput: {output_dir}")
+        print(stats.format_summary(stats.read_stats(output_dir), class_names))
+
+
+def configure_logging() -> None:
+    """INFO for progress, minus Beam's log line for every string type hint it meets."""
     logging.getLogger().setLevel(logging.INFO)
-    # Beam logs every string type hint it meets at INFO; that is noise for users.
     logging.getLogger("apache_beam.typehints").setLevel(logging.WARNING)
-    run()
 
 
 if __name__ == "__main__":
-    main()
+    configure_logging()
+    run()

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from ns_data import schema
-from ns_data.records import STAGE_PARSE, DeadLetter, RawImage
+from ns_data.records import STAGE_PARSE, DeadLetter, RawImage, ScoredImage
 
 INPUT_FORMATS = ("tfrecord", "images")
 DEAD_LETTERS = "dead_letters"
@@ -83,5 +84,36 @@ class ReadImages(beam.PTransform):
         parsed = (pbegin
                   | "ReadTFRecords" >> beam.io.ReadFromTFRecord(self._pattern)
                   | "ParseExamples" >> beam.ParDo(_ParseImageExample()).with_outputs(
+                      DEAD_LETTERS, main=IMAGES))
+        return {IMAGES: parsed[IMAGES], DEAD_LETTERS: parsed[DEAD_LETTERS]}
+
+
+def _parse_score(serialized: bytes):
+    try:
+        record = schema.parse_pseudo_label(serialized)
+        if not record.probabilities:
+            raise ValueError(f"record has no {schema.PROBABILITIES!r}; was it written with "
+                             "--scores_dir?")
+    except Exception as e:  # noqa: BLE001 - any bad record becomes a dead letter
+        beam.metrics.Metrics.counter("ns_data", "failed_parse").inc()
+        yield beam.pvalue.TaggedOutput(DEAD_LETTERS, DeadLetter(
+            STAGE_PARSE, schema.content_id(serialized), serialized, f"{type(e).__name__}: {e}"))
+        return
+    beam.metrics.Metrics.counter("ns_data", "images_read").inc()
+    yield ScoredImage(record.image_id, record.encoded,
+                      np.asarray(record.probabilities, dtype=np.float32))
+
+
+class ReadScoredImages(beam.PTransform):
+    """Scores persisted by `label_and_balance --scores_dir` → {"images": ScoredImage, ...}."""
+
+    def __init__(self, pattern: str):
+        super().__init__()
+        self._pattern = pattern
+
+    def expand(self, pbegin):
+        parsed = (pbegin
+                  | "ReadTFRecords" >> beam.io.ReadFromTFRecord(self._pattern)
+                  | "ParseScores" >> beam.FlatMap(_parse_score).with_outputs(
                       DEAD_LETTERS, main=IMAGES))
         return {IMAGES: parsed[IMAGES], DEAD_LETTERS: parsed[DEAD_LETTERS]}

@@ -143,9 +143,9 @@ def format_summary(stats: Mapping[str, Any], class_names: list[str] | None = Non
     return "\n".join(lines)
 
 
-def _assemble(_, config, num_classes, images_ok, failures, scored_per_class, plans, shards,
+def _assemble(_, config, num_classes, widest, images_ok, failures, scored_per_class, plans, shards,
               output_dir):
-    stats = build_stats(config=config, num_classes=num_classes, images_ok=images_ok,
+    stats = build_stats(config=config, num_classes=max(num_classes, widest), images_ok=images_ok,
                         failures=failures, scored_per_class=scored_per_class, plans=plans,
                         shard_counts=shards)
     check_reconciles(stats)
@@ -156,10 +156,11 @@ class WriteRunStats(beam.PTransform):
     """Counts from the run's PCollections → `stats.json`; yields its path once written.
 
     Takes a dict of PCollections: "images" (parsed images), "dead_letters", "scored", "plans"
-    ((label, ClassPlan)) and "shards" ((shard, count)).
+    ((label, ClassPlan)) and "shards" ((shard, count)). Every class of `num_classes`, or of the
+    widest probability vector scored when larger, gets a row.
     """
 
-    def __init__(self, output_dir: str, config: Mapping[str, Any], num_classes: int):
+    def __init__(self, output_dir: str, config: Mapping[str, Any], num_classes: int = 0):
         super().__init__()
         self._output_dir = output_dir
         self._config = dict(config)
@@ -171,6 +172,9 @@ class WriteRunStats(beam.PTransform):
         failures = (pcolls["dead_letters"]
                     | "StageOf" >> beam.Map(lambda d: d.stage)
                     | "CountFailures" >> beam.combiners.Count.PerElement())
+        widest = (pcolls["scored"]
+                  | "ClassesOf" >> beam.Map(lambda s: len(s.probabilities))
+                  | "MaxClasses" >> beam.CombineGlobally(max).without_defaults())
         scored = (pcolls["scored"]
                   | "LabelOf" >> beam.Map(lambda s: s.label)
                   | "CountScored" >> beam.combiners.Count.PerElement())
@@ -180,6 +184,7 @@ class WriteRunStats(beam.PTransform):
                     _assemble,
                     config=self._config,
                     num_classes=self._num_classes,
+                    widest=side.AsSingleton(widest, default_value=0),
                     images_ok=side.AsSingleton(images_ok),
                     failures=side.AsDict(failures),
                     scored_per_class=side.AsDict(scored),

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from ns_data import schema
 from ns_data.balance import id_hash
-from ns_data.records import DeadLetter
+from ns_data.records import DeadLetter, ScoredImage
 
 PSEUDO_LABEL_PREFIX = "pseudo_labels"
 DEAD_LETTER_PREFIX = "dead_letters"
@@ -191,3 +191,31 @@ class WriteDeadLetters(beam.PTransform):
         return (letters
                 | "Serialize" >> beam.Map(_dead_letter_record, self._seed)
                 | "Write" >> WriteShuffledShards(self._output_dir, DEAD_LETTER_PREFIX, 1))
+
+
+SCORES_PREFIX = "scores"
+
+
+def _score_record(image: ScoredImage, seed: int):
+    return id_hash(image.image_id, seed), schema.pseudo_label_example(
+        image.image_id, image.encoded, image.probabilities, schema.LabelType.SOFT)
+
+
+class WriteScores(beam.PTransform):
+    """ScoredImage → `scores-*.tfrecord`: every scored image with its full probabilities.
+
+    The records are soft pseudo-labels (copy 0), the input of `beam_jobs.rebalance`, which
+    re-selects with another K or threshold without running the teacher again.
+    """
+
+    def __init__(self, scores_dir: str, num_shards: int, seed: int = 0):
+        super().__init__()
+        self._scores_dir = scores_dir
+        self._num_shards = num_shards
+        self._seed = seed
+
+    def expand(self, scored):
+        return (scored
+                | "Serialize" >> beam.Map(_score_record, self._seed)
+                | "Write" >> WriteShuffledShards(self._scores_dir, SCORES_PREFIX,
+                                                 self._num_shards))

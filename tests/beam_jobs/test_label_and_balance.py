@@ -229,3 +229,30 @@ def test_help_documents_every_flag(capsys):
             assert action.help, action.option_strings
     for flag in ("--min_confidence", "--images_per_class", "--label_type", "--runner"):
         assert flag in text
+
+
+def test_image_files_input(tmp_path):
+    images = corpus()[:25]
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    for im in images:
+        (image_dir / f"{im.image_id.decode()}.png").write_bytes(im.encoded)
+    (image_dir / "broken.png").write_bytes(b"not an image")
+    output_dir = str(tmp_path / "out")
+    opts = PipelineOptions([f"--input={image_dir}/*.png", "--input_format=images",
+                            "--teacher=unused", f"--output_dir={output_dir}",
+                            f"--images_per_class={K}", "--num_shards=2", f"--seed={SEED}"]
+                           ).view_as(job.LabelAndBalanceOptions)
+    with BeamTestPipeline(runner="DirectRunner") as p:
+        job.build(p, opts, fakes.fake_spec(), fakes.FakeTeacherHandler())
+    run_stats = stats.read_stats(output_dir)
+    records = [schema.parse_pseudo_label(r) for r in read_records(output_dir)]
+    # Ids are the file paths; the selection is the brute-force one on those ids.
+    by_path = {f"{image_dir}/{im.image_id.decode()}.png".encode(): im for im in images}
+    renamed = [fakes.FakeImage(path, im.label, im.code, im.encoded)
+               for path, im in by_path.items()]
+    want = {i: c for i, c in expected_copies(renamed, K).items() if c}
+    assert dict(collections.Counter(r.image_id for r in records)) == want
+    assert run_stats["totals"]["read"] == 26
+    assert run_stats["totals"]["failed"]["decode"] == 1
+    stats.check_reconciles(run_stats)
