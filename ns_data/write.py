@@ -89,8 +89,8 @@ class _ConcatShard(beam.DoFn):
                     while block := piece.read(1 << 24):
                         out.write(block)
         tf.io.gfile.rename(temp, final, overwrite=True)
-        for _, path, _ in pieces:
-            tf.io.gfile.remove(path)
+        # Pieces stay until every shard is written (RemoveTempDir), so a retried bundle can
+        # rebuild this shard from them.
         count = sum(c for _, _, c in pieces)
         self._written.inc(count)
         yield shard, count
