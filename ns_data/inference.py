@@ -75,8 +75,9 @@ class _ToScored(beam.DoFn):
 
 def _failed_batch_to_dead_letters(failure):
     """A batch the teacher raised on → one dead letter per image in it."""
-    batch, exception = failure
-    message = f"{type(exception).__name__}: {exception}"
+    batch, error = failure
+    # Beam hands over (exception type, repr, formatted traceback) for a failed batch.
+    message = error[1] if isinstance(error, tuple) and len(error) > 1 else repr(error)
     for (image_id, encoded), _ in batch:
         yield DeadLetter(STAGE_INFERENCE, image_id, encoded, message)
 

@@ -36,15 +36,20 @@ class _ParseImageExample(beam.DoFn):
             yield self._dead(schema.content_id(serialized), serialized,
                              f"not a tf.train.Example: {type(e).__name__}: {e}")
             return
-        ids = features.get(schema.IMAGE_ID)
-        encoded = features.get(schema.IMAGE_ENCODED)
-        if not encoded or not encoded[0]:
-            image_id = ids[0] if ids and ids[0] else schema.content_id(serialized)
-            yield self._dead(image_id, serialized, f"record has no {schema.IMAGE_ENCODED!r} "
-                             f"bytes (features: {sorted(features)})")
+        ids = features.get(schema.IMAGE_ID) or [b""]
+        encoded = features.get(schema.IMAGE_ENCODED) or [b""]
+        image_id = ids[0] if isinstance(ids[0], bytes) and ids[0] else None
+        if not isinstance(encoded[0], bytes) or not encoded[0]:
+            yield self._dead(image_id or schema.content_id(serialized), serialized,
+                             f"record has no {schema.IMAGE_ENCODED!r} bytes "
+                             f"(features: {sorted(features)})")
+            return
+        if ids[0] and image_id is None:
+            yield self._dead(schema.content_id(serialized), serialized,
+                             f"{schema.IMAGE_ID!r} must be bytes, got {type(ids[0]).__name__}")
             return
         self._read.inc()
-        yield RawImage(ids[0] if ids and ids[0] else schema.content_id(encoded[0]), encoded[0])
+        yield RawImage(image_id or schema.content_id(encoded[0]), encoded[0])
 
     def _dead(self, image_id: bytes, serialized: bytes, message: str):
         self._failed.inc()

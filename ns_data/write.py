@@ -15,6 +15,8 @@ import posixpath
 
 import apache_beam as beam
 import tensorflow as tf
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from ns_data import schema
 from ns_data.balance import id_hash
@@ -81,14 +83,16 @@ class _ConcatShard(beam.DoFn):
         pieces = sorted(p for p in grouped["pieces"])
         final = shard_path(self._output_dir, self._prefix, shard, self._num_shards)
         temp = final + ".incomplete"
-        with tf.io.TFRecordWriter(temp):  # creates the file, so empty shards exist too
-            pass
-        with tf.io.gfile.GFile(temp, "wb") as out:
+        # Beam's FileSystems streams to object stores; tf.io.gfile would stage a whole shard on
+        # the worker's local disk before uploading it.
+        with FileSystems.create(temp, compression_type=CompressionTypes.UNCOMPRESSED) as out:
             for _, path, _ in pieces:
-                with tf.io.gfile.GFile(path, "rb") as piece:
-                    while block := piece.read(1 << 24):
+                with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                    while block := f.read(1 << 24):
                         out.write(block)
-        tf.io.gfile.rename(temp, final, overwrite=True)
+        if FileSystems.exists(final):
+            FileSystems.delete([final])
+        FileSystems.rename([temp], [final])
         # Pieces stay until every shard is written (RemoveTempDir), so a retried bundle can
         # rebuild this shard from them.
         count = sum(c for _, _, c in pieces)

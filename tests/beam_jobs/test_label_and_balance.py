@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
@@ -51,7 +52,6 @@ def expected_copies(images, k, duplicate=True, min_confidence=0.3, seed=SEED):
 
 
 def read_records(output_dir: str, prefix: str = "pseudo_labels") -> list[bytes]:
-    import tensorflow as tf
     files = sorted(glob.glob(os.path.join(output_dir, f"{prefix}-*.tfrecord")))
     return [r.numpy() for r in tf.data.TFRecordDataset(files)] if files else []
 
@@ -162,7 +162,6 @@ def test_records_are_spread_across_shards(tmp_path):
     output_dir, run_stats = run_fake(tmp_path, images)
     per_shard = []
     for path in sorted(glob.glob(os.path.join(output_dir, "pseudo_labels-*.tfrecord"))):
-        import tensorflow as tf
         per_shard.append([schema.parse_pseudo_label(r.numpy())
                           for r in tf.data.TFRecordDataset(path)])
     assert len(per_shard) == 3 and all(per_shard)
@@ -185,6 +184,11 @@ def test_bad_records_become_dead_letters_and_are_counted(tmp_path):
         schema.image_example(b"", b"empty-bytes"),
         schema.image_example(nan_image.encoded, nan_image.image_id),
         schema.image_example(raising.encoded, raising.image_id),
+        tf.train.Example(features=tf.train.Features(feature={
+            schema.IMAGE_ENCODED: tf.train.Feature(bytes_list=tf.train.BytesList(
+                value=[good[0].encoded])),
+            schema.IMAGE_ID: tf.train.Feature(int64_list=tf.train.Int64List(value=[7])),
+        })).SerializeToString(),
     ]
     # batch_size=1: the raising image fails alone, so the count is exact.
     output_dir, run_stats = run_fake(tmp_path, good, input_records=records, batch_size=1)
@@ -195,15 +199,23 @@ def test_bad_records_become_dead_letters_and_are_counted(tmp_path):
     assert stage_of[b"empty-bytes"] == "parse"
     assert stage_of[nan_image.image_id] == "invalid_output"
     assert stage_of[raising.image_id] == "inference"
-    assert list(stage_of.values()).count("parse") == 2  # plus the non-Example record
+    # Plus the non-Example record and the one whose id is an int64.
+    assert list(stage_of.values()).count("parse") == 3
+    assert by_id_message(letters, raising.image_id).startswith("RuntimeError('fake teacher")
     assert all(d[schema.ERROR_MESSAGE][0] for d in letters)
     by_id = {d[schema.IMAGE_ID][0]: d for d in letters}
     assert by_id[b"corrupt-png"][schema.IMAGE_ENCODED][0] == b"\x89PNG\r\n\x1a\n-not-really"
     totals = run_stats["totals"]
     assert totals["read"] == len(records)
-    assert totals["failed"] == {"parse": 2, "decode": 2, "inference": 1, "invalid_output": 1}
+    assert totals["failed"] == {"parse": 3, "decode": 2, "inference": 1, "invalid_output": 1}
     assert totals["scored"] == len(good)
     stats.check_reconciles(run_stats)
+
+
+def by_id_message(letters, image_id: bytes) -> str:
+    (message,) = [d[schema.ERROR_MESSAGE][0].decode() for d in letters
+                  if d[schema.IMAGE_ID][0] == image_id]
+    return message
 
 
 def test_missing_flags_and_existing_output_are_clear_errors(tmp_path):
