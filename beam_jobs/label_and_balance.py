@@ -1,6 +1,6 @@
 """Pseudo-label a corpus of unlabeled images with a teacher and balance it per class.
 
-    python -m beam_jobs.label_and_balance --input='data/unlabeled-*.tfrecord' \
+    python -m beam_jobs.label_and_balance --input='data/unlabeled-*.tfrecord' \\
         --teacher=models/teacher --output_dir=out/round1 [Beam options]
 
 ReadImages → TeacherInference → FilterByConfidence → BalancePerClass → WriteLabeledShards, as in
@@ -13,6 +13,8 @@ options to run at scale.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import logging
 import os
 import posixpath
@@ -35,7 +37,7 @@ from ns_data.select import BalancePerClass, FilterByConfidence
 from ns_data.teacher import (OUTPUT_KINDS, TeacherModelHandler, TeacherSpec, inspect_teacher,
                              output_error, read_metadata)
 from ns_data.write import (DEFAULT_CHUNK_RECORDS, PSEUDO_LABEL_PREFIX, WriteDeadLetters,
-                           WriteLabeledShards, WriteScores, shard_pattern)
+                           SCORES_PREFIX, WriteLabeledShards, WriteScores, shard_pattern)
 
 
 def _pair(kind: type, name: str):
@@ -64,6 +66,13 @@ def _probability(text: str) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    value = int(text)
+    if not -2**63 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must fit in 64 bits, got {value}")
+    return value
+
+
 def add_balance_args(parser) -> None:
     """Selection and output flags, shared with `beam_jobs.rebalance`."""
     g = parser.add_argument_group("selection")
@@ -74,7 +83,7 @@ def add_balance_args(parser) -> None:
                    help="K: images per class after balancing (default: %(default)s).")
     g.add_argument("--no_duplicate", action="store_true",
                    help="Cap classes at K without duplicating images of smaller classes.")
-    g.add_argument("--seed", type=int, default=0,
+    g.add_argument("--seed", type=_seed, default=0,
                    help="Seed for tie-breaking, copy choice and shard placement; the same "
                    "inputs and seed give byte-identical output (default: %(default)s).")
     g.add_argument("--collect_limit", type=_positive_int, default=DEFAULT_COLLECT_LIMIT,
@@ -84,9 +93,11 @@ def add_balance_args(parser) -> None:
     g.add_argument("--output_dir", help="Where shards, dead letters and stats.json go. "
                    "Required.")
     g.add_argument("--overwrite", action="store_true",
-                   help="Allow writing into an --output_dir that already holds shards.")
+                   help="Replace the shards an --output_dir (or --scores_dir) already holds; "
+                   "they are deleted at launch, before the new run writes.")
     g.add_argument("--num_shards", type=_positive_int, default=16,
-                   help="Number of pseudo-label TFRecord shards (default: %(default)s).")
+                   help="Number of pseudo-label TFRecord shards, and of score shards with "
+                   "--scores_dir (default: %(default)s).")
     g.add_argument("--label_type", choices=[t.value for t in schema.LabelType],
                    default="soft", help="hard: label only; soft: dense probabilities; "
                    "soft_topk: sparse top-k classes and renormalised probabilities "
@@ -95,8 +106,8 @@ def add_balance_args(parser) -> None:
                    help="Classes kept per record with --label_type=soft_topk "
                    "(default: %(default)s).")
     g.add_argument("--chunk_records", type=_positive_int, default=DEFAULT_CHUNK_RECORDS,
-                   help="Records sorted in memory at once when writing shards; bounds "
-                   "worker memory (default: %(default)s).")
+                   help="Records sorted in memory at once when writing shards; a worker "
+                   "holds about this many encoded images (default: %(default)s).")
 
 
 class BalanceOptions(PipelineOptions):
@@ -172,7 +183,7 @@ def teacher_spec(opts: LabelAndBalanceOptions) -> TeacherSpec:
 
 def check_teacher(spec: TeacherSpec) -> None:
     """Loads the teacher and runs one zero batch, so a wrong model fails at launch, not later."""
-    handler = TeacherModelHandler(spec)
+    handler = TeacherModelHandler(dataclasses.replace(spec, batch_size=1))
     results = handler.run_inference([np.zeros(spec.image.shape, np.uint8)], handler.load_model())
     error = output_error(*results[0].inference, spec.outputs)
     if error:
@@ -207,11 +218,11 @@ def run_config(opts: LabelAndBalanceOptions, spec: TeacherSpec) -> dict[str, Any
     }
 
 
-def check_output_dir(output_dir: str, overwrite: bool) -> None:
+def check_output_dir(output_dir: str, overwrite: bool, prefix: str = PSEUDO_LABEL_PREFIX) -> None:
     """Refuses to mix a new run's shards with an old run's, unless told to replace them."""
-    existing = tf.io.gfile.glob(shard_pattern(output_dir, PSEUDO_LABEL_PREFIX))
+    existing = tf.io.gfile.glob(shard_pattern(output_dir, prefix))
     if existing and not overwrite:
-        raise ValueError(f"--output_dir={output_dir} already holds {len(existing)} shards; "
+        raise ValueError(f"{output_dir} already holds {len(existing)} {prefix} shards; "
                          "pass --overwrite or pick another directory")
     for path in existing:
         tf.io.gfile.remove(path)
@@ -229,6 +240,8 @@ def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
     check_input_pattern(opts.input)
     if check_output:
         check_output_dir(balance.output_dir, balance.overwrite)
+        if opts.scores_dir:
+            check_output_dir(opts.scores_dir, balance.overwrite, SCORES_PREFIX)
 
 
 def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSpec,
@@ -280,7 +293,7 @@ def balance_and_write(images: beam.PCollection, scored: beam.PCollection,
 
 def _help_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m beam_jobs.label_and_balance", description=__doc__,
+        prog="python -m beam_jobs.label_and_balance", description=__doc__, allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Beam pipeline options (--runner, --project, --region, --temp_location, "
         "--setup_file, --dataflow_service_options=worker_accelerator=..., --machine_type, "
@@ -291,14 +304,28 @@ def _help_parser() -> argparse.ArgumentParser:
 
 
 def pipeline_options(argv: list[str]) -> PipelineOptions:
-    """Beam options from argv, with this project's defaults filled in."""
+    """Beam options from argv, with this project's defaults filled in.
+
+    Raises:
+      ValueError: for a flag neither this job nor Beam knows (Beam would only log it, and a
+        misspelt --images_per_class would silently run with the default K).
+    """
     options = PipelineOptions(argv)
+    parsers = []
+    options.get_all_options(add_extra_args_fn=parsers.append)
+    _, unknown = parsers[0].parse_known_args(argv)
+    flags = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("--")]
+    if flags:
+        known = [opt for action in parsers[0]._actions for opt in action.option_strings]
+        hints = [f"{f} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(f, known, 1))
+                 else f for f in flags]
+        raise ValueError(f"unknown flags: {', '.join(hints)}; see --help")
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = "DirectRunner"  # Beam's default (Prism) downloads a binary
     setup = options.view_as(SetupOptions)
     here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
-    if (standard.runner == "DataflowRunner" and not setup.setup_file
+    if (standard.runner.lower() in ("dataflow", "dataflowrunner") and not setup.setup_file
             and not setup.requirements_file and os.path.exists(here)):
         setup.setup_file = here  # workers need ns_data; ship it unless told otherwise
     return options

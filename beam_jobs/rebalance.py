@@ -1,7 +1,7 @@
 """Re-select persisted teacher scores with another K, threshold or label type; no teacher needed.
 
     python -m beam_jobs.label_and_balance ... --scores_dir=out/scores   # once, runs the teacher
-    python -m beam_jobs.rebalance --scores='out/scores/scores-*.tfrecord' \
+    python -m beam_jobs.rebalance --scores='out/scores/scores-*.tfrecord' \\
         --output_dir=out/k50k --images_per_class=50000 --min_confidence=0.5
 
 Reads the scores (every scored image with its probabilities), then runs the same
@@ -44,6 +44,7 @@ def build(pipeline: beam.Pipeline, opts: RebalanceOptions) -> beam.PCollection:
 
 def _help_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m beam_jobs.rebalance", description=__doc__,
+                                     allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Beam pipeline options are accepted as well.")
     RebalanceOptions._add_argparse_args(parser)

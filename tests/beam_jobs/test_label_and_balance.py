@@ -224,11 +224,22 @@ def test_missing_flags_and_existing_output_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="matches no files"):
         job.run([f"--input={tmp_path}/none-*.tfrecord", "--teacher=t", "--output_dir=o"])
     output_dir, _ = run_fake(tmp_path, corpus()[:12])
-    with pytest.raises(ValueError, match="already holds 3 shards; pass --overwrite"):
+    with pytest.raises(ValueError, match="already holds 3 pseudo_labels shards; pass --overwrite"):
         job.run([f"--input={tmp_path}/input.tfrecord", "--teacher=t",
                  f"--output_dir={output_dir}"])
     with pytest.raises(SystemExit):
         job.run(["--input=x", "--min_confidence=1.5"])
+    with pytest.raises(SystemExit):
+        job.run(["--input=x", "--seed=9223372036854775808"])
+    with pytest.raises(ValueError, match=r"unknown flags: --image_per_class \(did you mean "
+                       r"--images_per_class\?\)"):
+        job.run(["--input=x", "--image_per_class=5"])
+    with pytest.raises(ValueError, match="unknown flags: --images_per"):
+        job.run(["--input=x", "--images_per=5"])  # no abbreviations either
+    scores_dir, _ = run_fake(tmp_path, corpus()[:12], f"--scores_dir={tmp_path}/s", name="sc")
+    with pytest.raises(ValueError, match="already holds 3 scores shards"):
+        job.run([f"--input={tmp_path}/input.tfrecord", "--teacher=t",
+                 f"--output_dir={tmp_path}/new", f"--scores_dir={tmp_path}/s"])
 
 
 def test_help_documents_every_flag(capsys):
