@@ -31,6 +31,7 @@ from apache_beam.runners.runner import PipelineResult
 
 from ns_data import schema, stats
 from ns_data.balance import DEFAULT_COLLECT_LIMIT
+from ns_data.images import DEFAULT_MAX_PIXELS
 from ns_data.inference import TeacherInference
 from ns_data.read import INPUT_FORMATS, ReadImages, check_input_pattern
 from ns_data.select import BalancePerClass, FilterByConfidence
@@ -129,6 +130,9 @@ class LabelAndBalanceOptions(PipelineOptions):
                        "files with --input_format=images. Required.")
         g.add_argument("--input_format", choices=INPUT_FORMATS, default="tfrecord",
                        help="What --input holds (default: %(default)s).")
+        g.add_argument("--max_image_pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+                       help="Images whose header declares more pixels are dead letters, not "
+                       "decoded (default: %(default)s).")
         g = parser.add_argument_group("teacher")
         g.add_argument("--teacher", help="SavedModel directory of the teacher whose signature "
                        "maps images [N,H,W,C] to [N,num_classes] logits or probabilities. "
@@ -259,7 +263,7 @@ def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSp
         spec, large_model=opts.large_model, model_copies=opts.model_copies)
     read = pipeline | "ReadImages" >> ReadImages(opts.input, opts.input_format)
     inferred = read["images"] | "TeacherInference" >> TeacherInference(
-        handler, spec.image, spec.outputs)
+        handler, spec.image, spec.outputs, opts.max_image_pixels)
     balance = opts.view_as(BalanceOptions)
     if opts.scores_dir:
         _ = inferred["scored"] | "PersistScores" >> WriteScores(

@@ -6,6 +6,7 @@ exactly as the trainer prepared them.
 from __future__ import annotations
 
 import dataclasses
+import struct
 
 import numpy as np
 import tensorflow as tf
@@ -49,21 +50,43 @@ def decode_and_resize(encoded: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
     return tf.ensure_shape(image, spec.shape)
 
 
+# Pillow's default decompression-bomb limit: a larger image is refused before decoding.
+DEFAULT_MAX_PIXELS = 89_478_485
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def image_dimensions(encoded: bytes) -> tuple[int, int] | None:
+    """(height, width) from a PNG or JPEG header without decoding pixels; None if unknown."""
+    if encoded.startswith(_PNG_SIGNATURE) and len(encoded) >= 24:
+        width, height = struct.unpack(">II", encoded[16:24])
+        return height, width
+    if encoded.startswith(b"\xff\xd8"):
+        try:
+            height, width, _ = tf.io.extract_jpeg_shape(encoded).numpy().tolist()
+        except tf.errors.InvalidArgumentError:
+            return None
+        return height, width
+    return None
+
+
 class ImageDecoder:
     """Decodes one image's bytes to a uint8 numpy array; builds its tf.function lazily.
 
-    Picklable (the compiled function is created on first use), so it can live in a DoFn.
+    Images whose header declares more than `max_pixels` pixels are refused before decoding,
+    so one decompression bomb costs a dead letter, not a worker's memory. Picklable (the
+    compiled function is created on first use), so it can live in a DoFn.
     """
 
-    def __init__(self, spec: ImageSpec):
+    def __init__(self, spec: ImageSpec, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.spec = spec
+        self.max_pixels = max_pixels
         self._fn = None
 
     def __getstate__(self):
-        return {"spec": self.spec}
+        return {"spec": self.spec, "max_pixels": self.max_pixels}
 
     def __setstate__(self, state):
-        self.__init__(state["spec"])
+        self.__init__(state["spec"], state.get("max_pixels", DEFAULT_MAX_PIXELS))
 
     def __call__(self, encoded: bytes) -> np.ndarray:
         if self._fn is None:
@@ -73,4 +96,8 @@ class ImageDecoder:
             )
         if not encoded:
             raise ValueError("empty image bytes")
+        size = image_dimensions(encoded)
+        if size and size[0] * size[1] > self.max_pixels:
+            raise ValueError(f"image is {size[1]}x{size[0]}, over the limit of "
+                             f"{self.max_pixels} pixels (--max_image_pixels)")
         return self._fn(tf.constant(encoded)).numpy()

@@ -8,7 +8,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
-from ns_data.images import ImageDecoder, ImageSpec
+from ns_data.images import DEFAULT_MAX_PIXELS, ImageDecoder, ImageSpec
 from ns_data.records import (STAGE_DECODE, STAGE_INFERENCE, STAGE_OUTPUT, DeadLetter, RawImage,
                              ScoredImage)
 from ns_data.teacher import output_error
@@ -21,8 +21,8 @@ _PROGRESS_EVERY_SECS = 30.0
 class _Decode(beam.DoFn):
     """RawImage → ((id, encoded), uint8 pixels) for the keyed handler, or a dead letter."""
 
-    def __init__(self, spec: ImageSpec):
-        self._decoder = ImageDecoder(spec)
+    def __init__(self, spec: ImageSpec, max_pixels: int):
+        self._decoder = ImageDecoder(spec, max_pixels)
         self._failed = beam.metrics.Metrics.counter("ns_data", "failed_decode")
 
     def process(self, image: RawImage):
@@ -92,14 +92,16 @@ class TeacherInference(beam.PTransform):
     dead letters instead of failing the job.
     """
 
-    def __init__(self, model_handler: ModelHandler, image_spec: ImageSpec, outputs: str):
+    def __init__(self, model_handler: ModelHandler, image_spec: ImageSpec, outputs: str,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         super().__init__()
         self._handler = model_handler
         self._image_spec = image_spec
         self._outputs = outputs
+        self._max_pixels = max_pixels
 
     def expand(self, images):
-        decoded = images | "Decode" >> beam.ParDo(_Decode(self._image_spec)).with_outputs(
+        decoded = images | "Decode" >> beam.ParDo(_Decode(self._image_spec, self._max_pixels)).with_outputs(
             DEAD_LETTERS, main="decoded")
         predictions, failed = (
             decoded["decoded"]

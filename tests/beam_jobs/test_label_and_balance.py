@@ -192,6 +192,11 @@ def test_bad_records_become_dead_letters_and_are_counted(tmp_path):
     ]
     # batch_size=1: the raising image fails alone, so the count is exact.
     output_dir, run_stats = run_fake(tmp_path, good, input_records=records, batch_size=1)
+    # A tight pixel limit turns every (4x4) image into a decode dead letter: the good ones, the
+    # NaN and raising ones, and the two corrupt ones as before.
+    _, tight = run_fake(tmp_path, good, "--max_image_pixels=15", name="tight")
+    assert tight["totals"]["failed"]["decode"] == len(good) + 4
+    assert tight["totals"]["written"] == 0
     letters = [schema.parse_example(r) for r in read_records(output_dir, "dead_letters")]
     stage_of = {d[schema.IMAGE_ID][0]: d[schema.ERROR_STAGE][0].decode() for d in letters}
     assert stage_of[b"corrupt-png"] == "decode"

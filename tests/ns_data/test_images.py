@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import pickle
+import struct
+import zlib
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from ns_data.images import ImageDecoder, ImageSpec
+from ns_data.images import ImageDecoder, ImageSpec, image_dimensions
 
 
 def png(pixels: np.ndarray) -> bytes:
@@ -138,3 +140,26 @@ def test_decoder_pickles_after_use():
     clone = pickle.loads(pickle.dumps(decoder))
     assert clone.spec == spec
     np.testing.assert_array_equal(clone(png(pixels)), pixels)
+
+
+def test_image_dimensions_from_headers_without_decoding():
+    pixels = np.zeros((7, 11, 3), dtype=np.uint8)
+    assert image_dimensions(tf.io.encode_png(pixels).numpy()) == (7, 11)
+    assert image_dimensions(tf.io.encode_jpeg(pixels).numpy()) == (7, 11)
+    assert image_dimensions(b"GIF89a....") is None
+    assert image_dimensions(b"\xff\xd8 not really a jpeg") is None
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    # A valid PNG header declaring 40000x40000 pixels (1.6e9), with no pixel data behind it.
+    ihdr = struct.pack(">IIBBBBB", 40000, 40000, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    bomb = (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+            + struct.pack(">I", zlib.crc32(chunk)))
+    decoder = ImageDecoder(ImageSpec(4, 4, 1))
+    with pytest.raises(ValueError, match="40000x40000, over the limit of 89478485 pixels"):
+        decoder(bomb)
+    small = tf.io.encode_png(np.zeros((5, 5, 1), dtype=np.uint8)).numpy()
+    assert decoder(small).shape == (4, 4, 1)
+    with pytest.raises(ValueError, match="over the limit of 24 pixels"):
+        ImageDecoder(ImageSpec(4, 4, 1), max_pixels=24)(small)
