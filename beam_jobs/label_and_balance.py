@@ -163,7 +163,7 @@ class LabelAndBalanceOptions(PipelineOptions):
         g.add_argument("--model_copies", type=_positive_int, default=None,
                        help="Exact number of model copies per worker machine (implies sharing).")
         g.add_argument("--skip_teacher_check", action="store_true",
-                       help="Do not load the teacher at launch to check it on one batch.")
+                       help="Do not load the teacher at launch to check it on one image.")
         g.add_argument("--scores_dir", default=None,
                        help="Also persist every scored image (probabilities included) here, so "
                        "beam_jobs.rebalance can re-select with another K or threshold without "
@@ -186,7 +186,7 @@ def teacher_spec(opts: LabelAndBalanceOptions) -> TeacherSpec:
 
 
 def check_teacher(spec: TeacherSpec) -> None:
-    """Loads the teacher and runs one zero batch, so a wrong model fails at launch, not later."""
+    """Loads the teacher and runs one blank image, so a wrong model fails at launch, not later."""
     handler = TeacherModelHandler(dataclasses.replace(spec, batch_size=1))
     results = handler.run_inference([np.zeros(spec.image.shape, np.uint8)], handler.load_model())
     error = output_error(*results[0].inference, spec.outputs)
@@ -363,7 +363,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     result = pipeline.run()
     result.wait_until_finish()
     if not dry_run:
-        print_summary(opts.view_as(BalanceOptions).output_dir, read_metadata(opts.teacher).get("class_names"))
+        class_names = read_metadata(opts.teacher).get("class_names")
+        print_summary(opts.view_as(BalanceOptions).output_dir, class_names)
     return result
 
 
