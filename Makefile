@@ -15,7 +15,8 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-test.txt
+# No file prerequisites: the venv path already changes whenever the requirement files do.
+$(VENV)/.installed:
 	@echo "Setting up the virtualenv in $(VENV) (first time only; a few minutes)..."
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

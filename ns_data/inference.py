@@ -101,7 +101,8 @@ class TeacherInference(beam.PTransform):
         self._max_pixels = max_pixels
 
     def expand(self, images):
-        decoded = images | "Decode" >> beam.ParDo(_Decode(self._image_spec, self._max_pixels)).with_outputs(
+        decode = _Decode(self._image_spec, self._max_pixels)
+        decoded = images | "Decode" >> beam.ParDo(decode).with_outputs(
             DEAD_LETTERS, main="decoded")
         predictions, failed = (
             decoded["decoded"]

@@ -216,6 +216,5 @@ def dense_targets(parsed: dict[str, tf.Tensor], num_classes: int) -> tf.Tensor:
         tf.size(labels, out_type=tf.int64) * num_classes,
     )
     dense_topk = tf.reshape(dense_topk, [-1, num_classes])
-    return tf.where(
-        has_probs[:, tf.newaxis], dense_probs, tf.where(has_topk[:, tf.newaxis], dense_topk, one_hot)
-    )
+    sparse_or_hard = tf.where(has_topk[:, tf.newaxis], dense_topk, one_hot)
+    return tf.where(has_probs[:, tf.newaxis], dense_probs, sparse_or_hard)

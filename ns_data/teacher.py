@@ -127,7 +127,8 @@ def inspect_teacher(
     sig = signatures[signature]
     if len(sig.inputs) != 1:
         raise ValueError(
-            f"teacher signature {signature!r} must take one image batch, takes {sorted(sig.inputs)}")
+            f"teacher signature {signature!r} must take one image batch, "
+            f"takes {sorted(sig.inputs)}")
     (input_name, input_info), = sig.inputs.items()
     dims = [d.size for d in input_info.tensor_shape.dim]
     if len(dims) != 4:
