@@ -6,9 +6,9 @@
 ReadImages → TeacherInference → FilterByConfidence → BalancePerClass → WriteLabeledShards, as in
 Noisy Student (Xie et al., 2020): keep each class's K most confident images above a confidence
 threshold, duplicate images of classes with fewer than K. Writes `pseudo_labels-*.tfrecord`
-shards, `dead_letters-*.tfrecord` (records that failed, with the reason) and `stats.json`.
-Runs on DirectRunner by default; pass `--runner=DataflowRunner` and the usual Google Cloud
-options to run at scale.
+shards, `dead_letters-*.tfrecord` (records that failed, with the reason) and `stats.json`. Runs
+on DirectRunner by default; pass `--runner=DataflowRunner` and the usual Google Cloud options to
+run at scale.
 """
 from __future__ import annotations
 

@@ -4,10 +4,10 @@
 
 For one class of n images, the pipeline finds its top-K threshold in passes over a stream of
 keys, holding one digit histogram or one bounded bucket at a time (`ns_data.balance`). The naive
-alternative — group the class, sort it — holds all n keys. Both run here side by side on the same
-stream, peak memory measured with tracemalloc; the printed ratio is naive / streaming. Keys get
-confidence ties on purpose (confidences rounded to 3 decimals, 10% exactly 1.0), the hard case
-for a histogram on confidence alone.
+alternative — group the class, sort it — holds all n keys. Both run here side by side on the
+same stream, peak memory measured with tracemalloc; the printed ratio is naive / streaming. Keys
+get confidence ties on purpose (confidences rounded to 3 decimals, 10% exactly 1.0), the hard
+case for a histogram on confidence alone.
 """
 from __future__ import annotations
 
