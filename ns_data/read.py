@@ -22,40 +22,40 @@ def check_input_pattern(pattern: str) -> int:
     return len(matched)
 
 
+def _parse_failure(image_id: bytes, serialized: bytes, message: str):
+    """A record that could not be read → a counted dead letter carrying the whole record."""
+    beam.metrics.Metrics.counter("ns_data", "failed_parse").inc()
+    return beam.pvalue.TaggedOutput(
+        DEAD_LETTERS, DeadLetter(STAGE_PARSE, image_id, serialized, message))
+
+
 class _ParseImageExample(beam.DoFn):
     """Serialized tf.train.Example → RawImage, or a dead letter when it is not one."""
 
     def __init__(self):
         self._read = beam.metrics.Metrics.counter("ns_data", "images_read")
-        self._failed = beam.metrics.Metrics.counter("ns_data", "failed_parse")
 
     def process(self, serialized: bytes):
         try:
             features = schema.parse_example(serialized)
         except Exception as e:  # noqa: BLE001 - any bad record becomes a dead letter
-            yield self._dead(schema.content_id(serialized), serialized,
+            yield _parse_failure(schema.content_id(serialized), serialized,
                              f"not a tf.train.Example: {type(e).__name__}: {e}")
             return
         ids = features.get(schema.IMAGE_ID) or [b""]
         encoded = features.get(schema.IMAGE_ENCODED) or [b""]
         image_id = ids[0] if isinstance(ids[0], bytes) and ids[0] else None
         if not isinstance(encoded[0], bytes) or not encoded[0]:
-            yield self._dead(image_id or schema.content_id(serialized), serialized,
+            yield _parse_failure(image_id or schema.content_id(serialized), serialized,
                              f"record has no {schema.IMAGE_ENCODED!r} bytes "
                              f"(features: {sorted(features)})")
             return
         if ids[0] and image_id is None:
-            yield self._dead(schema.content_id(serialized), serialized,
+            yield _parse_failure(schema.content_id(serialized), serialized,
                              f"{schema.IMAGE_ID!r} must be bytes, got {type(ids[0]).__name__}")
             return
         self._read.inc()
         yield RawImage(image_id or schema.content_id(encoded[0]), encoded[0])
-
-    def _dead(self, image_id: bytes, serialized: bytes, message: str):
-        self._failed.inc()
-        return beam.pvalue.TaggedOutput(
-            DEAD_LETTERS, DeadLetter(STAGE_PARSE, image_id, serialized, message))
-
 
 def _read_file(readable: fileio.ReadableFile) -> RawImage:
     beam.metrics.Metrics.counter("ns_data", "images_read").inc()
@@ -100,9 +100,8 @@ def _parse_score(serialized: bytes):
             raise ValueError(f"record has no {schema.PROBABILITIES!r}; was it written with "
                              "--scores_dir?")
     except Exception as e:  # noqa: BLE001 - any bad record becomes a dead letter
-        beam.metrics.Metrics.counter("ns_data", "failed_parse").inc()
-        yield beam.pvalue.TaggedOutput(DEAD_LETTERS, DeadLetter(
-            STAGE_PARSE, schema.content_id(serialized), serialized, f"{type(e).__name__}: {e}"))
+        yield _parse_failure(schema.content_id(serialized), serialized,
+                             f"{type(e).__name__}: {e}")
         return
     beam.metrics.Metrics.counter("ns_data", "images_read").inc()
     yield ScoredImage(record.image_id, record.encoded,
