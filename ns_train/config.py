@@ -1,0 +1,211 @@
+"""The trainer's configuration: one frozen dataclass, its command-line flags, and config files.
+
+Every option is a field of `TrainConfig` with its help text next to it; `parse_args` turns the
+fields into flags, so `python -m ns_train.train --help` documents all of them. A config file
+(big_vision style) is a small Python file with `get_config()` returning a dict of field values:
+
+    python -m ns_train.train --config=ns_train/configs/fashion_mnist.py --workdir=out/t --steps=50
+
+Precedence: explicit flags, then the config file, then the defaults below.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import importlib.util
+import typing
+from typing import Any
+
+from ns_data.images import ImageSpec
+
+MODELS = ("small_resnet",) + tuple(f"efficientnet-b{i}" for i in range(8))
+OPTIMIZERS = ("sgd", "rmsprop", "adamw")
+SCHEDULES = ("cosine", "exponential", "constant")
+NORMALIZATIONS = ("tft", "none")
+
+
+def _field(default: Any, help: str, **kwargs) -> Any:  # noqa: A002 - mirrors argparse
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs. Teacher mode without `unlabeled`, student mode with it."""
+
+    workdir: str = _field("", "Directory for checkpoints, TensorBoard logs, the export and "
+                              "result.json. Rerunning with the same workdir resumes.")
+    labeled: str = _field("", "Glob of labeled TFRecords (ns_data.schema; `label` is the class).")
+    unlabeled: str = _field("", "Glob of pseudo-labeled TFRecords from label_and_balance (hard, "
+                                "soft or soft_topk). Empty: teacher mode, labeled data only.")
+    eval: str = _field("", "Glob of labeled TFRecords for top-1 evaluation (EMA weights). "
+                           "Empty: no evaluation.")
+    num_classes: int = _field(10, "Number of classes.")
+    class_names: str = _field("", "Comma-separated class names, recorded in the export.")
+    image_size: tuple[int, int] = _field((28, 28), "Input height and width; images are "
+                                                   "resized to it.", nargs=2)
+    channels: int = _field(1, "Input channels (1 or 3).", choices=(1, 3))
+
+    model: str = _field("small_resnet", "Architecture, trained from scratch.", choices=MODELS)
+    resnet_widths: tuple[int, ...] = _field((32, 64, 128), "small_resnet: filters per stage.",
+                                            nargs="+")
+    resnet_blocks: int = _field(2, "small_resnet: residual blocks per stage.")
+    dropout: float = _field(-1.0, "Dropout rate before the classifier; 0 turns it off, -1 uses "
+                                  "the model's default (0.2 small_resnet, 0.2..0.5 EfficientNet).")
+    stochastic_depth: float = _field(0.8, "Survival probability of the last block, decaying "
+                                          "linearly from 1.0 at the first; 1 turns it off.")
+    randaugment_ops: int = _field(2, "RandAugment operations per image; 0 turns it off.")
+    randaugment_magnitude: float = _field(27.0, "RandAugment magnitude on the 0..30 scale.")
+
+    batch_size: int = _field(128, "Labeled examples per step (global, over all replicas).")
+    unlabeled_ratio: float = _field(1.0, "Unlabeled batch = ratio x labeled batch (paper: 3 "
+                                         "for large models, 1 for small ones).")
+    steps: int = _field(0, "Training steps; 0 derives them from --epochs.")
+    epochs: float = _field(10.0, "Passes over the larger input stream when --steps is 0.")
+    label_smoothing: float = _field(0.1, "Label smoothing of the labeled cross-entropy.")
+    target_temperature: float = _field(1.0, "Extra softmax temperature on soft pseudo-label "
+                                             "targets (<1 sharpens); 1 keeps them.")
+
+    optimizer: str = _field("sgd", "Optimizer.", choices=OPTIMIZERS)
+    learning_rate: float = _field(0.1, "Peak learning rate, reached after the warmup.")
+    momentum: float = _field(0.9, "Momentum of SGD and RMSProp.")
+    weight_decay: float = _field(5e-5, "Decoupled weight decay (not on biases or norms).")
+    schedule: str = _field("cosine", "Decay after the warmup.", choices=SCHEDULES)
+    warmup_steps: int = _field(0, "Linear warmup steps from 0 to the peak; 0: 5% of the steps.")
+    decay_rate: float = _field(0.97, "exponential: factor applied every --decay_epochs.")
+    decay_epochs: float = _field(2.4, "exponential: epochs between decays (EfficientNet: 2.4).")
+    ema_decay: float = _field(0.999, "Decay of the weight EMA used for eval and export; 0 "
+                                     "evaluates and exports the raw weights.")
+
+    normalization: str = _field("tft", "Pixel normalisation baked into the export: 'tft' "
+                                        "computes per-channel mean/std over the labeled set with "
+                                        "tensorflow-transform; 'none' scales to [0, 1].",
+                                choices=NORMALIZATIONS)
+    log_every: int = _field(50, "Steps between log lines and TensorBoard scalars.")
+    eval_every: int = _field(0, "Steps between evaluations; 0: only at the end.")
+    checkpoint_every: int = _field(500, "Steps between checkpoints (one is always written at "
+                                        "the end).")
+    keep_checkpoints: int = _field(3, "Checkpoints kept in the workdir.")
+    export_dir: str = _field("", "Where to export the teacher SavedModel; empty: WORKDIR/export.")
+    shuffle_buffer: int = _field(10_000, "Examples in each input's shuffle buffer.")
+    seed: int = _field(0, "Seed of initialisation, shuffling and augmentation.")
+    tpu: str = _field("", "TPU address or name ('local' for a TPU VM); uses TPUStrategy. "
+                          "Without it: MirroredStrategy over GPUs, else the default strategy.")
+
+    def __post_init__(self):
+        checks = [
+            (self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.unlabeled_ratio > 0, f"unlabeled_ratio must be > 0, got {self.unlabeled_ratio}"),
+            (self.steps >= 0, f"steps must be >= 0, got {self.steps}"),
+            (self.steps > 0 or self.epochs > 0, "set --steps or a positive --epochs"),
+            (0 <= self.label_smoothing < 1,
+             f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.target_temperature > 0,
+             f"target_temperature must be > 0, got {self.target_temperature}"),
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
+            (self.dropout == -1 or 0 <= self.dropout < 1,
+             f"dropout must be in [0, 1) or -1, got {self.dropout}"),
+            (0 < self.stochastic_depth <= 1,
+             f"stochastic_depth must be in (0, 1], got {self.stochastic_depth}"),
+            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (0 < self.decay_rate <= 1, f"decay_rate must be in (0, 1], got {self.decay_rate}"),
+            (self.decay_epochs > 0, f"decay_epochs must be > 0, got {self.decay_epochs}"),
+            (min(self.log_every, self.checkpoint_every, self.keep_checkpoints) >= 1,
+             "log_every, checkpoint_every and keep_checkpoints must be >= 1"),
+            (self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}"),
+            (all(w >= 1 for w in self.resnet_widths) and self.resnet_blocks >= 1,
+             "resnet_widths and resnet_blocks must be positive"),
+            (len(self.class_name_list) in (0, self.num_classes),
+             f"--class_names has {len(self.class_name_list)} names for "
+             f"{self.num_classes} classes"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {MODELS}")
+
+    @property
+    def image(self) -> ImageSpec:
+        return ImageSpec(self.image_size[0], self.image_size[1], self.channels)
+
+    @property
+    def class_name_list(self) -> list[str]:
+        return [name.strip() for name in self.class_names.split(",") if name.strip()]
+
+    @property
+    def unlabeled_batch_size(self) -> int:
+        return max(1, round(self.batch_size * self.unlabeled_ratio))
+
+    @property
+    def student(self) -> bool:
+        return bool(self.unlabeled)
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """The dict returned by `get_config()` in the Python file at `path`."""
+    spec = importlib.util.spec_from_file_location("ns_train_config", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"--config={path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"--config={path} has no get_config() function")
+    values = dict(module.get_config())
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{path}: unknown option {key!r}{hint}")
+    return values
+
+
+def _flag_type(field: dataclasses.Field) -> type:
+    hint = typing.get_type_hints(TrainConfig)[field.name]
+    if typing.get_origin(hint) is tuple:
+        return typing.get_args(hint)[0]
+    return hint
+
+
+def parser() -> argparse.ArgumentParser:
+    """An argparse parser with one flag per `TrainConfig` field, plus --config."""
+    result = argparse.ArgumentParser(
+        prog="python -m ns_train.train",
+        description="Train a Noisy Student teacher (labeled data) or student (labeled + "
+                    "pseudo-labeled data) and export it for beam_jobs.label_and_balance.",
+        allow_abbrev=False)
+    result.add_argument("--config", default="",
+                        help="Python file with get_config() -> dict of the options below.")
+    for field in dataclasses.fields(TrainConfig):
+        extra = {k: v for k, v in field.metadata.items() if k != "help"}
+        result.add_argument(f"--{field.name}", type=_flag_type(field), default=None,
+                            help=f"{field.metadata['help']} (default: {field.default})", **extra)
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """Flags (and an optional --config file) → a validated `TrainConfig`.
+
+    Raises:
+      SystemExit: on unknown flags or invalid values, with the reason (argparse style).
+    """
+    flag_parser = parser()
+    args = flag_parser.parse_args(argv)
+    values = load_config_file(args.config) if args.config else {}
+    for name, value in vars(args).items():
+        if name != "config" and value is not None:
+            values[name] = value
+    for name in ("image_size", "resnet_widths"):
+        if name in values:
+            values[name] = tuple(values[name])
+    try:
+        config = TrainConfig(**values)
+    except ValueError as e:
+        flag_parser.error(str(e))
+    for name in ("workdir", "labeled"):
+        if not getattr(config, name):
+            flag_parser.error(f"--{name} is required")
+    return config

@@ -1,0 +1,164 @@
+"""Pixel normalisation shared by training and serving, computed with tensorflow-transform.
+
+`analyze_labeled` is a Beam pipeline over the labeled TFRecords: it decodes every image with the
+code the label_and_balance job uses, checks each label, and runs
+`tft_beam.AnalyzeDataset` to get the per-channel pixel mean and standard deviation. The
+resulting transform graph is applied by `Preprocessor` in the training step *and* inside the
+exported SavedModel, so a teacher served by label_and_balance sees exactly the normalisation
+the student was trained with. Bad labeled records stop the run with a list of them in
+`bad_records.txt` rather than failing deep inside tf.data.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import posixpath
+
+import apache_beam as beam
+import numpy as np
+import tensorflow as tf
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from ns_data import schema
+from ns_data.images import ImageDecoder, ImageSpec
+
+RAW_FEATURE = "image"
+TRANSFORM_DIR = "transform_fn"
+STATS_FILE = "labeled_stats.json"
+BAD_RECORDS = "bad_records"
+# A channel whose pixels vary by less than one grey level is divided by 1, not blown up.
+_MIN_STD = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LabeledStats:
+    """What the analysis saw: examples per class (index = class id)."""
+
+    class_counts: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        return sum(self.class_counts)
+
+
+def preprocessing_fn(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """tft: float pixels [N, H, W, C] in 0..255 → per-channel standardised pixels."""
+    import tensorflow_transform as tft  # noqa: PLC0415 - heavy, only needed when analysing
+
+    pixels = inputs[RAW_FEATURE]
+    channels = pixels.shape[-1]
+    flat = tf.reshape(pixels, [-1, channels])
+    mean = tft.mean(flat, reduce_instance_dims=False)
+    std = tf.maximum(tf.sqrt(tft.var(flat, reduce_instance_dims=False)), _MIN_STD)
+    return {RAW_FEATURE: (pixels - mean) / std}
+
+
+class _DecodeLabeled(beam.DoFn):
+    """Serialized labeled Example → (label, float pixels), or a tagged bad-record line."""
+
+    def __init__(self, image: ImageSpec, num_classes: int):
+        self._decoder = ImageDecoder(image)
+        self._num_classes = num_classes
+
+    def process(self, serialized: bytes):
+        image_id = schema.content_id(serialized).decode()
+        try:
+            features = schema.parse_example(serialized)
+            image_id = (features.get(schema.IMAGE_ID) or [image_id.encode()])[0].decode()
+            label = (features.get(schema.LABEL) or [-1])[0]
+            if not 0 <= label < self._num_classes:
+                raise ValueError(f"label {label} is outside 0..{self._num_classes - 1}")
+            pixels = self._decoder((features.get(schema.IMAGE_ENCODED) or [b""])[0])
+        except Exception as e:  # noqa: BLE001 - every bad record is reported, none kills a worker
+            yield beam.pvalue.TaggedOutput(BAD_RECORDS, f"{image_id}\t{type(e).__name__}: {e}")
+            return
+        yield int(label), pixels.astype(np.float32)
+
+
+def _write_json(path: str, value) -> None:
+    with tf.io.gfile.GFile(path, "w") as f:
+        json.dump(value, f)
+
+
+def analyze_labeled(pattern: str, image: ImageSpec, num_classes: int, output_dir: str,
+                    pipeline_args: list[str] | None = None) -> LabeledStats:
+    """Runs the tensorflow-transform analysis over the labeled records into `output_dir`.
+
+    Raises:
+      ValueError: when a record cannot be parsed or decoded or its label is out of range; the
+        bad record ids and reasons are in `output_dir/bad_records-*.txt`.
+    """
+    import tensorflow_transform.beam as tft_beam  # noqa: PLC0415
+    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils  # noqa: PLC0415
+
+    if not tf.io.gfile.glob(pattern):
+        raise ValueError(f"--labeled={pattern} matches no files")
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(
+        {RAW_FEATURE: tf.io.FixedLenFeature(image.shape, tf.float32)}))
+    options = PipelineOptions(pipeline_args or ["--runner=DirectRunner"])
+    with beam.Pipeline(options=options) as p, \
+            tft_beam.Context(temp_dir=posixpath.join(output_dir, "tmp")):
+        decoded = (p
+                   | "ReadLabeled" >> beam.io.ReadFromTFRecord(pattern)
+                   | "Decode" >> beam.ParDo(_DecodeLabeled(image, num_classes)).with_outputs(
+                       BAD_RECORDS, main="ok"))
+        _ = (decoded[BAD_RECORDS]
+             | "WriteBadRecords" >> beam.io.WriteToText(
+                 posixpath.join(output_dir, BAD_RECORDS), file_name_suffix=".txt"))
+        _ = (decoded["ok"]
+             | "Labels" >> beam.Map(lambda example: example[0])
+             | "CountPerClass" >> beam.combiners.Count.PerElement()
+             | "Gather" >> beam.combiners.ToList()
+             | "WriteStats" >> beam.Map(
+                 lambda counts: _write_json(posixpath.join(output_dir, STATS_FILE),
+                                            {"class_counts": dict(counts)})))
+        instances = decoded["ok"] | "ToInstances" >> beam.Map(lambda e: {RAW_FEATURE: e[1]})
+        transform_fn = (instances, metadata) | "Analyze" >> tft_beam.AnalyzeDataset(
+            preprocessing_fn)
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(
+            posixpath.join(output_dir, TRANSFORM_DIR))
+
+    bad_files = tf.io.gfile.glob(posixpath.join(output_dir, BAD_RECORDS) + "*")
+    bad = [line for path in bad_files for line in tf.io.gfile.GFile(path).read().splitlines()]
+    if bad:
+        raise ValueError(f"{len(bad)} labeled records cannot be used (e.g. {bad[0]}); all are "
+                         f"listed in {posixpath.join(output_dir, BAD_RECORDS)}*.txt")
+    stats = read_stats(output_dir, num_classes)
+    logging.info("Analysed %d labeled images; per class %s", stats.count, stats.class_counts)
+    return stats
+
+
+def read_stats(output_dir: str, num_classes: int) -> LabeledStats:
+    """The class counts `analyze_labeled` wrote to `output_dir`."""
+    with tf.io.gfile.GFile(posixpath.join(output_dir, STATS_FILE)) as f:
+        counts = {int(k): v for k, v in json.load(f)["class_counts"].items()}
+    return LabeledStats(tuple(counts.get(c, 0) for c in range(num_classes)))
+
+
+def has_analysis(output_dir: str) -> bool:
+    return tf.io.gfile.exists(posixpath.join(output_dir, TRANSFORM_DIR)) and tf.io.gfile.exists(
+        posixpath.join(output_dir, STATS_FILE))
+
+
+class Preprocessor(tf.Module):
+    """uint8 images [N, H, W, C] → the float input the model is trained on.
+
+    With a tensorflow-transform directory, applies its graph (per-channel standardisation);
+    without one, scales pixels to [0, 1]. Tracked by the export, so serving applies the same.
+    """
+
+    def __init__(self, output_dir: str | None = None):
+        super().__init__(name="preprocessor")
+        self._layer = None
+        if output_dir:
+            import tensorflow_transform as tft  # noqa: PLC0415
+
+            transform = tft.TFTransformOutput(posixpath.join(output_dir, TRANSFORM_DIR))
+            self._layer = transform.transform_features_layer()
+
+    def __call__(self, images: tf.Tensor) -> tf.Tensor:
+        pixels = tf.cast(images, tf.float32)
+        if self._layer is None:
+            return pixels / 255.0
+        return self._layer({RAW_FEATURE: pixels})[RAW_FEATURE]

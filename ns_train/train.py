@@ -1,0 +1,494 @@
+"""Train a Noisy Student teacher or student and export it for `beam_jobs.label_and_balance`.
+
+    # teacher: labeled data only
+    python -m ns_train.train --config=ns_train/configs/fashion_mnist.py \
+        --labeled='data/labeled-*.tfrecord' --eval='data/test-*.tfrecord' --workdir=out/teacher
+    # student: labeled + the pseudo-labeled shards of label_and_balance
+    python -m ns_train.train --config=ns_train/configs/fashion_mnist.py \
+        --labeled='data/labeled-*.tfrecord' --unlabeled='out/pl/pseudo_labeled-*.tfrecord' \
+        --eval='data/test-*.tfrecord' --workdir=out/student
+
+Each step draws a labeled batch and an unlabeled batch `unlabeled_ratio` times larger, applies
+RandAugment to both (the input noise), runs the model with dropout and stochastic depth (the
+model noise) and minimises cross-entropy over the concatenation: labeled rows with label
+smoothing against their class, unlabeled rows against the teacher's hard or soft target, so each
+part is weighted by its batch size. An exponential moving average of the weights is evaluated and
+exported. Rerunning with the same --workdir resumes from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import posixpath
+import sys
+import time
+from typing import Any
+
+import keras
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from ns_data.teacher import write_metadata
+from ns_train import data, preprocess
+from ns_train.augment import RandAugmentConfig, augment_batch
+from ns_train.config import TrainConfig, parse_args
+from ns_train.efficientnet import efficientnet
+from ns_train.models import small_resnet
+
+logger = logging.getLogger("ns_train")
+
+RESULT_FILE = "result.json"
+# Rows in which the un-normalised sums of a metric accumulate between log lines.
+_METRICS = ("loss", "labeled_loss", "labeled_correct", "labeled_count", "unlabeled_loss",
+            "unlabeled_agree", "unlabeled_count")
+
+
+def make_strategy(tpu: str = "") -> tf.distribute.Strategy:
+    """TPUStrategy for `tpu`, else MirroredStrategy over the GPUs, else the default strategy."""
+    if tpu:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+            tpu="" if tpu == "local" else tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    if tf.config.list_logical_devices("GPU"):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def build_model(config: TrainConfig) -> keras.Model:
+    """The configured architecture, taking preprocessed float images, returning logits."""
+    dropout = None if config.dropout < 0 else config.dropout
+    if config.model == "small_resnet":
+        return small_resnet(config.image, config.num_classes, widths=config.resnet_widths,
+                            blocks_per_stage=config.resnet_blocks,
+                            dropout=0.2 if dropout is None else dropout,
+                            final_survival=config.stochastic_depth)
+    return efficientnet(config.model, config.image, config.num_classes, dropout=dropout,
+                        final_survival=config.stochastic_depth)
+
+
+@keras.saving.register_keras_serializable(package="ns_train")
+class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from 0 to `peak`, then cosine to 0, staircase exponential, or constant."""
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int, kind: str = "cosine",
+                 decay_rate: float = 0.97, decay_steps: int = 1):
+        self.peak = peak
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.kind = kind
+        self.decay_rate = decay_rate
+        self.decay_steps = max(1, decay_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup = float(self.warmup_steps)
+        after = tf.maximum(step - warmup, 0.0)
+        if self.kind == "cosine":
+            span = float(max(1, self.total_steps - self.warmup_steps))
+            decayed = 0.5 * self.peak * (1.0 + tf.cos(math.pi * tf.minimum(after, span) / span))
+        elif self.kind == "exponential":
+            decayed = self.peak * self.decay_rate ** tf.floor(after / self.decay_steps)
+        else:
+            decayed = tf.constant(self.peak, tf.float32)
+        warm = self.peak * step / max(1.0, warmup)
+        return tf.where(step < warmup, warm, decayed)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps, "kind": self.kind,
+                "decay_rate": self.decay_rate, "decay_steps": self.decay_steps}
+
+
+def make_optimizer(config: TrainConfig, schedule: WarmupDecay) -> keras.optimizers.Optimizer:
+    """SGD, RMSProp (EfficientNet's settings) or AdamW; decoupled decay skips biases and norms."""
+    decay = config.weight_decay or None
+    if config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, weight_decay=decay)
+    elif config.optimizer == "rmsprop":
+        optimizer = keras.optimizers.RMSprop(schedule, rho=0.9, momentum=config.momentum,
+                                             epsilon=1e-3, weight_decay=decay)
+    else:
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
+
+
+def per_example_losses(logits: tf.Tensor, labeled_targets: tf.Tensor,
+                       unlabeled_targets: tf.Tensor | None,
+                       label_smoothing: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Cross-entropy of each row of `logits` = [labeled rows; unlabeled rows].
+
+    Labeled rows are smoothed towards uniform; unlabeled rows use the pseudo-label targets as
+    they are (hard one-hot, or the teacher's soft distribution). Summing both and dividing by the
+    total batch weights each part by its batch size, as in the paper.
+    """
+    n_l = tf.shape(labeled_targets)[0]
+    labeled = keras.losses.categorical_crossentropy(
+        labeled_targets, logits[:n_l], from_logits=True, label_smoothing=label_smoothing)
+    if unlabeled_targets is None:
+        return labeled, tf.zeros([0], logits.dtype)
+    unlabeled = keras.losses.categorical_crossentropy(unlabeled_targets, logits[n_l:],
+                                                      from_logits=True)
+    return labeled, unlabeled
+
+
+def count_records(pattern: str) -> int:
+    """Number of records in the TFRecord files matching `pattern` (reads framing only)."""
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise ValueError(f"{pattern} matches no files")
+    counted = tf.data.TFRecordDataset(files, num_parallel_reads=min(16, len(files)))
+    return int(counted.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+
+def steps_per_epoch(config: TrainConfig, num_labeled: int, num_unlabeled: int) -> float:
+    """Steps for one pass over whichever stream takes longer to go through once."""
+    per_epoch = num_labeled / config.batch_size
+    if config.student:
+        per_epoch = max(per_epoch, num_unlabeled / config.unlabeled_batch_size)
+    return max(per_epoch, 1.0)
+
+
+def total_steps(config: TrainConfig, epoch_steps: float) -> int:
+    """--steps, or --epochs of `epoch_steps` each."""
+    return config.steps or max(1, math.ceil(config.epochs * epoch_steps))
+
+
+def _noised(batches: tf.data.Dataset, config: TrainConfig, seed: int, start: int):
+    """RandAugment on every training batch; the seed of batch i is (seed, start + i)."""
+    if config.randaugment_ops == 0:
+        return batches
+    augment = RandAugmentConfig(config.randaugment_ops, config.randaugment_magnitude)
+    indexed = tf.data.Dataset.zip((batches, tf.data.Dataset.counter(start)))
+    return indexed.map(
+        lambda batch, i: (augment_batch(batch[0], augment, tf.stack([tf.cast(seed, tf.int64), i])),
+                          batch[1]),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
+def training_dataset(config: TrainConfig, start_step: int = 0) -> tf.data.Dataset:
+    """Batches of (labeled, unlabeled) pairs; unlabeled is None in teacher mode.
+
+    A resumed run reseeds with the step it starts from, so it does not replay the first batches.
+    """
+    seed = config.seed + start_step
+    labeled = data.InputSpec(config.labeled, config.image, config.num_classes, config.batch_size,
+                             training=True, seed=seed, shuffle_buffer=config.shuffle_buffer)
+    streams = [_noised(data.dataset(labeled), config, seed, start_step)]
+    if config.student:
+        unlabeled = data.InputSpec(config.unlabeled, config.image, config.num_classes,
+                                   config.unlabeled_batch_size, training=True, seed=seed + 1,
+                                   shuffle_buffer=config.shuffle_buffer,
+                                   target_temperature=config.target_temperature)
+        streams.append(_noised(data.dataset(unlabeled), config, seed + 1, start_step))
+    return tf.data.Dataset.zip(tuple(streams))
+
+
+def eval_dataset(config: TrainConfig) -> tf.data.Dataset:
+    """One ordered pass; the last batch is padded to full size with a zero mask (static shapes)."""
+    spec = data.InputSpec(config.eval, config.image, config.num_classes, config.batch_size,
+                          training=False)
+    size = config.batch_size
+
+    def pad(images, targets):
+        n = tf.shape(images)[0]
+        images = tf.pad(images, [[0, size - n], [0, 0], [0, 0], [0, 0]])
+        targets = tf.pad(targets, [[0, size - n], [0, 0]])
+        return images, targets, tf.sequence_mask(n, size, dtype=tf.float32)
+
+    return data.dataset(spec).map(pad)
+
+
+class _Sums:
+    """Per-replica metric sums, summed across replicas when read (ON_READ / SUM variables)."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self.vars = {name: tf.Variable(0.0, trainable=False, name=name,
+                                       synchronization=tf.VariableSynchronization.ON_READ,
+                                       aggregation=tf.VariableAggregation.SUM)
+                     for name in names}
+
+    def add(self, **values: tf.Tensor) -> None:
+        for name, value in values.items():
+            self.vars[name].assign_add(tf.cast(value, tf.float32))
+
+    def read_and_reset(self) -> dict[str, float]:
+        values = {name: float(v.numpy()) for name, v in self.vars.items()}
+        for v in self.vars.values():
+            v.assign(0.0)
+        return values
+
+
+class Trainer:
+    """Model, EMA copy, optimizer and checkpoints for one workdir, under one strategy."""
+
+    def __init__(self, config: TrainConfig, total: int, epoch_steps: float,
+                 transform_dir: str | None, strategy: tf.distribute.Strategy | None = None):
+        self.config = config
+        self.total = total
+        self.strategy = strategy or make_strategy(config.tpu)
+        keras.utils.set_random_seed(config.seed)
+        warmup = config.warmup_steps or int(0.05 * total)
+        self.schedule = WarmupDecay(config.learning_rate, warmup, total, config.schedule,
+                                    config.decay_rate, round(config.decay_epochs * epoch_steps))
+        with self.strategy.scope():
+            self.preprocessor = preprocess.Preprocessor(transform_dir)
+            self.model = build_model(config)
+            self.ema_model = build_model(config) if config.ema_decay else self.model
+            self.ema_model.set_weights(self.model.get_weights())
+            self.optimizer = make_optimizer(config, self.schedule)
+            self.optimizer.build(self.model.trainable_variables)
+            self.train_sums = _Sums(_METRICS)
+            self.eval_sums = _Sums(("loss", "correct", "count"))
+        self.checkpoint = tf.train.Checkpoint(model=self.model, ema=self.ema_model,
+                                              optimizer=self.optimizer)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, posixpath.join(config.workdir, "checkpoints"),
+            max_to_keep=config.keep_checkpoints)
+        self._train_loop = tf.function(self._train_loop_fn)
+        self._eval_step = tf.function(self._eval_step_fn)
+
+    @property
+    def step(self) -> int:
+        return int(self.optimizer.iterations.numpy())
+
+    def restore(self) -> int:
+        """Restores the latest checkpoint of the workdir, if any; returns the step reached."""
+        if self.manager.latest_checkpoint:
+            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            logger.info("Resumed from %s at step %d", self.manager.latest_checkpoint, self.step)
+        return self.step
+
+    def save(self) -> str:
+        return self.manager.save(checkpoint_number=self.step)
+
+    def _replica_step(self, batches):
+        config = self.config
+        (x_l, y_l), unlabeled = batches[0], batches[1:]
+        y_u = unlabeled[0][1] if unlabeled else None
+        n_l = tf.shape(x_l)[0]
+        images = tf.concat([x_l] + [u[0] for u in unlabeled], axis=0)
+        global_batch = config.batch_size + (config.unlabeled_batch_size if unlabeled else 0)
+        with tf.GradientTape() as tape:
+            logits = tf.cast(self.model(self.preprocessor(images), training=True), tf.float32)
+            labeled_loss, unlabeled_loss = per_example_losses(logits, y_l, y_u,
+                                                              config.label_smoothing)
+            loss_sum = tf.reduce_sum(labeled_loss) + tf.reduce_sum(unlabeled_loss)
+            loss = loss_sum / global_batch
+        variables = self.model.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        predicted = tf.argmax(logits, axis=-1)
+        sums = {"loss": loss_sum, "labeled_loss": tf.reduce_sum(labeled_loss),
+                "labeled_correct": tf.reduce_sum(tf.cast(
+                    predicted[:n_l] == tf.argmax(y_l, axis=-1), tf.float32)),
+                "labeled_count": n_l}
+        if unlabeled:
+            sums.update(unlabeled_loss=tf.reduce_sum(unlabeled_loss),
+                        unlabeled_agree=tf.reduce_sum(tf.cast(
+                            predicted[n_l:] == tf.argmax(y_u, axis=-1), tf.float32)),
+                        unlabeled_count=tf.shape(y_u)[0])
+        self.train_sums.add(**sums)
+
+    def _update_ema(self):
+        if self.ema_model is self.model:
+            return
+        step = tf.cast(self.optimizer.iterations, tf.float32)
+        # Early on the average would be dominated by the random init; ramp the decay up.
+        decay = tf.minimum(self.config.ema_decay, (1.0 + step) / (10.0 + step))
+        for ema, var in zip(self.ema_model.trainable_variables, self.model.trainable_variables):
+            ema.assign(decay * ema + (1.0 - decay) * var)
+        for ema, var in zip(self.ema_model.non_trainable_variables,
+                            self.model.non_trainable_variables):
+            ema.assign(var)
+
+    def _train_loop_fn(self, iterator, steps):
+        for _ in tf.range(steps):
+            self.strategy.run(self._replica_step, args=(next(iterator),))
+            self._update_ema()
+
+    def _eval_replica(self, images, targets, mask):
+        logits = tf.cast(self.ema_model(self.preprocessor(images), training=False), tf.float32)
+        loss = keras.losses.categorical_crossentropy(targets, logits, from_logits=True)
+        correct = tf.cast(tf.argmax(logits, -1) == tf.argmax(targets, -1), tf.float32)
+        self.eval_sums.add(loss=tf.reduce_sum(loss * mask), correct=tf.reduce_sum(correct * mask),
+                           count=tf.reduce_sum(mask))
+
+    def _eval_step_fn(self, batch):
+        self.strategy.run(self._eval_replica, args=batch)
+
+    def train(self, batches: tf.data.Dataset, on_log=None, on_eval=None) -> dict[str, float]:
+        """Trains from the current step to `self.total`; returns the last logged metrics."""
+        config = self.config
+        iterator = iter(self.strategy.experimental_distribute_dataset(batches))
+        last: dict[str, float] = {}
+        started, start_step = time.monotonic(), self.step
+        while self.step < self.total:
+            boundaries = [self.total]
+            for every in (config.log_every, config.checkpoint_every, config.eval_every):
+                if every:
+                    boundaries.append((self.step // every + 1) * every)
+            self._train_loop(iterator, tf.constant(min(boundaries) - self.step))
+            step = self.step
+            if step % config.log_every == 0 or step == self.total:
+                rate = (step - start_step) / max(time.monotonic() - started, 1e-9)
+                last = self._log(step, rate)
+                if on_log:
+                    on_log(step, last)
+            if step % config.checkpoint_every == 0 and step < self.total:
+                self.save()
+            if config.eval_every and step % config.eval_every == 0 and step < self.total and on_eval:
+                on_eval(step)
+        self.save()
+        return last
+
+    def _log(self, step: int, rate: float) -> dict[str, float]:
+        sums = self.train_sums.read_and_reset()
+        n_l, n_u = sums["labeled_count"], sums["unlabeled_count"]
+        metrics = {"loss": sums["loss"] / max(1.0, n_l + n_u),
+                   "labeled_loss": sums["labeled_loss"] / max(1.0, n_l),
+                   "labeled_top1": sums["labeled_correct"] / max(1.0, n_l),
+                   "learning_rate": float(self.schedule(step)), "steps_per_second": rate}
+        if n_u:
+            metrics["unlabeled_loss"] = sums["unlabeled_loss"] / n_u
+            metrics["unlabeled_agreement"] = sums["unlabeled_agree"] / n_u
+        eta = (self.total - step) / rate if rate > 0 else 0.0
+        logger.info("step %d/%d  loss %.4f  labeled loss %.4f  top-1 %.3f%s  lr %.5f  "
+                    "%.2f steps/s  ETA %s", step, self.total, metrics["loss"],
+                    metrics["labeled_loss"], metrics["labeled_top1"],
+                    f"  unlabeled loss {metrics['unlabeled_loss']:.4f} agreement "
+                    f"{metrics['unlabeled_agreement']:.3f}" if n_u else "",
+                    metrics["learning_rate"], rate, _duration(eta))
+        return metrics
+
+    def evaluate(self, batches: tf.data.Dataset) -> dict[str, float]:
+        """Top-1 and cross-entropy of the EMA model over one pass of `batches`."""
+        self.eval_sums.read_and_reset()
+        for batch in self.strategy.experimental_distribute_dataset(batches):
+            self._eval_step(batch)
+        sums = self.eval_sums.read_and_reset()
+        count = max(1.0, sums["count"])
+        return {"top1": sums["correct"] / count, "loss": sums["loss"] / count,
+                "count": int(sums["count"])}
+
+
+def _scalar(name: str, value: float) -> None:
+    """A TensorBoard scalar, written without the tensorboard package (TF no longer ships it)."""
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+    tf.summary.write(name, tf.constant(value, tf.float32), metadata=metadata)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+class _Serving(tf.Module):
+    """uint8 images [N, H, W, C] → {"probabilities": [N, num_classes]}, through the preprocessor."""
+
+    def __init__(self, model: keras.Model, preprocessor: preprocess.Preprocessor,
+                 config: TrainConfig):
+        super().__init__(name="ns_teacher")
+        self.model = model
+        self.preprocessor = preprocessor
+        self.serve = tf.function(self._serve, input_signature=[
+            tf.TensorSpec((None, *config.image.shape), tf.uint8, name="images")])
+
+    def _serve(self, images):
+        logits = tf.cast(self.model(self.preprocessor(images), training=False), tf.float32)
+        return {"probabilities": tf.nn.softmax(logits, axis=-1)}
+
+
+def export(trainer: Trainer, export_dir: str, extra: dict[str, Any] | None = None) -> None:
+    """Writes the EMA model + preprocessing as a SavedModel label_and_balance serves unflagged."""
+    config = trainer.config
+    serving = _Serving(trainer.ema_model, trainer.preprocessor, config)
+    tf.saved_model.save(serving, export_dir, signatures={"serving_default": serving.serve})
+    metadata = {"image_size": list(config.image_size), "channels": config.channels,
+                "input_dtype": "uint8", "input_range": [0.0, 255.0], "outputs": "probabilities",
+                "num_classes": config.num_classes, "model": config.model,
+                "normalization": config.normalization, "step": trainer.step, **(extra or {})}
+    if config.class_name_list:
+        metadata["class_names"] = config.class_name_list
+    write_metadata(export_dir, metadata)
+    logger.info("Exported the EMA model to %s", export_dir)
+
+
+def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dict[str, Any]:
+    """Runs (or resumes) training in `config.workdir`, evaluates, exports; returns the result.
+
+    The result (also written to WORKDIR/result.json) holds the step reached, the last training
+    metrics, the final evaluation and the export path.
+    """
+    tf.io.gfile.makedirs(config.workdir)
+    transform_dir = None
+    if config.normalization == "tft":
+        transform_dir = posixpath.join(config.workdir, "transform")
+        if not preprocess.has_analysis(transform_dir):
+            preprocess.analyze_labeled(config.labeled, config.image, config.num_classes,
+                                       transform_dir)
+        num_labeled = preprocess.read_stats(transform_dir, config.num_classes).count
+    else:
+        num_labeled = count_records(config.labeled)
+    num_unlabeled = count_records(config.unlabeled) if config.student else 0
+    epoch_steps = steps_per_epoch(config, num_labeled, num_unlabeled)
+    total = total_steps(config, epoch_steps)
+    logger.info("%s mode: %d labeled%s images, %d steps of %d labeled%s",
+                "Student" if config.student else "Teacher", num_labeled,
+                f" + {num_unlabeled} pseudo-labeled" if config.student else "", total,
+                config.batch_size,
+                f" + {config.unlabeled_batch_size} pseudo-labeled" if config.student else "")
+
+    trainer = Trainer(config, total, epoch_steps, transform_dir, strategy)
+    start = trainer.restore()
+    writer = tf.summary.create_file_writer(posixpath.join(config.workdir, "tensorboard"))
+
+    def on_log(step, metrics):
+        with writer.as_default(step=step):
+            for name, value in metrics.items():
+                _scalar(f"train/{name}", value)
+
+    def on_eval(step):
+        result = trainer.evaluate(eval_dataset(config))
+        logger.info("eval at step %d: top-1 %.4f  loss %.4f  (%d images, EMA weights)",
+                    step, result["top1"], result["loss"], result["count"])
+        with writer.as_default(step=step):
+            _scalar("eval/top1", result["top1"])
+            _scalar("eval/loss", result["loss"])
+        return result
+
+    train_metrics = {}
+    if start < total:
+        train_metrics = trainer.train(training_dataset(config, start), on_log,
+                                      on_eval if config.eval else None)
+    evaluation = on_eval(trainer.step) if config.eval else None
+    export_dir = config.export_dir or posixpath.join(config.workdir, "export")
+    export(trainer, export_dir, {"eval_top1": evaluation["top1"]} if evaluation else None)
+    writer.flush()
+    result = {"step": trainer.step, "resumed_from": start, "total_steps": total,
+              "num_labeled": num_labeled, "num_unlabeled": num_unlabeled,
+              "train": train_metrics, "eval": evaluation, "export_dir": export_dir}
+    with tf.io.gfile.GFile(posixpath.join(config.workdir, RESULT_FILE), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    result = train(config)
+    evaluation = result["eval"]
+    print(f"Trained to step {result['step']}"
+          + (f"; eval top-1 {evaluation['top1']:.4f} on {evaluation['count']} images"
+             if evaluation else "")
+          + f"; exported to {result['export_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
