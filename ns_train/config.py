@@ -181,8 +181,9 @@ def parser() -> argparse.ArgumentParser:
                         help="Python file with get_config() -> dict of the options below.")
     for field in dataclasses.fields(TrainConfig):
         extra = {k: v for k, v in field.metadata.items() if k != "help"}
-        result.add_argument(f"--{field.name}", type=_flag_type(field), default=None,
-                            help=f"{field.metadata['help']} (default: {field.default})", **extra)
+        text = f"{field.metadata['help']} (default: {field.default})".replace("%", "%%")
+        result.add_argument(f"--{field.name}", type=_flag_type(field), default=None, help=text,
+                            **extra)
     return result
 
 

@@ -23,6 +23,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from ns_data import schema
 from ns_data.images import ImageDecoder, ImageSpec
 
+logger = logging.getLogger("ns_train")
+
 RAW_FEATURE = "image"
 TRANSFORM_DIR = "transform_fn"
 STATS_FILE = "labeled_stats.json"
@@ -125,7 +127,8 @@ def analyze_labeled(pattern: str, image: ImageSpec, num_classes: int, output_dir
         raise ValueError(f"{len(bad)} labeled records cannot be used (e.g. {bad[0]}); all are "
                          f"listed in {posixpath.join(output_dir, BAD_RECORDS)}*.txt")
     stats = read_stats(output_dir, num_classes)
-    logging.info("Analysed %d labeled images; per class %s", stats.count, stats.class_counts)
+    tf.io.gfile.rmtree(posixpath.join(output_dir, "tmp"))
+    logger.info("Analysed %d labeled images; per class %s", stats.count, stats.class_counts)
     return stats
 
 

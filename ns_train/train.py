@@ -481,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
+    for chatty in ("tensorflow", "apache_beam", "absl"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     result = train(config)
     evaluation = result["eval"]
     print(f"Trained to step {result['step']}"

@@ -1,0 +1,213 @@
+"""ns_train.train: teacher and student steps, losses, schedule, noise, export through the Beam
+handler, and resume."""
+from __future__ import annotations
+
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ns_data import schema
+from ns_data.teacher import TeacherModelHandler, inspect_teacher, read_metadata
+from ns_train import train
+from ns_train.config import TrainConfig
+from tests.ns_train import toy
+
+QUIET = dict(randaugment_ops=0, dropout=0.0, stochastic_depth=1.0)
+
+
+@pytest.fixture(scope="module")
+def toy_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    labeled = str(root / "labeled.tfrecord")
+    toy.write_labeled(labeled, 64)
+    evaluation = str(root / "eval.tfrecord")
+    toy.write_labeled(evaluation, 40, seed=7)
+    pseudo = {}
+    for label_type in schema.LabelType:
+        pseudo[label_type] = str(root / f"pseudo-{label_type.value}.tfrecord")
+        toy.write_pseudo_labeled(pseudo[label_type], 48, label_type)
+    return {"labeled": labeled, "eval": evaluation, "pseudo": pseudo}
+
+
+def toy_config(workdir, labeled, **overrides) -> TrainConfig:
+    values = dict(workdir=str(workdir), labeled=labeled, num_classes=toy.NUM_CLASSES,
+                  image_size=(8, 8), channels=1, resnet_widths=(8, 16), resnet_blocks=1,
+                  batch_size=16, steps=12, log_every=4, optimizer="adamw", learning_rate=0.01,
+                  weight_decay=0.0, warmup_steps=1, schedule="constant", normalization="none",
+                  shuffle_buffer=64)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def logged_losses(config: TrainConfig) -> list[dict[str, float]]:
+    trainer = train.Trainer(config, config.steps, 1.0, None)
+    logs = []
+    trainer.train(train.training_dataset(config), on_log=lambda step, m: logs.append(m))
+    return logs
+
+
+def test_teacher_mode_loss_is_finite_and_decreases(toy_files, tmp_path):
+    logs = logged_losses(toy_config(tmp_path, toy_files["labeled"], **QUIET))
+    losses = [m["loss"] for m in logs]
+    assert len(logs) == 3
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < losses[0] * 0.8
+    assert "unlabeled_loss" not in logs[0]
+
+
+@pytest.mark.parametrize("label_type", list(schema.LabelType))
+def test_student_mode_each_target_type_loss_decreases(toy_files, tmp_path, label_type):
+    config = toy_config(tmp_path, toy_files["labeled"], unlabeled=toy_files["pseudo"][label_type],
+                        unlabeled_ratio=2, **QUIET)
+    assert config.unlabeled_batch_size == 32
+    logs = logged_losses(config)
+    first, last = logs[0], logs[-1]
+    for m in logs:
+        assert math.isfinite(m["loss"]) and math.isfinite(m["unlabeled_loss"])
+    assert last["unlabeled_loss"] < first["unlabeled_loss"]
+    assert last["loss"] < first["loss"]
+    # The total is the batch-size weighted mean of the two parts.
+    expected = (16 * last["labeled_loss"] + 32 * last["unlabeled_loss"]) / 48
+    assert last["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_one_noisy_step_with_every_noise_on(toy_files, tmp_path):
+    config = toy_config(tmp_path, toy_files["labeled"],
+                        unlabeled=toy_files["pseudo"][schema.LabelType.SOFT_TOPK],
+                        steps=1, log_every=1, randaugment_ops=2, randaugment_magnitude=15,
+                        dropout=0.3, stochastic_depth=0.8)
+    (metrics,) = logged_losses(config)
+    assert math.isfinite(metrics["loss"]) and metrics["loss"] > 0
+
+
+def test_per_example_losses_match_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(5, 3)).astype(np.float32)
+    y_l = np.eye(3, dtype=np.float32)[[0, 2]]
+    y_u = np.array([[0.2, 0.5, 0.3], [1, 0, 0], [0, 0.5, 0.5]], dtype=np.float32)
+    labeled, unlabeled = train.per_example_losses(tf.constant(logits), tf.constant(y_l),
+                                                  tf.constant(y_u), 0.1)
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    smoothed = y_l * 0.9 + 0.1 / 3
+    np.testing.assert_allclose(labeled.numpy(), -(smoothed * log_p[:2]).sum(-1), rtol=1e-5)
+    np.testing.assert_allclose(unlabeled.numpy(), -(y_u * log_p[2:]).sum(-1), rtol=1e-5)
+
+
+def test_schedule_warmup_cosine_and_exponential():
+    cosine = train.WarmupDecay(1.0, 10, 110, "cosine")
+    assert float(cosine(0)) == 0.0
+    assert float(cosine(5)) == pytest.approx(0.5)
+    assert float(cosine(10)) == pytest.approx(1.0)
+    assert float(cosine(60)) == pytest.approx(0.5)
+    assert float(cosine(110)) == pytest.approx(0.0, abs=1e-7)
+    exponential = train.WarmupDecay(1.0, 0, 100, "exponential", decay_rate=0.5, decay_steps=10)
+    assert [float(exponential(s)) for s in (0, 9, 10, 25)] == pytest.approx([1, 1, 0.5, 0.25])
+    assert float(train.WarmupDecay(0.3, 0, 100, "constant")(77)) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("name", ["sgd", "rmsprop", "adamw"])
+def test_optimizers_decay_weights_but_not_biases_or_norms(tmp_path, name):
+    config = toy_config(tmp_path, "x", optimizer=name, weight_decay=0.1)
+    optimizer = train.make_optimizer(config, train.WarmupDecay(0.1, 0, 10, "constant"))
+    kernel = keras.Variable(np.ones(3, np.float32), name="kernel")
+    bias = keras.Variable(np.ones(3, np.float32), name="bias")
+    optimizer.build([kernel, bias])
+    optimizer.apply_gradients([(tf.zeros(3), kernel), (tf.zeros(3), bias)])
+    assert float(kernel.numpy()[0]) < 1.0
+    assert float(bias.numpy()[0]) == 1.0
+
+
+def test_steps_from_epochs_follow_the_longer_stream(tmp_path):
+    teacher = toy_config(tmp_path, "x", steps=0, epochs=2, batch_size=10)
+    assert train.total_steps(teacher, train.steps_per_epoch(teacher, 95, 0)) == 19
+    student = toy_config(tmp_path, "x", steps=0, epochs=2, batch_size=10, unlabeled="u",
+                         unlabeled_ratio=3)
+    assert train.total_steps(student, train.steps_per_epoch(student, 95, 600)) == 40
+    assert train.total_steps(toy_config(tmp_path, "x", steps=7), 1000.0) == 7
+
+
+def test_randaugment_only_on_training_batches(toy_files, tmp_path):
+    images, labels = toy.toy_images(64)
+    noisy = toy_config(tmp_path, toy_files["labeled"], randaugment_ops=2,
+                       randaugment_magnitude=20, shuffle_buffer=1, batch_size=64)
+    clean = toy_config(tmp_path, toy_files["labeled"], randaugment_ops=0, shuffle_buffer=1,
+                       batch_size=64)
+    (noisy_batch, _), = next(iter(train.training_dataset(noisy)))
+    (clean_batch, _), = next(iter(train.training_dataset(clean)))
+    np.testing.assert_array_equal(clean_batch.numpy(), images)
+    changed = np.mean([not np.array_equal(a, b) for a, b in zip(noisy_batch.numpy(), images)])
+    assert changed > 0.5
+    eval_images, _, mask = next(iter(train.eval_dataset(
+        toy_config(tmp_path, "", eval=toy_files["labeled"], randaugment_ops=2, batch_size=64))))
+    np.testing.assert_array_equal(eval_images.numpy(), images)
+    assert float(tf.reduce_sum(mask)) == 64
+
+
+def test_eval_pads_the_last_batch_and_counts_every_image(toy_files, tmp_path):
+    config = toy_config(tmp_path, toy_files["labeled"], eval=toy_files["eval"], batch_size=16)
+    batches = list(train.eval_dataset(config))
+    assert [int(tf.reduce_sum(m)) for _, _, m in batches] == [16, 16, 8]
+    assert all(images.shape[0] == 16 for images, _, _ in batches)
+    trainer = train.Trainer(config, 1, 1.0, None)
+    result = trainer.evaluate(train.eval_dataset(config))
+    assert result["count"] == 40
+    images, labels = toy.toy_images(40, seed=7)
+    predicted = np.argmax(trainer.ema_model(images.astype(np.float32) / 255.0), axis=-1)
+    assert result["top1"] == pytest.approx(np.mean(predicted == labels))
+
+
+@pytest.mark.slow
+def test_export_serves_through_the_beam_handler_with_the_same_probabilities(toy_files, tmp_path):
+    config = toy_config(tmp_path, toy_files["labeled"], eval=toy_files["eval"],
+                        normalization="tft", ema_decay=0.9, class_names="tl,tr,bl,br", steps=8)
+    result = train.train(config)
+    assert result["step"] == 8 and result["eval"]["count"] == 40
+    export_dir = result["export_dir"]
+    metadata = read_metadata(export_dir)
+    assert metadata["outputs"] == "probabilities" and metadata["class_names"] == ["tl", "tr",
+                                                                                   "bl", "br"]
+    assert metadata["eval_top1"] == pytest.approx(result["eval"]["top1"])
+
+    spec = inspect_teacher(export_dir, batch_size=16)
+    assert (spec.image, spec.num_classes, spec.input_dtype, spec.outputs) == (
+        toy.IMAGE, 4, "uint8", "probabilities")
+    images, _ = toy.toy_images(20, seed=3)
+    handler = TeacherModelHandler(spec)
+    served = np.stack([r.inference[1] for r in
+                       handler.run_inference(list(images), handler.load_model())])
+
+    trainer = train.Trainer(config, 8, 1.0, str(tmp_path / "transform"))
+    trainer.restore()
+    normalized = trainer.preprocessor(tf.constant(images))
+    expected = tf.nn.softmax(trainer.ema_model(normalized, training=False)).numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    assert not np.allclose(expected, expected[0])
+    # The export normalises with the labeled set's statistics, not a fixed 1/255.
+    labeled, _ = toy.toy_images(64)
+    np.testing.assert_allclose(normalized.numpy(),
+                               (images - labeled.mean()) / labeled.std(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_resume_continues_the_step_count_from_the_checkpoint(toy_files, tmp_path):
+    first = toy_config(tmp_path, toy_files["labeled"], steps=6, checkpoint_every=3)
+    result = train.train(first)
+    assert (result["resumed_from"], result["step"]) == (0, 6)
+    saved = train.Trainer(first, 6, 1.0, None)
+    assert saved.restore() == 6
+    weights = [w.numpy() for w in saved.model.weights]
+
+    second = toy_config(tmp_path, toy_files["labeled"], steps=9, checkpoint_every=3)
+    resumed = train.Trainer(second, 9, 1.0, None)
+    assert resumed.restore() == 6
+    for a, b in zip(weights, resumed.model.weights):
+        np.testing.assert_array_equal(a, b.numpy())
+    result = train.train(second)
+    assert (result["resumed_from"], result["step"]) == (6, 9)
+    assert json.loads((tmp_path / "result.json").read_text())["step"] == 9
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.index")) == [
+        "ckpt-3.index", "ckpt-6.index", "ckpt-9.index"]
