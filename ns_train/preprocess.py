@@ -68,12 +68,15 @@ class _DecodeLabeled(beam.DoFn):
         try:
             features = schema.parse_example(serialized)
             image_id = (features.get(schema.IMAGE_ID) or [image_id.encode()])[0].decode()
-            label = (features.get(schema.LABEL) or [-1])[0]
+            label = (features.get(schema.LABEL) or [None])[0]
+            if label is None:
+                raise ValueError(f"record has no {schema.LABEL!r}")
             if not 0 <= label < self._num_classes:
                 raise ValueError(f"label {label} is outside 0..{self._num_classes - 1}")
             pixels = self._decoder((features.get(schema.IMAGE_ENCODED) or [b""])[0])
         except Exception as e:  # noqa: BLE001 - every bad record is reported, none kills a worker
-            yield beam.pvalue.TaggedOutput(BAD_RECORDS, f"{image_id}\t{type(e).__name__}: {e}")
+            reason = " ".join(f"{type(e).__name__}: {e}".split())  # one line per record
+            yield beam.pvalue.TaggedOutput(BAD_RECORDS, f"{image_id}\t{reason}")
             return
         yield int(label), pixels.astype(np.float32)
 

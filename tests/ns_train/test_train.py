@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -211,3 +214,32 @@ def test_resume_continues_the_step_count_from_the_checkpoint(toy_files, tmp_path
     assert json.loads((tmp_path / "result.json").read_text())["step"] == 9
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.index")) == [
         "ckpt-3.index", "ckpt-6.index", "ckpt-9.index"]
+
+
+MIRRORED = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from ns_train import train
+from ns_train.config import TrainConfig
+config = TrainConfig(**json.loads(sys.argv[1]))
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+print(json.dumps({"replicas": strategy.num_replicas_in_sync, **train.train(config, strategy)}))
+"""
+
+
+@pytest.mark.slow
+def test_the_same_code_path_runs_under_mirrored_strategy(toy_files, tmp_path):
+    config = dict(workdir=str(tmp_path), labeled=toy_files["labeled"], eval=toy_files["eval"],
+                  unlabeled=toy_files["pseudo"][schema.LabelType.SOFT], num_classes=4,
+                  image_size=[8, 8], channels=1, resnet_widths=[8], resnet_blocks=1,
+                  batch_size=16, steps=4, log_every=2, normalization="none",
+                  randaugment_ops=1, randaugment_magnitude=10)
+    out = subprocess.run([sys.executable, "-c", MIRRORED, json.dumps(config)], check=True,
+                         capture_output=True, text=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert result["step"] == 4 and result["eval"]["count"] == 40
+    assert math.isfinite(result["train"]["loss"]) and result["train"]["unlabeled_loss"] > 0
