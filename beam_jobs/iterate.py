@@ -1,0 +1,285 @@
+"""The whole Noisy Student loop on Fashion-MNIST, one command, with a report.
+
+    python -m beam_jobs.iterate --workdir=out/replicate            # about an hour on 2 cores
+    python -m beam_jobs.iterate --workdir=out/quick --quick        # a few minutes
+
+Round r: train the teacher on the labeled split (round 0) or take round r-1's student →
+`label_and_balance` on the unlabeled split (soft targets, per-class top-K with duplication,
+every score kept for re-selection) → train a noised student on labeled + pseudo-labeled data →
+evaluate teacher and student on the holdout split (for choices) and the test split (reported).
+`--ablations` trains more round-0 students from the same teacher and scores: without noise,
+with hard labels, without balancing. Every step resumes: rerunning the command skips what is
+done and continues interrupted training from its checkpoint.
+
+Writes WORKDIR/report/summary.md (tables + links to per-round PNGs: class counts before/after
+balancing, the confidence histogram, a sample grid with pseudo-labels) and results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import posixpath
+import sys
+from typing import Any
+
+import tensorflow as tf
+
+from beam_jobs import label_and_balance, prepare_fashion_mnist, rebalance
+from ns_data import fashion_mnist, report, stats
+from ns_train import train as trainer
+from ns_train.config import TrainConfig
+from ns_train.evaluate import evaluate_export
+
+logger = logging.getLogger("ns_train")
+
+ABLATIONS = ("full", "no_noise", "hard", "no_balance")
+_DESCRIPTIONS = {"full": "soft targets, balanced, noised student",
+                 "no_noise": "same pseudo-labels, student without RandAugment/dropout/SD",
+                 "hard": "hard pseudo-labels, balanced, noised student",
+                 "no_balance": "soft targets above the threshold, no top-K or duplication"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Sizes and steps of one run; `--quick` swaps in a tiny version."""
+
+    num_labeled: int
+    num_holdout: int
+    limit: int
+    teacher_widths: tuple[int, ...]
+    student_widths: tuple[int, ...]
+    blocks: int
+    teacher_steps: int
+    student_steps: int
+    batch_size: int
+
+
+FULL = Settings(num_labeled=5000, num_holdout=5000, limit=0, teacher_widths=(16, 32, 64),
+                student_widths=(16, 32, 64), blocks=1, teacher_steps=1500, student_steps=3000,
+                batch_size=128)
+QUICK = Settings(num_labeled=200, num_holdout=100, limit=1000, teacher_widths=(8, 16),
+                 student_widths=(8, 16), blocks=1, teacher_steps=40, student_steps=40,
+                 batch_size=32)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m beam_jobs.iterate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="Where everything of the run goes.")
+    parser.add_argument("--quick", action="store_true",
+                        help="Tiny subset and few steps: the whole loop in a few minutes.")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="Noisy Student iterations; each student teaches the next round "
+                             "(default: %(default)s).")
+    parser.add_argument("--ablations", default="full",
+                        help=f"Comma-separated round-0 students to train, of {ABLATIONS} "
+                             "(default: %(default)s).")
+    parser.add_argument("--fashion_mnist_dir", default=fashion_mnist.DEFAULT_DIR,
+                        help="Debian's dataset-fashion-mnist files (default: %(default)s).")
+    parser.add_argument("--images_per_class", type=int, default=0,
+                        help="K; 0: unlabeled images / classes (default: %(default)s).")
+    parser.add_argument("--min_confidence", type=float, default=0.3,
+                        help="Confidence threshold of pseudo-labels (default: %(default)s).")
+    parser.add_argument("--unlabeled_ratio", type=float, default=1.0,
+                        help="Unlabeled batch / labeled batch (default: %(default)s).")
+    parser.add_argument("--teacher_steps", type=int, default=0,
+                        help="Teacher training steps (default: 1500, --quick 40).")
+    parser.add_argument("--student_steps", type=int, default=0,
+                        help="Student training steps (default: 3000, --quick 40).")
+    parser.add_argument("--student_widths", type=int, nargs="+", default=None,
+                        help="Student ResNet stage widths, equal to or wider than the "
+                             "teacher's 16 32 64 (default: same as the teacher).")
+    parser.add_argument("--randaugment_magnitude", type=float, default=10.0,
+                        help="RandAugment magnitude of noised models (default: %(default)s).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of everything.")
+    args = parser.parse_args(argv)
+    unknown = set(args.ablations.split(",")) - set(ABLATIONS)
+    if unknown:
+        parser.error(f"unknown ablations {sorted(unknown)}; choose from {ABLATIONS}")
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    return args
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    base = QUICK if args.quick else FULL
+    changes: dict[str, Any] = {}
+    if args.teacher_steps:
+        changes["teacher_steps"] = args.teacher_steps
+    if args.student_steps:
+        changes["student_steps"] = args.student_steps
+    if args.student_widths:
+        changes["student_widths"] = tuple(args.student_widths)
+    return dataclasses.replace(base, **changes)
+
+
+def _train(workdir: str, data_dir: str, settings: Settings, args: argparse.Namespace, *,
+           widths: tuple[int, ...], steps: int, unlabeled: str = "", noise: bool = True) -> str:
+    """Trains (or resumes) one model; returns its export directory."""
+    config = TrainConfig(
+        workdir=workdir, labeled=posixpath.join(data_dir, "labeled-*.tfrecord"),
+        unlabeled=unlabeled, eval=posixpath.join(data_dir, "holdout-*.tfrecord"),
+        num_classes=10, class_names=",".join(fashion_mnist.CLASS_NAMES), image_size=(28, 28),
+        channels=1, model="small_resnet", resnet_widths=widths, resnet_blocks=settings.blocks,
+        batch_size=settings.batch_size, unlabeled_ratio=args.unlabeled_ratio, steps=steps,
+        optimizer="sgd", learning_rate=0.1, weight_decay=5e-5, schedule="cosine",
+        randaugment_ops=2 if noise else 0, randaugment_magnitude=args.randaugment_magnitude,
+        dropout=0.2 if noise else 0.0, stochastic_depth=0.8 if noise else 1.0,
+        ema_decay=0.99, normalization="tft", log_every=max(1, steps // 10),
+        checkpoint_every=max(1, steps // 4), seed=args.seed)
+    return trainer.train(config)["export_dir"]
+
+
+def _pseudo_label(teacher: str, data_dir: str, output_dir: str, scores_dir: str, k: int,
+                  args: argparse.Namespace) -> None:
+    if tf.io.gfile.exists(posixpath.join(output_dir, stats.STATS_FILE)):
+        return
+    label_and_balance.run([
+        f"--input={posixpath.join(data_dir, 'unlabeled-*.tfrecord')}", f"--teacher={teacher}",
+        f"--output_dir={output_dir}", f"--scores_dir={scores_dir}", f"--images_per_class={k}",
+        f"--min_confidence={args.min_confidence}", "--label_type=soft", "--num_shards=8",
+        "--batch_size=256", f"--seed={args.seed}", "--overwrite"])
+
+
+def _rebalance(scores_dir: str, output_dir: str, k: int, label_type: str, duplicate: bool,
+               args: argparse.Namespace) -> None:
+    if tf.io.gfile.exists(posixpath.join(output_dir, stats.STATS_FILE)):
+        return
+    rebalance.run([f"--scores={posixpath.join(scores_dir, 'scores-*')}",
+                   f"--output_dir={output_dir}", f"--images_per_class={k}",
+                   f"--min_confidence={args.min_confidence}", f"--label_type={label_type}",
+                   "--num_shards=8", f"--seed={args.seed}", "--overwrite"]
+                  + ([] if duplicate else ["--no_duplicate"]))
+
+
+def _read_truth(data_dir: str) -> dict[bytes, int]:
+    with open(posixpath.join(data_dir, "unlabeled_truth.csv")) as f:
+        next(f)
+        return {line.split(",")[0].encode(): int(line.split(",")[1]) for line in f}
+
+
+def _evaluate(export_dir: str, data_dir: str) -> dict[str, float]:
+    return {split: evaluate_export(export_dir, posixpath.join(data_dir, f"{split}-*.tfrecord"))
+            ["top1"] for split in ("holdout", "test")}
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Runs (or resumes) the loop; returns what results.json holds."""
+    args = parse_args(argv)
+    settings = _settings(args)
+    workdir = args.workdir
+    data_dir = posixpath.join(workdir, "data")
+    if not os.path.exists(posixpath.join(data_dir, "splits.json")):
+        sizes = prepare_fashion_mnist.prepare(
+            data_dir, num_labeled=settings.num_labeled, num_holdout=settings.num_holdout,
+            seed=args.seed, data_dir=args.fashion_mnist_dir, limit=settings.limit)
+        logger.info("Prepared %s", sizes)
+    with open(posixpath.join(data_dir, "splits.json")) as f:
+        sizes = json.load(f)["sizes"]
+    k = args.images_per_class or sizes["unlabeled"] // 10
+    truth = _read_truth(data_dir)
+    ablations = args.ablations.split(",")
+
+    teacher = _train(posixpath.join(workdir, "round0", "teacher"), data_dir, settings, args,
+                     widths=settings.teacher_widths, steps=settings.teacher_steps)
+    rounds = []
+    for r in range(args.rounds):
+        round_dir = posixpath.join(workdir, f"round{r}")
+        scores_dir = posixpath.join(round_dir, "scores")
+        labels = {"soft": posixpath.join(round_dir, "pseudo_soft")}
+        _pseudo_label(teacher, data_dir, labels["soft"], scores_dir, k, args)
+        variants = ablations if r == 0 else ["full"]
+        if "hard" in variants:
+            labels["hard"] = posixpath.join(round_dir, "pseudo_hard")
+            _rebalance(scores_dir, labels["hard"], k, "hard", True, args)
+        if "no_balance" in variants:
+            labels["no_balance"] = posixpath.join(round_dir, "pseudo_unbalanced")
+            _rebalance(scores_dir, labels["no_balance"], sizes["unlabeled"], "soft", False, args)
+        students = {}
+        for variant in variants:
+            pseudo = labels.get(variant, labels["soft"])
+            export = _train(posixpath.join(round_dir, f"student_{variant}"), data_dir, settings,
+                            args, widths=settings.student_widths, steps=settings.student_steps,
+                            unlabeled=posixpath.join(pseudo, "pseudo_labels-*"),
+                            noise=variant != "no_noise")
+            students[variant] = {"export": export, **_evaluate(export, data_dir),
+                                 "pseudo_labels": pseudo}
+        report_dir = posixpath.join(workdir, "report", f"round{r}")
+        labeling = report.write_label_report(labels["soft"], scores_dir, report_dir,
+                                             fashion_mnist.CLASS_NAMES, truth=truth)
+        rounds.append({"round": r, "teacher": {"export": teacher, **_evaluate(teacher, data_dir)},
+                       "students": students, "labeling": labeling, "report_dir": report_dir})
+        print(format_round(rounds[-1]), flush=True)
+        teacher = students["full"]["export"] if "full" in students else teacher
+    result = {"settings": dataclasses.asdict(settings), "args": vars(args), "sizes": sizes,
+              "images_per_class": k, "rounds": rounds}
+    with open(posixpath.join(workdir, "results.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    write_summary(posixpath.join(workdir, "report"), result)
+    print(f"\nReport: {posixpath.join(workdir, 'report', 'summary.md')}")
+    return result
+
+
+def format_round(entry: dict[str, Any]) -> str:
+    """The table printed after each round: teacher and students, top-1 and images per class."""
+    labeling = entry["labeling"]
+    written = labeling["written"]
+    lines = [f"\nRound {entry['round']}: K images per class written {min(written)}..{max(written)} "
+             f"(total {sum(written)}), pseudo-label accuracy "
+             f"{labeling.get('pseudo_label_accuracy', float('nan')):.4f}",
+             f"{'model':<22}{'holdout top-1':>14}{'test top-1':>12}{'vs teacher':>12}"]
+    teacher = entry["teacher"]
+    lines.append(f"{'teacher':<22}{teacher['holdout']:>14.4f}{teacher['test']:>12.4f}{'':>12}")
+    for name, student in entry["students"].items():
+        gain = 100 * (student["test"] - teacher["test"])
+        lines.append(f"{'student ' + name:<22}{student['holdout']:>14.4f}"
+                     f"{student['test']:>12.4f}{gain:>+11.2f}p")
+    return "\n".join(lines)
+
+
+def write_summary(report_dir: str, result: dict[str, Any]) -> None:
+    """report/summary.md: the settings, one table per round and links to its PNGs."""
+    lines = ["# Noisy Student on Fashion-MNIST", "",
+             f"Splits: {result['sizes']}; K = {result['images_per_class']} images per class; "
+             f"settings: {result['settings']}.", ""]
+    for entry in result["rounds"]:
+        r = entry["round"]
+        lines += [f"## Round {r}", "", "| model | holdout top-1 | test top-1 | test gain |",
+                  "| --- | --- | --- | --- |",
+                  f"| teacher | {entry['teacher']['holdout']:.4f} | "
+                  f"{entry['teacher']['test']:.4f} | |"]
+        for name, s in entry["students"].items():
+            lines.append(f"| student {name} ({_DESCRIPTIONS[name]}) | {s['holdout']:.4f} | "
+                         f"{s['test']:.4f} | "
+                         f"{100 * (s['test'] - entry['teacher']['test']):+.2f} |")
+        labeling = entry["labeling"]
+        lines += ["", "| class | above threshold | written | duplicated |", "| --- | --- | --- | --- |"]
+        for c, name in enumerate(fashion_mnist.CLASS_NAMES):
+            lines.append(f"| {name} | {labeling['above_threshold'][c]} | "
+                         f"{labeling['written'][c]} | {labeling['duplicated'][c]} |")
+        if "pseudo_label_accuracy" in labeling:
+            lines.append(f"\nPseudo-label accuracy (against the withheld labels): "
+                         f"{labeling['pseudo_label_accuracy']:.4f}")
+        lines += ["", f"![counts](round{r}/counts.png)", "",
+                  f"![confidence](round{r}/confidence.png)", "",
+                  f"![samples](round{r}/samples.png)", ""]
+    with open(posixpath.join(report_dir, "summary.md"), "w") as f:
+        f.write("\n".join(lines))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    for chatty in ("tensorflow", "apache_beam", "absl"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    try:
+        run()
+    except FileNotFoundError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
