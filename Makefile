@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) hides the useful output.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean replicate replicate-quick
 
 venv: $(VENV)/.installed
 
@@ -25,6 +25,13 @@ $(VENV)/.installed:
 
 demo: venv
 	$(PY) -m beam_jobs.demo --output_dir=$(OUT)
+
+# The whole Noisy Student loop on Fashion-MNIST (sudo apt-get install dataset-fashion-mnist).
+replicate: venv
+	$(PY) -m beam_jobs.iterate --workdir=out/replicate $(ARGS)
+
+replicate-quick: venv
+	$(PY) -m beam_jobs.iterate --workdir=out/replicate-quick --quick $(ARGS)
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)

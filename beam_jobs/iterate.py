@@ -271,10 +271,7 @@ def write_summary(report_dir: str, result: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
-    for chatty in ("tensorflow", "apache_beam", "absl"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    trainer.configure_logging()
     try:
         run()
     except FileNotFoundError as e:

@@ -477,12 +477,17 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
+def configure_logging() -> None:
+    """Timestamped progress lines on stderr; TensorFlow's and Beam's INFO chatter hidden."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     for chatty in ("tensorflow", "apache_beam", "absl"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    configure_logging()
     result = train(config)
     evaluation = result["eval"]
     print(f"Trained to step {result['step']}"
