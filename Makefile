@@ -37,7 +37,8 @@ test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: venv
-	$(PY) bench/balance_memory.py
+	$(PY) -m bench.balance_memory
+	$(PY) -m bench.input_pipeline
 
 clean:
 	rm -rf out .pytest_cache

@@ -61,7 +61,7 @@ FULL = Settings(num_labeled=5000, num_holdout=5000, limit=0, teacher_widths=(16,
                 student_widths=(16, 32, 64), blocks=1, teacher_steps=1500, student_steps=3000,
                 batch_size=128)
 QUICK = Settings(num_labeled=200, num_holdout=100, limit=1000, teacher_widths=(8, 16),
-                 student_widths=(8, 16), blocks=1, teacher_steps=40, student_steps=40,
+                 student_widths=(8, 16), blocks=1, teacher_steps=150, student_steps=150,
                  batch_size=32)
 
 
@@ -86,9 +86,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--unlabeled_ratio", type=float, default=1.0,
                         help="Unlabeled batch / labeled batch (default: %(default)s).")
     parser.add_argument("--teacher_steps", type=int, default=0,
-                        help="Teacher training steps (default: 1500, --quick 40).")
+                        help="Teacher training steps (default: 1500, --quick 150).")
     parser.add_argument("--student_steps", type=int, default=0,
-                        help="Student training steps (default: 3000, --quick 40).")
+                        help="Student training steps (default: 3000, --quick 150).")
     parser.add_argument("--student_widths", type=int, nargs="+", default=None,
                         help="Student ResNet stage widths, equal to or wider than the "
                              "teacher's 16 32 64 (default: same as the teacher).")
@@ -227,9 +227,11 @@ def format_round(entry: dict[str, Any]) -> str:
     """The table printed after each round: teacher and students, top-1 and images per class."""
     labeling = entry["labeling"]
     written = labeling["written"]
-    lines = [f"\nRound {entry['round']}: K images per class written {min(written)}..{max(written)} "
-             f"(total {sum(written)}), pseudo-label accuracy "
+    kept = [w - d for w, d in zip(written, labeling["duplicated"])]
+    lines = [f"\nRound {entry['round']}: pseudo-label accuracy "
              f"{labeling.get('pseudo_label_accuracy', float('nan')):.4f}",
+             f"  kept per class    {kept}",
+             f"  written per class {written} (with duplicates; total {sum(written)})",
              f"{'model':<22}{'holdout top-1':>14}{'test top-1':>12}{'vs teacher':>12}"]
     teacher = entry["teacher"]
     lines.append(f"{'teacher':<22}{teacher['holdout']:>14.4f}{teacher['test']:>12.4f}{'':>12}")

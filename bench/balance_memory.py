@@ -1,6 +1,6 @@
 """Peak memory of the per-class top-K threshold: streaming radix select vs holding the class.
 
-    python bench/balance_memory.py [--sizes 100000 400000 1600000] [--k 130000]
+    python -m bench.balance_memory [--sizes 100000 400000 1600000] [--k 130000]
 
 For one class of n images, the pipeline finds its top-K threshold in passes over a stream of
 keys, holding one digit histogram or one bounded bucket at a time (`ns_data.balance`). The naive

@@ -319,6 +319,10 @@ class Trainer:
     def _eval_step_fn(self, batch):
         self.strategy.run(self._eval_replica, args=batch)
 
+    def run_steps(self, iterator, steps: int) -> None:
+        """`steps` training steps on batches from a distributed-dataset iterator, one call."""
+        self._train_loop(iterator, tf.constant(steps))
+
     def train(self, batches: tf.data.Dataset, on_log=None, on_eval=None) -> dict[str, float]:
         """Trains from the current step to `self.total`; returns the last logged metrics."""
         config = self.config
@@ -330,7 +334,7 @@ class Trainer:
             for every in (config.log_every, config.checkpoint_every, config.eval_every):
                 if every:
                     boundaries.append((self.step // every + 1) * every)
-            self._train_loop(iterator, tf.constant(min(boundaries) - self.step))
+            self.run_steps(iterator, min(boundaries) - self.step)
             step = self.step
             if step % config.log_every == 0 or step == self.total:
                 rate = (step - start_step) / max(time.monotonic() - started, 1e-9)
