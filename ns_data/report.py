@@ -20,14 +20,14 @@ from PIL import Image, ImageDraw, ImageFont
 from ns_data import schema
 from ns_data import stats as stats_lib
 
-_FONT = ImageFont.load_default()
 _COLORS = ((70, 110, 200), (230, 140, 40), (90, 170, 90))
 
 
 def _canvas(width: int, height: int, title: str) -> tuple[Image.Image, ImageDraw.ImageDraw]:
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    draw.text((10, 6), title, fill="black", font=_FONT)
+    draw.font = ImageFont.load_default()
+    draw.text((10, 6), title, fill="black")
     return image, draw
 
 
@@ -43,7 +43,7 @@ def bar_chart(path: str, title: str, categories: Sequence[str],
     for tick in np.linspace(0, peak, 5):
         y = top + plot_h * (1 - tick / peak)
         draw.line([(left - 4, y), (width - 20, y)], fill=(225, 225, 225))
-        draw.text((4, y - 6), f"{tick:,.0f}", fill="black", font=_FONT)
+        draw.text((4, y - 6), f"{tick:,.0f}", fill="black")
     for s, (name, values) in enumerate(series.items()):
         color = _COLORS[s % len(_COLORS)]
         for i, value in enumerate(values):
@@ -52,9 +52,9 @@ def bar_chart(path: str, title: str, categories: Sequence[str],
                            fill=color)
         draw.rectangle([left + 150 * s, height - 22, left + 150 * s + 10, height - 12],
                        fill=color)
-        draw.text((left + 150 * s + 14, height - 24), name, fill="black", font=_FONT)
+        draw.text((left + 150 * s + 14, height - 24), name, fill="black")
     for i, name in enumerate(categories):
-        draw.text((left + i * group + 2, top + plot_h + 6), name[:10], fill="black", font=_FONT)
+        draw.text((left + i * group + 2, top + plot_h + 6), name[:10], fill="black")
     image.save(path)
 
 
@@ -72,12 +72,12 @@ def histogram(path: str, title: str, values: np.ndarray, bins: int = 20,
                         top + plot_h], fill=_COLORS[0])
     for edge in edges[::4]:
         x = left + plot_w * (edge - value_range[0]) / (value_range[1] - value_range[0])
-        draw.text((x - 8, top + plot_h + 6), f"{edge:.2f}", fill="black", font=_FONT)
-    draw.text((4, top - 4), f"{peak:,}", fill="black", font=_FONT)
+        draw.text((x - 8, top + plot_h + 6), f"{edge:.2f}", fill="black")
+    draw.text((4, top - 4), f"{peak:,}", fill="black")
     if marker is not None:
         x = left + plot_w * (marker - value_range[0]) / (value_range[1] - value_range[0])
         draw.line([(x, top), (x, top + plot_h)], fill=(200, 40, 40), width=2)
-        draw.text((x + 4, top), f"threshold {marker:.2f}", fill=(200, 40, 40), font=_FONT)
+        draw.text((x + 4, top), f"threshold {marker:.2f}", fill=(200, 40, 40))
     image.save(path)
 
 
@@ -91,12 +91,12 @@ def sample_grid(path: str, title: str, rows: Sequence[tuple[str, Sequence[tuple]
     image, draw = _canvas(width, height, title)
     for r, (label, items) in enumerate(rows):
         y = 30 + r * (cell + caption_h + 6)
-        draw.text((4, y + cell // 2 - 6), label[:16], fill="black", font=_FONT)
+        draw.text((4, y + cell // 2 - 6), label[:16], fill="black")
         for c, (pixels, caption) in enumerate(items):
             tile = Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels)
             x = label_w + c * (cell + 6)
             image.paste(tile.resize((cell, cell), Image.NEAREST).convert("RGB"), (x, y))
-            draw.text((x, y + cell + 1), caption, fill="black", font=_FONT)
+            draw.text((x, y + cell + 1), caption, fill="black")
     image.save(path)
 
 

@@ -202,8 +202,28 @@ def dense_targets(parsed: dict[str, tf.Tensor], num_classes: int) -> tf.Tensor:
 
     Each row uses the richest target its record carries: dense probabilities, else the top-k
     classes scattered into a dense vector, else a one-hot of `label`. Works in-graph.
+
+    Raises:
+      tf.errors.InvalidArgumentError: when a record has no label in 0..num_classes-1 (e.g. an
+        unlabeled record given as labeled data), or soft targets of another width.
     """
     labels = parsed[LABEL]
+    checks = [
+        tf.debugging.assert_non_negative(
+            labels, message=f"a record has no {LABEL!r}: labeled data must carry the class"),
+        tf.debugging.assert_less(
+            labels, tf.constant(num_classes, labels.dtype),
+            message=f"a record's {LABEL!r} is not below num_classes={num_classes}"),
+        tf.debugging.assert_equal(
+            tf.reduce_all((parsed[PROBABILITIES].row_lengths() == 0)
+                          | (parsed[PROBABILITIES].row_lengths() == num_classes)), True,
+            message=f"{PROBABILITIES!r} width differs from num_classes={num_classes}"),
+        tf.debugging.assert_less(
+            parsed[TOPK_CLASSES].flat_values, tf.constant(num_classes, tf.int64),
+            message=f"{TOPK_CLASSES!r} has a class not below num_classes={num_classes}"),
+    ]
+    with tf.control_dependencies(checks):
+        labels = tf.identity(labels)
     one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)
     probs = parsed[PROBABILITIES]
     has_probs = probs.row_lengths() > 0

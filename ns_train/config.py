@@ -71,7 +71,8 @@ class TrainConfig:
     momentum: float = _field(0.9, "Momentum of SGD and RMSProp.")
     weight_decay: float = _field(5e-5, "Decoupled weight decay (not on biases or norms).")
     schedule: str = _field("cosine", "Decay after the warmup.", choices=SCHEDULES)
-    warmup_steps: int = _field(0, "Linear warmup steps from 0 to the peak; 0: 5% of the steps.")
+    warmup_steps: int = _field(-1, "Linear warmup steps from 0 to the peak; 0 turns it off, -1 "
+                                   "uses 5% of the steps.")
     decay_rate: float = _field(0.97, "exponential: factor applied every --decay_epochs.")
     decay_epochs: float = _field(2.4, "exponential: epochs between decays (EfficientNet: 2.4).")
     ema_decay: float = _field(0.999, "Decay of the weight EMA used for eval and export; 0 "
@@ -109,7 +110,7 @@ class TrainConfig:
              f"dropout must be in [0, 1) or -1, got {self.dropout}"),
             (0 < self.stochastic_depth <= 1,
              f"stochastic_depth must be in (0, 1], got {self.stochastic_depth}"),
-            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.warmup_steps >= -1, f"warmup_steps must be >= -1, got {self.warmup_steps}"),
             (0 < self.decay_rate <= 1, f"decay_rate must be in (0, 1], got {self.decay_rate}"),
             (self.decay_epochs > 0, f"decay_epochs must be > 0, got {self.decay_epochs}"),
             (min(self.log_every, self.checkpoint_every, self.keep_checkpoints) >= 1,
@@ -124,8 +125,12 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {MODELS}")
+        # argparse enforces choices on flags; config files reach here without it.
+        for field in dataclasses.fields(self):
+            choices = field.metadata.get("choices")
+            if choices and getattr(self, field.name) not in choices:
+                raise ValueError(f"{field.name} must be one of {choices}, "
+                                 f"got {getattr(self, field.name)!r}")
 
     @property
     def image(self) -> ImageSpec:

@@ -127,6 +127,11 @@ def analyze_labeled(pattern: str, image: ImageSpec, num_classes: int, output_dir
     bad_files = tf.io.gfile.glob(posixpath.join(output_dir, BAD_RECORDS) + "*")
     bad = [line for path in bad_files for line in tf.io.gfile.GFile(path).read().splitlines()]
     if bad:
+        # Leave no analysis behind: a rerun must check the (fixed) records again.
+        if tf.io.gfile.exists(posixpath.join(output_dir, TRANSFORM_DIR)):
+            tf.io.gfile.rmtree(posixpath.join(output_dir, TRANSFORM_DIR))
+        if tf.io.gfile.exists(posixpath.join(output_dir, STATS_FILE)):
+            tf.io.gfile.remove(posixpath.join(output_dir, STATS_FILE))
         raise ValueError(f"{len(bad)} labeled records cannot be used (e.g. {bad[0]}); all are "
                          f"listed in {posixpath.join(output_dir, BAD_RECORDS)}*.txt")
     stats = read_stats(output_dir, num_classes)

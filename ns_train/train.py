@@ -17,6 +17,7 @@ exported. Rerunning with the same --workdir resumes from the latest checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -39,6 +40,9 @@ from ns_train.models import small_resnet
 logger = logging.getLogger("ns_train")
 
 RESULT_FILE = "result.json"
+CONFIG_FILE = "config.json"
+_MAY_CHANGE_ON_RESUME = {"workdir", "eval", "log_every", "eval_every", "checkpoint_every",
+                         "keep_checkpoints", "export_dir", "tpu", "class_names", "shuffle_buffer"}
 # Rows in which the un-normalised sums of a metric accumulate between log lines.
 _METRICS = ("loss", "labeled_loss", "labeled_correct", "labeled_count", "unlabeled_loss",
             "unlabeled_agree", "unlabeled_count")
@@ -122,8 +126,8 @@ def per_example_losses(logits: tf.Tensor, labeled_targets: tf.Tensor,
     """Cross-entropy of each row of `logits` = [labeled rows; unlabeled rows].
 
     Labeled rows are smoothed towards uniform; unlabeled rows use the pseudo-label targets as
-    they are (hard one-hot, or the teacher's soft distribution). Summing both and dividing by the
-    total batch weights each part by its batch size, as in the paper.
+    they are (hard one-hot, or the teacher's soft distribution). The training loss sums both
+    and divides by the labeled batch size, weighting each part by its batch size.
     """
     n_l = tf.shape(labeled_targets)[0]
     labeled = keras.losses.categorical_crossentropy(
@@ -197,6 +201,7 @@ def eval_dataset(config: TrainConfig) -> tf.data.Dataset:
         n = tf.shape(images)[0]
         images = tf.pad(images, [[0, size - n], [0, 0], [0, 0], [0, 0]])
         targets = tf.pad(targets, [[0, size - n], [0, 0]])
+        images = tf.ensure_shape(images, (size, *config.image.shape))
         return images, targets, tf.sequence_mask(n, size, dtype=tf.float32)
 
     return data.dataset(spec).map(pad)
@@ -231,7 +236,7 @@ class Trainer:
         self.total = total
         self.strategy = strategy or make_strategy(config.tpu)
         keras.utils.set_random_seed(config.seed)
-        warmup = config.warmup_steps or int(0.05 * total)
+        warmup = int(0.05 * total) if config.warmup_steps < 0 else config.warmup_steps
         self.schedule = WarmupDecay(config.learning_rate, warmup, total, config.schedule,
                                     config.decay_rate, round(config.decay_epochs * epoch_steps))
         with self.strategy.scope():
@@ -271,13 +276,14 @@ class Trainer:
         y_u = unlabeled[0][1] if unlabeled else None
         n_l = tf.shape(x_l)[0]
         images = tf.concat([x_l] + [u[0] for u in unlabeled], axis=0)
-        global_batch = config.batch_size + (config.unlabeled_batch_size if unlabeled else 0)
         with tf.GradientTape() as tape:
             logits = tf.cast(self.model(self.preprocessor(images), training=True), tf.float32)
             labeled_loss, unlabeled_loss = per_example_losses(logits, y_l, y_u,
                                                               config.label_smoothing)
             loss_sum = tf.reduce_sum(labeled_loss) + tf.reduce_sum(unlabeled_loss)
-            loss = loss_sum / global_batch
+            # mean_l + ratio * mean_u, as the paper's code: each part weighted by its batch size,
+            # and a student's gradient has the teacher's scale at the same learning rate.
+            loss = loss_sum / config.batch_size
         variables = self.model.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         predicted = tf.argmax(logits, axis=-1)
@@ -298,11 +304,11 @@ class Trainer:
         step = tf.cast(self.optimizer.iterations, tf.float32)
         # Early on the average would be dominated by the random init; ramp the decay up.
         decay = tf.minimum(self.config.ema_decay, (1.0 + step) / (10.0 + step))
-        for ema, var in zip(self.ema_model.trainable_variables, self.model.trainable_variables):
-            ema.assign(decay * ema + (1.0 - decay) * var)
-        for ema, var in zip(self.ema_model.non_trainable_variables,
-                            self.model.non_trainable_variables):
-            ema.assign(var)
+        # Weights and BatchNorm statistics are averaged alike (as the paper's code does), so the
+        # exported statistics belong to the averaged weights; RNG states are not averaged.
+        for ema, var in zip(self.ema_model.variables, self.model.variables):
+            if keras.backend.is_float_dtype(var.dtype):
+                ema.assign(decay * ema + (1.0 - decay) * var)
 
     def _train_loop_fn(self, iterator, steps):
         for _ in tf.range(steps):
@@ -422,6 +428,32 @@ def export(trainer: Trainer, export_dir: str, extra: dict[str, Any] | None = Non
     logger.info("Exported the EMA model to %s", export_dir)
 
 
+def check_workdir_config(config: TrainConfig) -> None:
+    """Records the config in a new workdir; in an existing one, refuses a different training.
+
+    Resuming is for finishing the same run; a checkpoint continued under other data, model or
+    optimisation settings would be neither run. Operational flags (logging, checkpoint and eval
+    cadence, eval data, export path, TPU address) may change.
+
+    Raises:
+      ValueError: listing each setting that differs from the workdir's config.json.
+    """
+    path = posixpath.join(config.workdir, CONFIG_FILE)
+    current = json.loads(json.dumps(dataclasses.asdict(config)))
+    if not tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path, "w") as f:
+            json.dump(current, f, indent=2)
+        return
+    with tf.io.gfile.GFile(path) as f:
+        saved = json.load(f)
+    changed = {name: (saved.get(name), value) for name, value in current.items()
+               if name not in _MAY_CHANGE_ON_RESUME and saved.get(name) != value}
+    if changed:
+        diff = ", ".join(f"{name}: {old!r} -> {new!r}" for name, (old, new) in changed.items())
+        raise ValueError(f"{config.workdir} holds a run with other settings ({diff}); rerun "
+                         f"with its settings to resume it, or use a new --workdir")
+
+
 def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dict[str, Any]:
     """Runs (or resumes) training in `config.workdir`, evaluates, exports; returns the result.
 
@@ -429,6 +461,12 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
     metrics, the final evaluation and the export path.
     """
     tf.io.gfile.makedirs(config.workdir)
+    check_workdir_config(config)
+    if config.eval_every and not config.eval:
+        logger.warning("--eval_every=%d does nothing without --eval", config.eval_every)
+    if not config.student and (config.unlabeled_ratio != 1 or config.target_temperature != 1):
+        logger.warning("--unlabeled_ratio and --target_temperature do nothing without "
+                       "--unlabeled (teacher mode)")
     transform_dir = None
     if config.normalization == "tft":
         transform_dir = posixpath.join(config.workdir, "transform")
@@ -492,7 +530,10 @@ def configure_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     configure_logging()
-    result = train(config)
+    try:
+        result = train(config)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     evaluation = result["eval"]
     print(f"Trained to step {result['step']}"
           + (f"; eval top-1 {evaluation['top1']:.4f} on {evaluation['count']} images"

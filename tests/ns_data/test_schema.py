@@ -190,3 +190,15 @@ def test_dense_targets_works_in_graph():
 
     np.testing.assert_allclose(targets(records).numpy(),
                                [[0.625, 0.0, 0.375], [0.0, 1.0, 0.0]], atol=1e-7)
+
+
+@pytest.mark.parametrize("record, message", [
+    (schema.image_example(b"u"), "has no 'label'"),
+    (schema.image_example(b"x", label=4), "not below num_classes=4"),
+    (schema.pseudo_label_example(b"p", b"e", np.full(5, 0.2, np.float32), schema.LabelType.SOFT),
+     "width differs from num_classes=4"),
+])
+def test_dense_targets_refuses_records_it_cannot_turn_into_targets(record, message):
+    parsed = tf.io.parse_example(tf.constant([record]), schema.tf_feature_spec())
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        schema.dense_targets(parsed, 4)

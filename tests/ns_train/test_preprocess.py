@@ -41,5 +41,6 @@ def test_bad_labeled_records_are_listed_not_silently_skipped(tmp_path):
     lines = sorted(line for path in glob.glob(str(tmp_path / "t" / "bad_records*"))
                    for line in open(path).read().splitlines())
     assert [line.split("\t")[0] for line in lines] == ["corrupt", "label9", "unlabeled"]
+    assert not preprocess.has_analysis(str(tmp_path / "t"))  # a rerun checks the records again
     assert "Unknown image file format" in lines[0]
     assert "outside 0..3" in lines[1] and "has no 'label'" in lines[2]

@@ -195,25 +195,44 @@ def test_export_serves_through_the_beam_handler_with_the_same_probabilities(toy_
                                (images - labeled.mean()) / labeled.std(), rtol=1e-4, atol=1e-4)
 
 
+class Interrupted(Exception):
+    pass
+
+
 @pytest.mark.slow
 def test_resume_continues_the_step_count_from_the_checkpoint(toy_files, tmp_path):
-    first = toy_config(tmp_path, toy_files["labeled"], steps=6, checkpoint_every=3)
-    result = train.train(first)
-    assert (result["resumed_from"], result["step"]) == (0, 6)
-    saved = train.Trainer(first, 6, 1.0, None)
-    assert saved.restore() == 6
-    weights = [w.numpy() for w in saved.model.weights]
+    config = toy_config(tmp_path, toy_files["labeled"], steps=9, log_every=3, checkpoint_every=3)
+    train.check_workdir_config(config)
+    first = train.Trainer(config, 9, 1.0, None)
+    at_step_3 = []
 
-    second = toy_config(tmp_path, toy_files["labeled"], steps=9, checkpoint_every=3)
-    resumed = train.Trainer(second, 9, 1.0, None)
-    assert resumed.restore() == 6
-    for a, b in zip(weights, resumed.model.weights):
+    def crash(step, _):
+        if step == 3:
+            at_step_3.extend(w.numpy() for w in first.model.weights)
+        if step == 6:
+            raise Interrupted  # after the checkpoint of step 3, before the one of step 6
+
+    with pytest.raises(Interrupted):
+        first.train(train.training_dataset(config), on_log=crash)
+    resumed = train.Trainer(config, 9, 1.0, None)
+    assert resumed.restore() == 3
+    for a, b in zip(at_step_3, resumed.model.weights):
         np.testing.assert_array_equal(a, b.numpy())
-    result = train.train(second)
-    assert (result["resumed_from"], result["step"]) == (6, 9)
+
+    result = train.train(config)
+    assert (result["resumed_from"], result["step"]) == (3, 9)
     assert json.loads((tmp_path / "result.json").read_text())["step"] == 9
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.index")) == [
         "ckpt-3.index", "ckpt-6.index", "ckpt-9.index"]
+
+
+def test_a_workdir_refuses_to_resume_under_other_settings(toy_files, tmp_path):
+    train.check_workdir_config(toy_config(tmp_path, toy_files["labeled"]))
+    train.check_workdir_config(toy_config(tmp_path, toy_files["labeled"], log_every=2,
+                                          eval=toy_files["eval"]))
+    with pytest.raises(ValueError, match=r"steps: 12 -> 20, learning_rate: 0.01 -> 0.02"):
+        train.check_workdir_config(toy_config(tmp_path, toy_files["labeled"],
+                                              learning_rate=0.02, steps=20))
 
 
 MIRRORED = """
