@@ -57,8 +57,10 @@ class Settings:
     batch_size: int
 
 
+# The student is wider than the teacher (the paper's "equal-or-larger student"): with an equal
+# one (16, 32, 64; 3000 steps) the student gained +0.84 holdout / +0.64 test points.
 FULL = Settings(num_labeled=5000, num_holdout=5000, limit=0, teacher_widths=(16, 32, 64),
-                student_widths=(16, 32, 64), blocks=1, teacher_steps=1500, student_steps=3000,
+                student_widths=(24, 48, 96), blocks=1, teacher_steps=1500, student_steps=2400,
                 batch_size=128)
 QUICK = Settings(num_labeled=200, num_holdout=100, limit=1000, teacher_widths=(8, 16),
                  student_widths=(8, 16), blocks=1, teacher_steps=150, student_steps=150,
@@ -88,10 +90,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--teacher_steps", type=int, default=0,
                         help="Teacher training steps (default: 1500, --quick 150).")
     parser.add_argument("--student_steps", type=int, default=0,
-                        help="Student training steps (default: 3000, --quick 150).")
+                        help="Student training steps (default: 2400, --quick 150).")
     parser.add_argument("--student_widths", type=int, nargs="+", default=None,
                         help="Student ResNet stage widths, equal to or wider than the "
-                             "teacher's 16 32 64 (default: same as the teacher).")
+                             "teacher's 16 32 64 (default: 24 48 96; --quick 8 16).")
     parser.add_argument("--randaugment_magnitude", type=float, default=10.0,
                         help="RandAugment magnitude of noised models (default: %(default)s).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of everything.")
@@ -101,7 +103,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown ablations {sorted(unknown)}; choose from {ABLATIONS}")
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
+    if args.rounds > 1 and "full" not in args.ablations.split(","):
+        parser.error("--rounds > 1 needs the 'full' student in --ablations: it teaches the "
+                     "next round")
     return args
+
+
+# Changing these between runs of one workdir only adds work; anything else would mix two runs.
+_MAY_CHANGE = {"rounds", "ablations", "fashion_mnist_dir"}
+
+
+def check_workdir_args(args: argparse.Namespace) -> None:
+    """Records the run's flags in WORKDIR/iterate.json; refuses to resume under other ones."""
+    path = posixpath.join(args.workdir, "iterate.json")
+    current = vars(args)
+    if not os.path.exists(path):
+        os.makedirs(args.workdir, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(current, f, indent=2)
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items()
+               if k not in _MAY_CHANGE and saved.get(k) != v]
+    if changed:
+        raise ValueError(f"{args.workdir} holds a run with other settings ({', '.join(changed)});"
+                         f" rerun with its settings to resume it, or use a new --workdir")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -169,6 +196,7 @@ def _evaluate(export_dir: str, data_dir: str) -> dict[str, float]:
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs (or resumes) the loop; returns what results.json holds."""
     args = parse_args(argv)
+    check_workdir_args(args)
     settings = _settings(args)
     workdir = args.workdir
     data_dir = posixpath.join(workdir, "data")
@@ -276,7 +304,7 @@ def main() -> None:
     trainer.configure_logging()
     try:
         run()
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -60,7 +60,17 @@ def test_quick_loop_runs_end_to_end_and_reports(tmp_path, capsys):
     assert trained["resumed_from"] == 6
 
 
-def test_bad_ablation_is_refused(capsys):
+    with pytest.raises(ValueError, match="min_confidence: 0.1 -> 0.5"):
+        iterate.run([f"--workdir={workdir}", "--quick", "--teacher_steps=8",
+                     "--student_steps=6", "--ablations=full,hard", "--min_confidence=0.5",
+                     f"--fashion_mnist_dir={tmp_path}/idx"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--ablations=full,more_noise"], "unknown ablations ['more_noise']"),
+    (["--rounds=2", "--ablations=hard"], "needs the 'full' student"),
+])
+def test_impossible_flags_are_refused(flags, message, capsys):
     with pytest.raises(SystemExit):
-        iterate.parse_args(["--workdir=x", "--ablations=full,more_noise"])
-    assert "unknown ablations ['more_noise']" in capsys.readouterr().err
+        iterate.parse_args(["--workdir=x"] + flags)
+    assert message in capsys.readouterr().err
