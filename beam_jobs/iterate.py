@@ -17,26 +17,29 @@ balancing, the confidence histogram, a sample grid with pseudo-labels) and resul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import posixpath
 import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
 
 from beam_jobs import label_and_balance, prepare_fashion_mnist, rebalance
-from ns_data import fashion_mnist, report, stats
+from ns_data import fashion_mnist, report, round_report, stats
 from ns_train import train as trainer
 from ns_train.config import TrainConfig
 from ns_train.evaluate import evaluate_export
 
-logger = logging.getLogger("ns_train")
+logger = logging.getLogger("beam_jobs.iterate")
 
 ABLATIONS = ("full", "no_noise", "hard", "no_balance")
-_DESCRIPTIONS = {"full": "soft targets, balanced, noised student",
+DESCRIPTIONS = {"full": "soft targets, balanced, noised student",
                  "no_noise": "same pseudo-labels, student without RandAugment/dropout/SD",
                  "hard": "hard pseudo-labels, balanced, noised student",
                  "no_balance": "soft targets above the threshold, no top-K or duplication"}
@@ -92,43 +95,77 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--student_steps", type=int, default=0,
                         help="Student training steps (default: 2400, --quick 150).")
     parser.add_argument("--student_widths", type=int, nargs="+", default=None,
-                        help="Student ResNet stage widths, equal to or wider than the "
-                             "teacher's 16 32 64 (default: 24 48 96; --quick 8 16).")
+                        help="Student ResNet stage widths, each at least the teacher's "
+                             "(teacher 16 32 64, default 24 48 96; --quick: both 8 16).")
     parser.add_argument("--randaugment_magnitude", type=float, default=10.0,
                         help="RandAugment magnitude of noised models (default: %(default)s).")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of everything.")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="Seed of the splits, training and shard placement "
+                             "(default: %(default)s).")
     args = parser.parse_args(argv)
+    # One name per place: "run/", "x/../run" and "run" resume the same workdir.
+    args.workdir = os.path.normpath(args.workdir)
     unknown = set(args.ablations.split(",")) - set(ABLATIONS)
     if unknown:
         parser.error(f"unknown ablations {sorted(unknown)}; choose from {ABLATIONS}")
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
+    for flag in ("teacher_steps", "student_steps", "images_per_class"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag} must be >= 0 (0: the default), got {getattr(args, flag)}")
+    teacher_widths = (QUICK if args.quick else FULL).teacher_widths
+    if args.student_widths and (len(args.student_widths) != len(teacher_widths) or any(
+            s < t for s, t in zip(args.student_widths, teacher_widths))):
+        parser.error(f"--student_widths {args.student_widths}: the student must be equal to or "
+                     f"larger than the teacher, {list(teacher_widths)} stage by stage")
     if args.rounds > 1 and "full" not in args.ablations.split(","):
         parser.error("--rounds > 1 needs the 'full' student in --ablations: it teaches the "
                      "next round")
     return args
 
 
-# Changing these between runs of one workdir only adds work; anything else would mix two runs.
-_MAY_CHANGE = {"rounds", "ablations", "fashion_mnist_dir"}
+# Changing these between runs of one workdir only adds work (or names the same place);
+# anything else would mix two runs.
+_MAY_CHANGE = {"workdir", "rounds", "ablations", "fashion_mnist_dir"}
 
 
-def check_workdir_args(args: argparse.Namespace) -> None:
-    """Records the run's flags in WORKDIR/iterate.json; refuses to resume under other ones."""
+def _run_identity(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """What must not change while a workdir is resumed: the flags and the sizes/steps they give
+    (so a change of the built-in defaults is caught too), as JSON would hold them."""
+    flags = {k: v for k, v in vars(args).items() if k not in _MAY_CHANGE}
+    return json.loads(json.dumps({"flags": flags, "settings": dataclasses.asdict(settings)}))
+
+
+def check_workdir(args: argparse.Namespace, settings: Settings) -> None:
+    """Refuses to resume a workdir whose iterate.json records other flags or settings."""
     path = posixpath.join(args.workdir, "iterate.json")
-    current = vars(args)
     if not os.path.exists(path):
-        os.makedirs(args.workdir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(current, f, indent=2)
         return
     with open(path) as f:
         saved = json.load(f)
-    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items()
-               if k not in _MAY_CHANGE and saved.get(k) != v]
+    current = _run_identity(args, settings)
+    changed = [f"{k}: {saved[part].get(k)!r} -> {v!r}" for part in ("flags", "settings")
+               for k, v in current[part].items() if saved[part].get(k) != v]
     if changed:
         raise ValueError(f"{args.workdir} holds a run with other settings ({', '.join(changed)});"
                          f" rerun with its settings to resume it, or use a new --workdir")
+
+
+def _record_workdir(args: argparse.Namespace, settings: Settings) -> None:
+    """Writes iterate.json once the run has made something (its data splits)."""
+    path = posixpath.join(args.workdir, "iterate.json")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            json.dump(_run_identity(args, settings), f, indent=2)
+
+
+@contextlib.contextmanager
+def _stage(name: str, seconds: dict[str, float]) -> Iterator[None]:
+    """Times one stage into `seconds[name]` and logs it, so a run shows where its hour goes."""
+    start = time.monotonic()
+    yield
+    seconds[name] = round(time.monotonic() - start, 1)
+    logger.info("%s: %s", name, round_report.format_duration(seconds[name]))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -196,108 +233,77 @@ def _evaluate(export_dir: str, data_dir: str) -> dict[str, float]:
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs (or resumes) the loop; returns what results.json holds."""
     args = parse_args(argv)
-    check_workdir_args(args)
     settings = _settings(args)
+    check_workdir(args, settings)
     workdir = args.workdir
     data_dir = posixpath.join(workdir, "data")
+    seconds: dict[str, float] = {}
+    started = time.monotonic()
     if not os.path.exists(posixpath.join(data_dir, "splits.json")):
-        sizes = prepare_fashion_mnist.prepare(
-            data_dir, num_labeled=settings.num_labeled, num_holdout=settings.num_holdout,
-            seed=args.seed, data_dir=args.fashion_mnist_dir, limit=settings.limit)
+        with _stage("prepare", seconds):
+            sizes = prepare_fashion_mnist.prepare(
+                data_dir, num_labeled=settings.num_labeled, num_holdout=settings.num_holdout,
+                seed=args.seed, data_dir=args.fashion_mnist_dir, limit=settings.limit)
         logger.info("Prepared %s", sizes)
+    _record_workdir(args, settings)
     with open(posixpath.join(data_dir, "splits.json")) as f:
         sizes = json.load(f)["sizes"]
     k = args.images_per_class or sizes["unlabeled"] // 10
     truth = _read_truth(data_dir)
     ablations = args.ablations.split(",")
 
-    teacher = _train(posixpath.join(workdir, "round0", "teacher"), data_dir, settings, args,
-                     widths=settings.teacher_widths, steps=settings.teacher_steps)
+    with _stage("round0 teacher", seconds):
+        teacher = _train(posixpath.join(workdir, "round0", "teacher"), data_dir, settings, args,
+                         widths=settings.teacher_widths, steps=settings.teacher_steps)
     rounds = []
     for r in range(args.rounds):
         round_dir = posixpath.join(workdir, f"round{r}")
         scores_dir = posixpath.join(round_dir, "scores")
-        labels = {"soft": posixpath.join(round_dir, "pseudo_soft")}
-        _pseudo_label(teacher, data_dir, labels["soft"], scores_dir, k, args)
+        labels = {"full": posixpath.join(round_dir, "pseudo_soft")}
+        with _stage(f"round{r} label_and_balance", seconds):
+            _pseudo_label(teacher, data_dir, labels["full"], scores_dir, k, args)
         variants = ablations if r == 0 else ["full"]
         if "hard" in variants:
             labels["hard"] = posixpath.join(round_dir, "pseudo_hard")
-            _rebalance(scores_dir, labels["hard"], k, "hard", True, args)
+            with _stage(f"round{r} rebalance hard", seconds):
+                _rebalance(scores_dir, labels["hard"], k, "hard", True, args)
         if "no_balance" in variants:
             labels["no_balance"] = posixpath.join(round_dir, "pseudo_unbalanced")
-            _rebalance(scores_dir, labels["no_balance"], sizes["unlabeled"], "soft", False, args)
+            with _stage(f"round{r} rebalance no_balance", seconds):
+                _rebalance(scores_dir, labels["no_balance"], sizes["unlabeled"], "soft", False,
+                           args)
         students = {}
         for variant in variants:
-            pseudo = labels.get(variant, labels["soft"])
-            export = _train(posixpath.join(round_dir, f"student_{variant}"), data_dir, settings,
-                            args, widths=settings.student_widths, steps=settings.student_steps,
-                            unlabeled=posixpath.join(pseudo, "pseudo_labels-*"),
-                            noise=variant != "no_noise")
-            students[variant] = {"export": export, **_evaluate(export, data_dir),
-                                 "pseudo_labels": pseudo}
+            pseudo = labels.get(variant, labels["full"])
+            with _stage(f"round{r} student {variant}", seconds):
+                export = _train(posixpath.join(round_dir, f"student_{variant}"), data_dir,
+                                settings, args, widths=settings.student_widths,
+                                steps=settings.student_steps,
+                                unlabeled=posixpath.join(pseudo, "pseudo_labels-*"),
+                                noise=variant != "no_noise")
+                students[variant] = {
+                    "export": export, **_evaluate(export, data_dir), "pseudo_labels": pseudo,
+                    "pseudo_labels_written": [c["written"] for c in
+                                              stats.read_stats(pseudo)["classes"]],
+                    "description": DESCRIPTIONS[variant]}
         report_dir = posixpath.join(workdir, "report", f"round{r}")
-        labeling = report.write_label_report(labels["soft"], scores_dir, report_dir,
-                                             fashion_mnist.CLASS_NAMES, truth=truth)
-        rounds.append({"round": r, "teacher": {"export": teacher, **_evaluate(teacher, data_dir)},
-                       "students": students, "labeling": labeling, "report_dir": report_dir})
-        print(format_round(rounds[-1]), flush=True)
+        with _stage(f"round{r} report", seconds):
+            labeling = report.write_label_report(labels["full"], scores_dir, report_dir,
+                                                 fashion_mnist.CLASS_NAMES, truth=truth)
+            rounds.append({"round": r,
+                           "teacher": {"export": teacher, **_evaluate(teacher, data_dir)},
+                           "students": students, "labeling": labeling, "report_dir": report_dir})
+        print(round_report.format_round(rounds[-1]), flush=True)
         teacher = students["full"]["export"] if "full" in students else teacher
+    seconds["total"] = round(time.monotonic() - started, 1)
     result = {"settings": dataclasses.asdict(settings), "args": vars(args), "sizes": sizes,
-              "images_per_class": k, "rounds": rounds}
+              "images_per_class": k, "seconds": seconds, "rounds": rounds}
     with open(posixpath.join(workdir, "results.json"), "w") as f:
         json.dump(result, f, indent=2)
-    write_summary(posixpath.join(workdir, "report"), result)
-    print(f"\nReport: {posixpath.join(workdir, 'report', 'summary.md')}")
+    summary = round_report.write_summary(posixpath.join(workdir, "report"), result,
+                                         fashion_mnist.CLASS_NAMES)
+    print(f"\nDone in {round_report.format_duration(seconds['total'])}. Report: {summary}")
     return result
-
-
-def format_round(entry: dict[str, Any]) -> str:
-    """The table printed after each round: teacher and students, top-1 and images per class."""
-    labeling = entry["labeling"]
-    written = labeling["written"]
-    kept = [w - d for w, d in zip(written, labeling["duplicated"])]
-    lines = [f"\nRound {entry['round']}: pseudo-label accuracy "
-             f"{labeling.get('pseudo_label_accuracy', float('nan')):.4f}",
-             f"  kept per class    {kept}",
-             f"  written per class {written} (with duplicates; total {sum(written)})",
-             f"{'model':<22}{'holdout top-1':>14}{'test top-1':>12}{'vs teacher':>12}"]
-    teacher = entry["teacher"]
-    lines.append(f"{'teacher':<22}{teacher['holdout']:>14.4f}{teacher['test']:>12.4f}{'':>12}")
-    for name, student in entry["students"].items():
-        gain = 100 * (student["test"] - teacher["test"])
-        lines.append(f"{'student ' + name:<22}{student['holdout']:>14.4f}"
-                     f"{student['test']:>12.4f}{gain:>+11.2f}p")
-    return "\n".join(lines)
-
-
-def write_summary(report_dir: str, result: dict[str, Any]) -> None:
-    """report/summary.md: the settings, one table per round and links to its PNGs."""
-    lines = ["# Noisy Student on Fashion-MNIST", "",
-             f"Splits: {result['sizes']}; K = {result['images_per_class']} images per class; "
-             f"settings: {result['settings']}.", ""]
-    for entry in result["rounds"]:
-        r = entry["round"]
-        lines += [f"## Round {r}", "", "| model | holdout top-1 | test top-1 | test gain |",
-                  "| --- | --- | --- | --- |",
-                  f"| teacher | {entry['teacher']['holdout']:.4f} | "
-                  f"{entry['teacher']['test']:.4f} | |"]
-        for name, s in entry["students"].items():
-            lines.append(f"| student {name} ({_DESCRIPTIONS[name]}) | {s['holdout']:.4f} | "
-                         f"{s['test']:.4f} | "
-                         f"{100 * (s['test'] - entry['teacher']['test']):+.2f} |")
-        labeling = entry["labeling"]
-        lines += ["", "| class | above threshold | written | duplicated |", "| --- | --- | --- | --- |"]
-        for c, name in enumerate(fashion_mnist.CLASS_NAMES):
-            lines.append(f"| {name} | {labeling['above_threshold'][c]} | "
-                         f"{labeling['written'][c]} | {labeling['duplicated'][c]} |")
-        if "pseudo_label_accuracy" in labeling:
-            lines.append(f"\nPseudo-label accuracy (against the withheld labels): "
-                         f"{labeling['pseudo_label_accuracy']:.4f}")
-        lines += ["", f"![counts](round{r}/counts.png)", "",
-                  f"![confidence](round{r}/confidence.png)", "",
-                  f"![samples](round{r}/samples.png)", ""]
-    with open(posixpath.join(report_dir, "summary.md"), "w") as f:
-        f.write("\n".join(lines))
 
 
 def main() -> None:

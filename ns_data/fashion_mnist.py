@@ -31,14 +31,12 @@ def load(split: str, data_dir: str = DEFAULT_DIR) -> tuple[np.ndarray, np.ndarra
     if split not in _FILES:
         raise ValueError(f"split must be one of {sorted(_FILES)}, got {split!r}")
     images_file, labels_file = (os.path.join(data_dir, name) for name in _FILES[split])
-    if not os.path.exists(images_file):
+    missing = [path for path in (images_file, labels_file) if not os.path.exists(path)]
+    if missing:
         raise FileNotFoundError(
-            f"Fashion-MNIST not found in {data_dir}. Install it with: "
-            "sudo apt-get install dataset-fashion-mnist")
+            f"Fashion-MNIST not found in {data_dir} (missing {', '.join(missing)}). "
+            "Install it with: sudo apt-get install dataset-fashion-mnist")
     return _read_idx(images_file), _read_idx(labels_file)
-
-
-SPLITS = ("labeled", "holdout", "unlabeled", "test")
 
 
 def split_indices(labels: np.ndarray, num_labeled: int, num_holdout: int,

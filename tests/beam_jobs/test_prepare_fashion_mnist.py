@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 
 import numpy as np
 import pytest
@@ -56,3 +57,7 @@ def test_impossible_sizes_and_missing_data_are_clear(tmp_path):
                                       data_dir=str(tmp_path / "idx"))
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         fashion_mnist.load("train", str(tmp_path / "nowhere"))
+    os.remove(tmp_path / "idx" / "train-labels-idx1-ubyte.gz")
+    with pytest.raises(FileNotFoundError,
+                       match=r"missing .*train-labels-idx1-ubyte\.gz\)\. Install"):
+        fashion_mnist.load("train", str(tmp_path / "idx"))
