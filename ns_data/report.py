@@ -47,6 +47,8 @@ def bar_chart(path: str, title: str, categories: Sequence[str],
     for s, (name, values) in enumerate(series.items()):
         color = _COLORS[s % len(_COLORS)]
         for i, value in enumerate(values):
+            if not value:  # a zero-height rectangle would still draw a line
+                continue
             x0 = left + i * group + group * 0.1 + s * bar
             draw.rectangle([x0, top + plot_h * (1 - value / peak), x0 + bar - 1, top + plot_h],
                            fill=color)
@@ -67,6 +69,8 @@ def histogram(path: str, title: str, values: np.ndarray, bins: int = 20,
     plot_w, plot_h = width - left - 20, height - top - bottom
     peak = max(1, int(counts.max(initial=0)))
     for i, count in enumerate(counts):
+        if not count:
+            continue
         x0 = left + plot_w * i / bins
         draw.rectangle([x0, top + plot_h * (1 - count / peak), x0 + plot_w / bins - 1,
                         top + plot_h], fill=_COLORS[0])
