@@ -454,6 +454,21 @@ def check_workdir_config(config: TrainConfig) -> None:
                          f"with its settings to resume it, or use a new --workdir")
 
 
+def _finished_result(config: TrainConfig) -> dict[str, Any] | None:
+    """The workdir's result.json if it holds this run finished, evaluated on the same data and
+    exported where this config exports; None when anything is left to do."""
+    path = posixpath.join(config.workdir, RESULT_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        result = json.load(f)
+    export_dir = config.export_dir or posixpath.join(config.workdir, "export")
+    done = (result["step"] == result["total_steps"] and result.get("eval_pattern") == config.eval
+            and result["export_dir"] == export_dir
+            and tf.io.gfile.exists(posixpath.join(export_dir, "saved_model.pb")))
+    return result if done else None
+
+
 def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dict[str, Any]:
     """Runs (or resumes) training in `config.workdir`, evaluates, exports; returns the result.
 
@@ -462,6 +477,11 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
     """
     tf.io.gfile.makedirs(config.workdir)
     check_workdir_config(config)
+    finished = _finished_result(config)
+    if finished:
+        logger.info("%s is trained (%d steps) and exported to %s; nothing to do", config.workdir,
+                    finished["step"], finished["export_dir"])
+        return finished
     if config.eval_every and not config.eval:
         logger.warning("--eval_every=%d does nothing without --eval", config.eval_every)
     if not config.student and (config.unlabeled_ratio != 1 or config.target_temperature != 1):
@@ -513,7 +533,8 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
     writer.flush()
     result = {"step": trainer.step, "resumed_from": start, "total_steps": total,
               "num_labeled": num_labeled, "num_unlabeled": num_unlabeled,
-              "train": train_metrics, "eval": evaluation, "export_dir": export_dir}
+              "train": train_metrics, "eval": evaluation, "eval_pattern": config.eval,
+              "export_dir": export_dir}
     with tf.io.gfile.GFile(posixpath.join(config.workdir, RESULT_FILE), "w") as f:
         json.dump(result, f, indent=2)
     return result

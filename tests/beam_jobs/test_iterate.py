@@ -60,10 +60,13 @@ def test_quick_loop_runs_end_to_end_and_reports(tmp_path, capsys, monkeypatch):
     # Rerunning resumes (the workdir named another way): nothing is retrained.
     quick = ["--quick", "--teacher_steps=8", "--student_steps=6", "--min_confidence=0.1",
              f"--fashion_mnist_dir={tmp_path}/idx"]
+    student = workdir / "round0" / "student_full"
+    trained = (student / "result.json").read_text()
+    exported = (student / "export" / "saved_model.pb").stat().st_mtime_ns
     again = iterate.run([f"--workdir={workdir}/../run", "--ablations=full,hard", *quick])
     assert again["rounds"][0]["students"]["full"]["test"] == entry["students"]["full"]["test"]
-    trained = json.loads((workdir / "round0" / "student_full" / "result.json").read_text())
-    assert trained["resumed_from"] == 6
+    assert (student / "result.json").read_text() == trained
+    assert (student / "export" / "saved_model.pb").stat().st_mtime_ns == exported
 
     with pytest.raises(ValueError, match="min_confidence: 0.1 -> 0.5"):
         iterate.run([f"--workdir={workdir}", "--ablations=full,hard", *quick,

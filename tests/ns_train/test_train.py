@@ -2,6 +2,7 @@
 handler, and resume."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -224,6 +225,14 @@ def test_resume_continues_the_step_count_from_the_checkpoint(toy_files, tmp_path
     assert json.loads((tmp_path / "result.json").read_text())["step"] == 9
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.index")) == [
         "ckpt-3.index", "ckpt-6.index", "ckpt-9.index"]
+
+    # Rerunning a finished run does nothing, unless it must export somewhere else.
+    exported = (tmp_path / "export" / "saved_model.pb").stat().st_mtime_ns
+    assert train.train(config) == result
+    assert (tmp_path / "export" / "saved_model.pb").stat().st_mtime_ns == exported
+    elsewhere = train.train(dataclasses.replace(config, export_dir=str(tmp_path / "other")))
+    assert (elsewhere["resumed_from"], elsewhere["export_dir"]) == (9, str(tmp_path / "other"))
+    assert (tmp_path / "other" / "saved_model.pb").exists()
 
 
 def test_a_workdir_refuses_to_resume_under_other_settings(toy_files, tmp_path):
