@@ -132,25 +132,15 @@ _MAY_CHANGE = {"workdir", "rounds", "ablations", "fashion_mnist_dir"}
 
 
 def _run_identity(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    """What must not change while a workdir is resumed: the flags and the sizes/steps they give
-    (so a change of the built-in defaults is caught too), as JSON would hold them."""
-    flags = {k: v for k, v in vars(args).items() if k not in _MAY_CHANGE}
-    return json.loads(json.dumps({"flags": flags, "settings": dataclasses.asdict(settings)}))
+    """The flags and the sizes/steps they give (so a change of the built-in defaults is caught
+    too): what must not change, beyond _MAY_CHANGE, while a workdir is resumed."""
+    return {**vars(args), **{f"settings.{k}": v for k, v in dataclasses.asdict(settings).items()}}
 
 
 def check_workdir(args: argparse.Namespace, settings: Settings) -> None:
     """Refuses to resume a workdir whose iterate.json records other flags or settings."""
-    path = posixpath.join(args.workdir, "iterate.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        saved = json.load(f)
-    current = _run_identity(args, settings)
-    changed = [f"{k}: {saved[part].get(k)!r} -> {v!r}" for part in ("flags", "settings")
-               for k, v in current[part].items() if saved[part].get(k) != v]
-    if changed:
-        raise ValueError(f"{args.workdir} holds a run with other settings ({', '.join(changed)});"
-                         f" rerun with its settings to resume it, or use a new --workdir")
+    trainer.refuse_changed_settings(posixpath.join(args.workdir, "iterate.json"),
+                                    _run_identity(args, settings), _MAY_CHANGE, args.workdir)
 
 
 def _record_workdir(args: argparse.Namespace, settings: Settings) -> None:

@@ -428,6 +428,30 @@ def export(trainer: Trainer, export_dir: str, extra: dict[str, Any] | None = Non
     logger.info("Exported the EMA model to %s", export_dir)
 
 
+def refuse_changed_settings(path: str, current: dict[str, Any], may_change: set[str],
+                            workdir: str) -> bool:
+    """Compares a run's settings with the record at `path` (JSON) before resuming it.
+
+    Returns:
+      Whether the record exists (False: a new run, nothing to compare).
+
+    Raises:
+      ValueError: listing each setting outside `may_change` that differs from the record.
+    """
+    if not tf.io.gfile.exists(path):
+        return False
+    with tf.io.gfile.GFile(path) as f:
+        saved = json.load(f)
+    current = json.loads(json.dumps(current))
+    changed = {name: (saved.get(name), value) for name, value in current.items()
+               if name not in may_change and saved.get(name) != value}
+    if changed:
+        diff = ", ".join(f"{name}: {old!r} -> {new!r}" for name, (old, new) in changed.items())
+        raise ValueError(f"{workdir} holds a run with other settings ({diff}); rerun with its "
+                         f"settings to resume it, or use a new --workdir")
+    return True
+
+
 def check_workdir_config(config: TrainConfig) -> None:
     """Records the config in a new workdir; in an existing one, refuses a different training.
 
@@ -439,19 +463,10 @@ def check_workdir_config(config: TrainConfig) -> None:
       ValueError: listing each setting that differs from the workdir's config.json.
     """
     path = posixpath.join(config.workdir, CONFIG_FILE)
-    current = json.loads(json.dumps(dataclasses.asdict(config)))
-    if not tf.io.gfile.exists(path):
+    current = dataclasses.asdict(config)
+    if not refuse_changed_settings(path, current, _MAY_CHANGE_ON_RESUME, config.workdir):
         with tf.io.gfile.GFile(path, "w") as f:
             json.dump(current, f, indent=2)
-        return
-    with tf.io.gfile.GFile(path) as f:
-        saved = json.load(f)
-    changed = {name: (saved.get(name), value) for name, value in current.items()
-               if name not in _MAY_CHANGE_ON_RESUME and saved.get(name) != value}
-    if changed:
-        diff = ", ".join(f"{name}: {old!r} -> {new!r}" for name, (old, new) in changed.items())
-        raise ValueError(f"{config.workdir} holds a run with other settings ({diff}); rerun "
-                         f"with its settings to resume it, or use a new --workdir")
 
 
 def _finished_result(config: TrainConfig) -> dict[str, Any] | None:
