@@ -3,12 +3,16 @@
     python -m beam_jobs.label_and_balance --input='data/unlabeled-*.tfrecord' \\
         --teacher=models/teacher --output_dir=out/round1 [Beam options]
 
-ReadImages → TeacherInference → FilterByConfidence → BalancePerClass → WriteLabeledShards, as in
+ReadImages → TeacherInference → WritePredictions → BalancePerClass → WriteLabeledShards, as in
 Noisy Student (Xie et al., 2020): keep each class's K most confident images above a confidence
-threshold, duplicate images of classes with fewer than K. Writes `pseudo_labels-*.tfrecord`
-shards, `dead_letters-*.tfrecord` (records that failed, with the reason) and `stats.json`. Runs
-on DirectRunner by default; pass `--runner=DataflowRunner` and the usual Google Cloud options to
-run at scale.
+threshold, duplicate images of classes with fewer than K. The teacher pass writes what it said
+about every image to a Parquet predictions table (`--predictions_dir`, default
+OUTPUT_DIR/predictions) without the images; selection reads only that table; the writing pass
+reads each input file again beside its table file and writes `pseudo_labels-*.tfrecord` shards,
+`dead_letters-*.tfrecord` (records that failed, with the reason) and `stats.json`. Image bytes
+cross one shuffle, the one that spreads records over shards. `beam_jobs.rebalance` re-selects
+from the table with other settings without running the teacher. Runs on DirectRunner by
+default; pass `--runner=DataflowRunner` and the usual Google Cloud options to run at scale.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import argparse
 import dataclasses
 import difflib
 import logging
+import math
 import os
 import posixpath
 import sys
@@ -29,16 +34,19 @@ from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions,
                                                   TestOptions)
 from apache_beam.runners.runner import PipelineResult
 
-from ns_data import schema, stats
+from ns_data import predictions, schema, stats
 from ns_data.balance import DEFAULT_COLLECT_LIMIT
 from ns_data.images import DEFAULT_MAX_PIXELS
 from ns_data.inference import TeacherInference
+from ns_data.pipeline import BalanceConfig, check_table_serves, select_and_write
 from ns_data.read import INPUT_FORMATS, ReadImages, check_input_pattern
-from ns_data.select import BalancePerClass, FilterByConfidence
 from ns_data.teacher import (OUTPUT_KINDS, TeacherModelHandler, TeacherSpec, inspect_teacher,
                              output_error, read_metadata)
-from ns_data.write import (DEFAULT_CHUNK_RECORDS, PSEUDO_LABEL_PREFIX, WriteDeadLetters,
-                           SCORES_PREFIX, WriteLabeledShards, WriteScores, shard_pattern)
+from ns_data.write import (DEAD_LETTER_PREFIX, DEFAULT_CHUNK_RECORDS, PSEUDO_LABEL_PREFIX,
+                           shard_pattern)
+
+# Image files per predictions table file with --input_format=images.
+IMAGES_PER_TABLE_FILE = 4096
 
 
 def _pair(kind: type, name: str):
@@ -94,11 +102,12 @@ def add_balance_args(parser) -> None:
     g.add_argument("--output_dir", help="Where shards, dead letters and stats.json go. "
                    "Required.")
     g.add_argument("--overwrite", action="store_true",
-                   help="Replace the shards an --output_dir (or --scores_dir) already holds; "
-                   "they are deleted at launch, before the new run writes.")
+                   help="Replace the shards an --output_dir (and the table a --predictions_dir) "
+                   "already holds; they are deleted at launch, before the new run writes.")
     g.add_argument("--num_shards", type=_positive_int, default=16,
-                   help="Number of pseudo-label TFRecord shards, and of score shards with "
-                   "--scores_dir (default: %(default)s).")
+                   help="Number of pseudo-label TFRecord shards; with at least "
+                   "records/--chunk_records of them each shard is written in one piece "
+                   "(default: %(default)s).")
     g.add_argument("--label_type", choices=[t.value for t in schema.LabelType],
                    default="soft", help="hard: label only; soft: dense probabilities; "
                    "soft_topk: sparse top-k classes and renormalised probabilities "
@@ -164,10 +173,15 @@ class LabelAndBalanceOptions(PipelineOptions):
                        help="Exact number of model copies per worker machine (implies sharing).")
         g.add_argument("--skip_teacher_check", action="store_true",
                        help="Do not load the teacher at launch to check it on one image.")
-        g.add_argument("--scores_dir", default=None,
-                       help="Also persist every scored image (probabilities included) here, so "
-                       "beam_jobs.rebalance can re-select with another K or threshold without "
-                       "re-running the teacher.")
+        g = parser.add_argument_group("predictions table")
+        g.add_argument("--predictions_dir", "--scores_dir", dest="predictions_dir", default=None,
+                       help="Where the Parquet predictions table goes: per image its id, input "
+                       "file and record index, label, confidence and top classes, no image "
+                       "bytes; beam_jobs.rebalance re-selects from it without the teacher "
+                       "(default: OUTPUT_DIR/predictions).")
+        g.add_argument("--predictions_topk", type=_positive_int, default=None,
+                       help="Classes kept per image in the table (default: all classes with "
+                       "--label_type=soft, else max(--topk, 10)).")
 
 
 def teacher_spec(opts: LabelAndBalanceOptions) -> TeacherSpec:
@@ -194,17 +208,31 @@ def check_teacher(spec: TeacherSpec) -> None:
         raise ValueError(f"teacher {spec.path} fails its launch check on a blank image: {error}")
 
 
-def balance_config(opts: BalanceOptions) -> dict[str, Any]:
-    """The selection and output settings recorded in stats.json."""
-    return {
-        "min_confidence": opts.min_confidence,
-        "images_per_class": opts.images_per_class,
-        "duplicate": not opts.no_duplicate,
-        "label_type": opts.label_type,
-        "topk": opts.topk,
-        "num_shards": opts.num_shards,
-        "seed": opts.seed,
-    }
+def balance_config(opts: BalanceOptions) -> BalanceConfig:
+    """The selection and output settings of the flags."""
+    return BalanceConfig(
+        min_confidence=opts.min_confidence, images_per_class=opts.images_per_class,
+        duplicate=not opts.no_duplicate, seed=opts.seed, collect_limit=opts.collect_limit,
+        num_shards=opts.num_shards, label_type=opts.label_type, topk=opts.topk,
+        chunk_records=opts.chunk_records)
+
+
+def predictions_dir(opts: LabelAndBalanceOptions) -> str:
+    return opts.predictions_dir or posixpath.join(
+        opts.view_as(BalanceOptions).output_dir, "predictions")
+
+
+def table_metadata(opts: LabelAndBalanceOptions, spec: TeacherSpec) -> predictions.TableMetadata:
+    """What the teacher pass records in every predictions table file."""
+    balance = opts.view_as(BalanceOptions)
+    topk = opts.predictions_topk
+    if topk is None:
+        topk = (spec.num_classes if balance.label_type == schema.LabelType.SOFT.value
+                else max(balance.topk, 10))
+    return predictions.TableMetadata(
+        input=opts.input, input_format=opts.input_format, num_classes=spec.num_classes,
+        topk=min(topk, spec.num_classes), teacher=opts.teacher, teacher_outputs=spec.outputs,
+        temperature=spec.temperature, image_shape=tuple(spec.image.shape))
 
 
 def run_config(opts: LabelAndBalanceOptions, spec: TeacherSpec) -> dict[str, Any]:
@@ -217,17 +245,30 @@ def run_config(opts: LabelAndBalanceOptions, spec: TeacherSpec) -> dict[str, Any
         "image_shape": list(spec.image.shape),
         "input_range": list(spec.input_range),
         "temperature": spec.temperature,
-        "scores_dir": opts.scores_dir,
-        **balance_config(opts.view_as(BalanceOptions)),
+        "predictions_dir": predictions_dir(opts),
+        **balance_config(opts.view_as(BalanceOptions)).recorded(),
     }
 
 
-def check_output_dir(output_dir: str, overwrite: bool, prefix: str = PSEUDO_LABEL_PREFIX) -> None:
+def check_output_dir(output_dir: str, overwrite: bool) -> None:
     """Refuses to mix a new run's shards with an old run's, unless told to replace them."""
-    existing = tf.io.gfile.glob(shard_pattern(output_dir, prefix))
+    _clear(output_dir, [shard_pattern(output_dir, PSEUDO_LABEL_PREFIX),
+                        shard_pattern(output_dir, DEAD_LETTER_PREFIX)], "pseudo_labels shards",
+           overwrite)
+
+
+def check_table_dir(table_dir: str, overwrite: bool) -> None:
+    """Refuses to mix a new predictions table with an old one, unless told to replace it."""
+    _clear(table_dir, [predictions.table_pattern(table_dir)], "predictions table files",
+           overwrite)
+
+
+def _clear(directory: str, patterns: list[str], what: str, overwrite: bool) -> None:
+    existing = [path for pattern in patterns for path in tf.io.gfile.glob(pattern)]
     if existing and not overwrite:
-        raise ValueError(f"{output_dir} already holds {len(existing)} {prefix} shards; "
-                         "pass --overwrite or pick another directory")
+        counted = len(tf.io.gfile.glob(patterns[0]))
+        raise ValueError(f"{directory} already holds {counted} {what}; pass --overwrite or pick "
+                         "another directory")
     for path in existing:
         tf.io.gfile.remove(path)
 
@@ -241,11 +282,14 @@ def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
         raise ValueError(f"missing required flags: {', '.join(missing)} (see --help)")
     if not opts.temperature > 0:
         raise ValueError(f"--temperature must be > 0, got {opts.temperature}")
+    if "://" not in opts.input:
+        # The table names input files by path; an absolute one still resolves for a rebalance
+        # run from another directory.
+        opts.input = os.path.abspath(opts.input)
     check_input_pattern(opts.input)
     if check_output:
         check_output_dir(balance.output_dir, balance.overwrite)
-        if opts.scores_dir:
-            check_output_dir(opts.scores_dir, balance.overwrite, SCORES_PREFIX)
+        check_table_dir(predictions_dir(opts), balance.overwrite)
 
 
 def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSpec,
@@ -259,40 +303,23 @@ def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSp
       model_handler: the ModelHandler to run; defaults to `TeacherModelHandler(spec)`. Tests
         pass a fake with the same output contract.
     """
+    config = balance_config(opts.view_as(BalanceOptions))
+    metadata = table_metadata(opts, spec)
+    check_table_serves(metadata, config)
     handler = model_handler or TeacherModelHandler(
         spec, large_model=opts.large_model, model_copies=opts.model_copies)
     read = pipeline | "ReadImages" >> ReadImages(opts.input, opts.input_format)
-    inferred = read["images"] | "TeacherInference" >> TeacherInference(
-        handler, spec.image, spec.outputs, opts.max_image_pixels)
-    balance = opts.view_as(BalanceOptions)
-    if opts.scores_dir:
-        _ = inferred["scored"] | "PersistScores" >> WriteScores(
-            opts.scores_dir, balance.num_shards, seed=balance.seed)
-    dead = ((read["dead_letters"], inferred["dead_letters"])
-            | "MergeDeadLetters" >> beam.Flatten())
-    return balance_and_write(read["images"], inferred["scored"], dead, balance,
-                             run_config(opts, spec), spec.num_classes)
-
-
-def balance_and_write(images: beam.PCollection, scored: beam.PCollection,
-                      dead: beam.PCollection, opts: BalanceOptions, config: dict[str, Any],
-                      num_classes: int = 0) -> beam.PCollection:
-    """FilterByConfidence → BalancePerClass → WriteLabeledShards, dead letters and stats.
-
-    Shared by this job and `beam_jobs.rebalance`.
-    Returns the PCollection of the stats.json path.
-    """
-    above = scored | "FilterByConfidence" >> FilterByConfidence(opts.min_confidence)
-    balanced = above | "BalancePerClass" >> BalancePerClass(
-        opts.images_per_class, duplicate=not opts.no_duplicate, seed=opts.seed,
-        collect_limit=opts.collect_limit)
-    shards = balanced["copies"] | "WriteLabeledShards" >> WriteLabeledShards(
-        opts.output_dir, opts.num_shards, schema.LabelType(opts.label_type), topk=opts.topk,
-        seed=opts.seed, chunk_records=opts.chunk_records)
-    _ = dead | "WriteDeadLetters" >> WriteDeadLetters(opts.output_dir, seed=opts.seed)
-    return {"images": images, "dead_letters": dead, "scored": scored,
-            "plans": balanced["plans"], "shards": shards} | "WriteStats" >> stats.WriteRunStats(
-        opts.output_dir, config, num_classes)
+    scored = read.images | "TeacherInference" >> TeacherInference(
+        handler, spec.image, spec.outputs, metadata.topk, opts.max_image_pixels)
+    image_buckets = 1
+    if opts.input_format == "images":
+        image_buckets = math.ceil(check_input_pattern(opts.input) / IMAGES_PER_TABLE_FILE)
+    paths = ((read.failed, scored)
+             | "AllPredictions" >> beam.Flatten()
+             | "WritePredictions" >> predictions.WritePredictions(
+                 predictions_dir(opts), metadata, image_buckets))
+    return select_and_write(paths, opts.view_as(BalanceOptions).output_dir, config, metadata,
+                            run_config(opts, spec))
 
 
 def _help_parser() -> argparse.ArgumentParser:

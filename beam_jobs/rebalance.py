@@ -1,13 +1,13 @@
-"""Re-select persisted teacher scores with another K, threshold or label type; no teacher needed.
+"""Re-select from a predictions table with another K, threshold or label type; no teacher needed.
 
-    python -m beam_jobs.label_and_balance ... --scores_dir=out/scores   # once, runs the teacher
-    python -m beam_jobs.rebalance --scores='out/scores/scores-*.tfrecord' \\
+    python -m beam_jobs.label_and_balance ... --output_dir=out/k130k   # once, runs the teacher
+    python -m beam_jobs.rebalance --predictions=out/k130k/predictions \\
         --output_dir=out/k50k --images_per_class=50000 --min_confidence=0.5
 
-Reads the scores (every scored image with its probabilities), then runs the same
-FilterByConfidence → BalancePerClass → WriteLabeledShards steps and writes the same outputs as
-`label_and_balance`: shards, dead letters and stats.json. The teacher's temperature is baked
-into the persisted probabilities.
+Reads the table's small columns to select, then the original input files the table names (they
+must be unchanged) to write the same outputs as `label_and_balance`: shards, dead letters and
+stats.json, byte-identical to a fresh run with the same settings. The teacher's temperature is
+baked into the table's probabilities; `--label_type=soft` needs a table of every class.
 """
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ import argparse
 import sys
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+import tensorflow as tf
+from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from apache_beam.runners.runner import PipelineResult
 
-from beam_jobs.label_and_balance import (BalanceOptions, balance_and_write, balance_config,
-                                         check_output_dir, configure_logging, pipeline_options,
-                                         print_summary)
-from ns_data.read import ReadScoredImages, check_input_pattern
+from beam_jobs.label_and_balance import (BalanceOptions, balance_config, check_output_dir,
+                                         configure_logging, pipeline_options, print_summary)
+from ns_data import predictions
+from ns_data.pipeline import check_table_serves, select_and_write
 
 
 class RebalanceOptions(PipelineOptions):
@@ -29,17 +30,31 @@ class RebalanceOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--scores", help="Glob of the scores written by label_and_balance "
-                            "--scores_dir (scores-*.tfrecord). Required.")
+        parser.add_argument("--predictions", "--scores", dest="predictions",
+                            help="The predictions table of a label_and_balance run: its "
+                            "directory (OUTPUT_DIR/predictions by default) or a glob of its "
+                            "predictions-*.parquet files. Required.")
 
 
-def build(pipeline: beam.Pipeline, opts: RebalanceOptions) -> beam.PCollection:
+def table_pattern(opts: RebalanceOptions) -> str:
+    """A glob of the table's files from a directory or a glob."""
+    if any(c in opts.predictions for c in "*?["):
+        return opts.predictions
+    return predictions.table_pattern(opts.predictions.rstrip("/"))
+
+
+def build(pipeline: beam.Pipeline, opts: RebalanceOptions,
+          metadata: predictions.TableMetadata) -> beam.PCollection:
     """Adds the job's steps to `pipeline`; returns the PCollection of the stats.json path."""
     balance = opts.view_as(BalanceOptions)
-    read = pipeline | "ReadScores" >> ReadScoredImages(opts.scores)
-    config = {"scores": opts.scores, **balance_config(balance)}
-    return balance_and_write(read["images"], read["images"], read["dead_letters"], balance,
-                             config)
+    config = balance_config(balance)
+    check_table_serves(metadata, config)
+    paths = (pipeline
+             | "MatchTable" >> beam.io.fileio.MatchFiles(table_pattern(opts))
+             | "TablePaths" >> beam.Map(lambda m: m.path))
+    recorded = {"predictions": table_pattern(opts), "input": metadata.input,
+                "teacher": metadata.teacher, **config.recorded()}
+    return select_and_write(paths, balance.output_dir, config, metadata, recorded)
 
 
 def _help_parser() -> argparse.ArgumentParser:
@@ -50,6 +65,14 @@ def _help_parser() -> argparse.ArgumentParser:
     RebalanceOptions._add_argparse_args(parser)
     BalanceOptions._add_argparse_args(parser)
     return parser
+
+
+def read_table_metadata(pattern: str) -> predictions.TableMetadata:
+    """The settings of the table's first file (the pipeline checks every file against them)."""
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise ValueError(f"--predictions={pattern} matches no predictions table files")
+    return predictions.read_metadata(files[0])
 
 
 def run(argv: list[str] | None = None,
@@ -63,17 +86,20 @@ def run(argv: list[str] | None = None,
     options = pipeline_options(argv)
     opts = options.view_as(RebalanceOptions)
     balance = options.view_as(BalanceOptions)
-    missing = [f"--{name}" for name, value in (("scores", opts.scores),
+    missing = [f"--{name}" for name, value in (("predictions", opts.predictions),
                                                ("output_dir", balance.output_dir)) if not value]
     if missing:
         raise ValueError(f"missing required flags: {', '.join(missing)} (see --help)")
-    check_input_pattern(opts.scores)
-    check_output_dir(balance.output_dir, balance.overwrite)
+    metadata = read_table_metadata(table_pattern(opts))
+    dry_run = options.view_as(TestOptions).dry_run
+    if not dry_run:
+        check_output_dir(balance.output_dir, balance.overwrite)
     pipeline = test_pipeline or beam.Pipeline(options=options)
-    build(pipeline, opts)
+    build(pipeline, opts, metadata)
     result = pipeline.run()
     result.wait_until_finish()
-    print_summary(balance.output_dir)
+    if not dry_run:
+        print_summary(balance.output_dir)
     return result
 
 

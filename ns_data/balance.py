@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -107,7 +107,9 @@ class Cut:
 
     While unresolved, the boundary lies in the bucket of keys whose `bits` highest bits equal
     `prefix`, and `need` of that bucket's keys are still to be selected. Once resolved
-    (`threshold` set): keys > threshold are selected, plus `take_equal` of the keys == threshold.
+    (`threshold` set): keys > threshold are selected, plus `take_equal` of the keys == threshold,
+    and `lowest_confidence_bits` are the float32 bits of the least selected key's confidence (a
+    capped class's effective threshold; found without hashing a single image id).
     """
 
     need: int
@@ -116,7 +118,7 @@ class Cut:
     collect: bool = False
     threshold: int | None = None
     take_equal: int = 0
-    smallest_selected: int | None = None
+    lowest_confidence_bits: int | None = None
 
     @property
     def done(self) -> bool:
@@ -136,12 +138,12 @@ def start_cut(need: int) -> Cut:
 
 
 def histogram(keys: Iterable[int], bits: int) -> dict[int, tuple[int, int]]:
-    """{next digit: (count, smallest key)} of keys (all sharing their `bits` high bits)."""
+    """{next digit: (count, lowest confidence bits)} of keys sharing their `bits` high bits."""
     hist: dict[int, tuple[int, int]] = {}
     for key in keys:
         d = digit(key, bits)
-        count, smallest = hist.get(d, (0, key))
-        hist[d] = (count + 1, min(smallest, key))
+        count, lowest = hist.get(d, (0, key >> 64))
+        hist[d] = (count + 1, min(lowest, key >> 64))
     return hist
 
 
@@ -150,12 +152,13 @@ def refine(cut: Cut, hist: Mapping[int, tuple[int, int]], collect_limit: int) ->
 
     Args:
       cut: an unresolved, non-collecting cut.
-      hist: `histogram` of the keys in the cut's bucket, on the next digit.
+      hist: `histogram` of the keys in the cut's bucket, on the next digit (or the same built
+        from arrays by `reduce_histogram`).
       collect_limit: a boundary bucket at most this large is collected on the next pass.
     """
     above = 0
     for d in sorted(hist, reverse=True):
-        count, smallest = hist[d]
+        count, lowest = hist[d]
         if above + count < cut.need:
             above += count
             continue
@@ -164,10 +167,10 @@ def refine(cut: Cut, hist: Mapping[int, tuple[int, int]], collect_limit: int) ->
         bits = cut.bits + DIGIT_BITS
         lower = prefix << (KEY_BITS - bits)
         if need == count:  # the whole bucket is selected: everything from its lower bound up
-            return Cut(need, prefix, bits, threshold=lower - 1, smallest_selected=smallest)
+            return Cut(need, prefix, bits, threshold=lower - 1, lowest_confidence_bits=lowest)
         if bits == KEY_BITS:  # the bucket is `count` identical keys, `need` of them selected
             return Cut(need, prefix, bits, threshold=lower, take_equal=need,
-                       smallest_selected=lower)
+                       lowest_confidence_bits=lower >> 64)
         return Cut(need, prefix, bits, collect=count <= collect_limit)
     raise ValueError(f"histogram holds {above} keys, fewer than the {cut.need} needed")
 
@@ -183,9 +186,9 @@ def resolve(cut: Cut, keys: Iterable[int]) -> Cut:
     take = cut.need - above
     if take == equal:
         return dataclasses.replace(cut, collect=False, threshold=boundary - 1,
-                                   smallest_selected=boundary)
+                                   lowest_confidence_bits=boundary >> 64)
     return dataclasses.replace(cut, collect=False, threshold=boundary, take_equal=take,
-                               smallest_selected=boundary)
+                               lowest_confidence_bits=boundary >> 64)
 
 
 def advance(cut: Cut, hist: Mapping[int, tuple[int, int]] | None, keys: Iterable[int] | None,
@@ -234,6 +237,103 @@ class ClassPlan:
     @property
     def threshold_confidence(self) -> float | None:
         """Confidence of the least confident kept image when the class was capped, else None."""
-        if self.quota.base_copies > 0 or self.cut.smallest_selected is None:
+        if self.quota.base_copies > 0 or self.cut.lowest_confidence_bits is None:
             return None
-        return key_confidence(self.cut.smallest_selected)
+        return float(np.uint32(self.cut.lowest_confidence_bits).view(np.float32))
+
+
+# --------------------------------------------------------------------------------------------
+# The same math on columns of many images at once (numpy), as the pipeline runs it on the
+# predictions table. A key is split in two columns: `hi`, the float32 bits of the confidence,
+# and `lo`, the 63-bit id hash; both uint64. The hash is computed only for rows that need it:
+# the first two radix passes and most copy decisions look at the confidence alone.
+# --------------------------------------------------------------------------------------------
+
+_U64 = (1 << 64) - 1
+
+
+def id_hashes(image_ids: Sequence[bytes], seed: int) -> np.ndarray:
+    """`id_hash` of each id (uint64)."""
+    return np.fromiter((id_hash(i, seed) for i in image_ids), dtype=np.uint64,
+                       count=len(image_ids))
+
+
+def confidence_bits(confidences: np.ndarray) -> np.ndarray:
+    """float32 confidences → the `hi` column (their bits, uint64; -0.0 as 0.0)."""
+    conf = np.asarray(confidences, dtype=np.float32) + np.float32(0.0)
+    return conf.view(np.uint32).astype(np.uint64)
+
+
+def bucket_mask(hi: np.ndarray, lo: np.ndarray | None, bits: int, prefix: int) -> np.ndarray:
+    """Rows whose key's `bits` highest bits equal `prefix` (`lo` is needed when bits > 32)."""
+    if bits == 0:
+        return np.ones(len(hi), dtype=bool)
+    top = min(bits, 32)
+    mask = (hi >> np.uint64(32 - top)) == np.uint64(prefix >> (bits - top))
+    if bits > 32:
+        low = bits - 32
+        mask &= (lo >> np.uint64(64 - low)) == np.uint64(prefix & ((1 << low) - 1))
+    return mask
+
+
+def digits_of(hi: np.ndarray, lo: np.ndarray | None, bits: int) -> np.ndarray:
+    """`digit(key, bits)` of each row (`lo` is needed when bits >= 32)."""
+    shift = KEY_BITS - bits - DIGIT_BITS
+    if shift >= 64:
+        return (hi >> np.uint64(shift - 64)) & np.uint64(DIGIT_MASK)
+    return (lo >> np.uint64(shift)) & np.uint64(DIGIT_MASK)
+
+
+def reduce_histogram(codes: np.ndarray, counts: np.ndarray,
+                     lowest: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sums counts and keeps the lowest confidence bits per code; returns them sorted by code.
+
+    Codes are digits, or (label << DIGIT_BITS | digit) for many classes at once.
+    """
+    if len(codes) == 0:
+        empty = np.zeros(0, dtype=np.uint64)
+        return empty, np.zeros(0, dtype=np.int64), empty
+    order = np.lexsort((lowest, codes))
+    codes, counts, lowest = codes[order], counts[order], lowest[order]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    return codes[starts], np.add.reduceat(counts, starts), lowest[starts]
+
+
+def as_histogram(digits: np.ndarray, counts: np.ndarray,
+                 lowest: np.ndarray) -> dict[int, tuple[int, int]]:
+    """Arrays from `reduce_histogram` → the {digit: (count, lowest bits)} `refine` takes."""
+    return {int(d): (int(c), int(b)) for d, c, b in zip(digits, counts, lowest)}
+
+
+def copies_for_rows(labels: np.ndarray, hi: np.ndarray, hashes: Callable[[np.ndarray], np.ndarray],
+                    plans: Mapping[int, ClassPlan],
+                    tie_start: Mapping[int, int] | None = None) -> np.ndarray:
+    """Copies of each row from its class plan, hashing only rows that need it.
+
+    Args:
+      labels: each row's class, or -1 for rows that take no part (failed, below the threshold).
+      hi: each row's confidence bits (`confidence_bits`).
+      hashes: row positions → their id hashes; called only for rows whose confidence equals their
+        class threshold's.
+      plans: the plan of every class that has rows here.
+      tie_start: per class whose threshold key is tied (`take_equal`), how many of its tied rows
+        come before this batch in the deterministic tie order; rows of a batch follow in order.
+    """
+    copies = np.zeros(len(labels), dtype=np.int64)
+    for label in np.unique(labels[labels >= 0]).tolist():
+        rows = np.flatnonzero(labels == label)
+        plan = plans[label]
+        t_hi, t_lo = plan.cut.threshold >> 64, plan.cut.threshold & _U64
+        h = hi[rows].astype(np.int64)
+        c = np.full(len(rows), plan.quota.base_copies, dtype=np.int64)
+        c[h > t_hi] += 1
+        same = np.flatnonzero(h == t_hi)
+        if len(same):
+            lo = hashes(rows[same])
+            c[same[lo > np.uint64(t_lo)]] += 1
+            if plan.cut.take_equal:
+                tied = same[lo == np.uint64(t_lo)]
+                start = (tie_start or {}).get(label, 0)
+                c[tied] += (start + np.arange(len(tied))) < plan.cut.take_equal
+        copies[rows] = c
+    return copies

@@ -1,17 +1,24 @@
-"""ReadImages: unlabeled images from TFRecords of tf.train.Example, or from image files."""
+"""ReadImages: unlabeled images from TFRecords of tf.train.Example, or from image files.
+
+Every image is read with where it is — its input file and its record index there — because the
+predictions table names images by that location and the writing pass reads them again from it.
+`parse_image_record` is the one definition of how an input record becomes (id, bytes), shared
+by both passes so they agree on every id.
+"""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import apache_beam as beam
-import numpy as np
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from ns_data import schema
-from ns_data.records import STAGE_PARSE, DeadLetter, RawImage, ScoredImage
+from ns_data.records import STAGE_PARSE, Prediction, RawImage
+from ns_data.tfrecord import iter_records
 
 INPUT_FORMATS = ("tfrecord", "images")
-DEAD_LETTERS = "dead_letters"
-IMAGES = "images"
 
 
 def check_input_pattern(pattern: str) -> int:
@@ -22,53 +29,86 @@ def check_input_pattern(pattern: str) -> int:
     return len(matched)
 
 
-def _parse_failure(image_id: bytes, serialized: bytes, message: str):
-    """A record that could not be read → a counted dead letter carrying the whole record."""
-    beam.metrics.Metrics.counter("ns_data", "failed_parse").inc()
-    return beam.pvalue.TaggedOutput(
-        DEAD_LETTERS, DeadLetter(STAGE_PARSE, image_id, serialized, message))
+class ParseFailure(ValueError):
+    """A record that is not an image example; `image_id` names it in the dead letters."""
+
+    def __init__(self, image_id: bytes, message: str):
+        super().__init__(message)
+        self.image_id = image_id
 
 
-class _ParseImageExample(beam.DoFn):
-    """Serialized tf.train.Example → RawImage, or a dead letter when it is not one."""
+def parse_image_record(serialized: bytes) -> tuple[bytes, bytes]:
+    """A serialized tf.train.Example → (image id, encoded bytes).
+
+    The id is `image/id` when present, else a content hash of the bytes.
+
+    Raises:
+      ParseFailure: when the record is not an Example with `image/encoded` bytes.
+    """
+    try:
+        features = schema.parse_example(serialized)
+    except Exception as e:  # noqa: BLE001 - any bad record becomes a dead letter
+        raise ParseFailure(schema.content_id(serialized),
+                           f"not a tf.train.Example: {type(e).__name__}: {e}") from e
+    ids = features.get(schema.IMAGE_ID) or [b""]
+    encoded = features.get(schema.IMAGE_ENCODED) or [b""]
+    image_id = ids[0] if isinstance(ids[0], bytes) and ids[0] else None
+    if not isinstance(encoded[0], bytes) or not encoded[0]:
+        raise ParseFailure(image_id or schema.content_id(serialized),
+                           f"record has no {schema.IMAGE_ENCODED!r} bytes "
+                           f"(features: {sorted(features)})")
+    if ids[0] and image_id is None:
+        raise ParseFailure(schema.content_id(serialized),
+                           f"{schema.IMAGE_ID!r} must be bytes, got {type(ids[0]).__name__}")
+    return image_id or schema.content_id(encoded[0]), encoded[0]
+
+
+class _ReadTFRecordFile(beam.DoFn):
+    """TFRecord file path → RawImage per record, or a failed Prediction for a bad record."""
 
     def __init__(self):
         self._read = beam.metrics.Metrics.counter("ns_data", "images_read")
+        self._failed = beam.metrics.Metrics.counter("ns_data", "failed_parse")
 
-    def process(self, serialized: bytes):
-        try:
-            features = schema.parse_example(serialized)
-        except Exception as e:  # noqa: BLE001 - any bad record becomes a dead letter
-            yield _parse_failure(schema.content_id(serialized), serialized,
-                             f"not a tf.train.Example: {type(e).__name__}: {e}")
-            return
-        ids = features.get(schema.IMAGE_ID) or [b""]
-        encoded = features.get(schema.IMAGE_ENCODED) or [b""]
-        image_id = ids[0] if isinstance(ids[0], bytes) and ids[0] else None
-        if not isinstance(encoded[0], bytes) or not encoded[0]:
-            yield _parse_failure(image_id or schema.content_id(serialized), serialized,
-                             f"record has no {schema.IMAGE_ENCODED!r} bytes "
-                             f"(features: {sorted(features)})")
-            return
-        if ids[0] and image_id is None:
-            yield _parse_failure(schema.content_id(serialized), serialized,
-                             f"{schema.IMAGE_ID!r} must be bytes, got {type(ids[0]).__name__}")
-            return
-        self._read.inc()
-        yield RawImage(image_id or schema.content_id(encoded[0]), encoded[0])
+    def process(self, path: str):
+        for index, serialized in enumerate(iter_records(path)):
+            try:
+                image_id, encoded = parse_image_record(serialized)
+            except ParseFailure as e:
+                self._failed.inc()
+                yield beam.pvalue.TaggedOutput(FAILED, Prediction(
+                    path, index, e.image_id, stage=STAGE_PARSE, message=str(e)))
+                continue
+            self._read.inc()
+            yield RawImage(image_id, encoded, path, index)
 
-def _read_file(readable: fileio.ReadableFile) -> RawImage:
+
+def _read_image_file(path: str) -> RawImage:
     beam.metrics.Metrics.counter("ns_data", "images_read").inc()
-    return RawImage(readable.metadata.path.encode(), readable.read())
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return RawImage(path.encode(), f.read(), path, 0)
+
+
+FAILED = "failed"
+
+
+class ReadResult(NamedTuple):
+    """ReadImages' outputs: the images, and the records that did not parse (as predictions)."""
+
+    images: beam.PCollection
+    failed: beam.PCollection
 
 
 class ReadImages(beam.PTransform):
-    """Reads images; returns {"images": RawImage, "dead_letters": DeadLetter}.
+    """Reads images with their locations; returns a `ReadResult`.
 
     `tfrecord`: a glob of TFRecord files of tf.train.Example with `image/encoded` (required) and
     `image/id` (optional; default: a content hash of the bytes). A record that does not parse is
-    a dead letter carrying the whole serialized record.
+    a failed `Prediction` (stage "parse") named by a content hash of the whole record.
     `images`: a glob of image files; the id is the file path.
+
+    File names are reshuffled before reading so that workers share the files; no image bytes
+    cross that shuffle.
     """
 
     def __init__(self, pattern: str, input_format: str = "tfrecord"):
@@ -79,45 +119,14 @@ class ReadImages(beam.PTransform):
         self._format = input_format
 
     def expand(self, pbegin):
+        paths = (pbegin
+                 | "MatchFiles" >> fileio.MatchFiles(self._pattern)
+                 | "Paths" >> beam.Map(lambda metadata: metadata.path)
+                 | "SpreadFiles" >> beam.Reshuffle())
         if self._format == "images":
-            images = (pbegin
-                      | "MatchFiles" >> fileio.MatchFiles(self._pattern)
-                      | "ReadMatches" >> fileio.ReadMatches()
-                      | "ReadBytes" >> beam.Map(_read_file))
-            dead = pbegin | "NoDeadLetters" >> beam.Create([])
-            return {IMAGES: images, DEAD_LETTERS: dead}
-        parsed = (pbegin
-                  | "ReadTFRecords" >> beam.io.ReadFromTFRecord(self._pattern)
-                  | "ParseExamples" >> beam.ParDo(_ParseImageExample()).with_outputs(
-                      DEAD_LETTERS, main=IMAGES))
-        return {IMAGES: parsed[IMAGES], DEAD_LETTERS: parsed[DEAD_LETTERS]}
-
-
-def _parse_score(serialized: bytes):
-    try:
-        record = schema.parse_pseudo_label(serialized)
-        if not record.probabilities:
-            raise ValueError(f"record has no {schema.PROBABILITIES!r}; was it written with "
-                             "--scores_dir?")
-    except Exception as e:  # noqa: BLE001 - any bad record becomes a dead letter
-        yield _parse_failure(schema.content_id(serialized), serialized,
-                             f"{type(e).__name__}: {e}")
-        return
-    beam.metrics.Metrics.counter("ns_data", "images_read").inc()
-    yield ScoredImage(record.image_id, record.encoded,
-                      np.asarray(record.probabilities, dtype=np.float32))
-
-
-class ReadScoredImages(beam.PTransform):
-    """Scores persisted by `label_and_balance --scores_dir` → {"images": ScoredImage, ...}."""
-
-    def __init__(self, pattern: str):
-        super().__init__()
-        self._pattern = pattern
-
-    def expand(self, pbegin):
-        parsed = (pbegin
-                  | "ReadTFRecords" >> beam.io.ReadFromTFRecord(self._pattern)
-                  | "ParseScores" >> beam.FlatMap(_parse_score).with_outputs(
-                      DEAD_LETTERS, main=IMAGES))
-        return {IMAGES: parsed[IMAGES], DEAD_LETTERS: parsed[DEAD_LETTERS]}
+            images = paths | "ReadImageFiles" >> beam.Map(_read_image_file)
+            failed = pbegin | "NoParseFailures" >> beam.Create([])
+            return ReadResult(images, failed)
+        read = paths | "ReadTFRecordFiles" >> beam.ParDo(_ReadTFRecordFile()).with_outputs(
+            FAILED, main="images")
+        return ReadResult(read["images"], read[FAILED])

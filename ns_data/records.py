@@ -1,4 +1,10 @@
-"""The element types that flow between the pipeline's steps."""
+"""The element types that flow between the pipeline's steps.
+
+Only `RawImage` carries image bytes, and only between reading and decoding: the teacher pass turns
+each image into a `Prediction`, which names the image by where it is (input file and record
+index) instead of carrying it, so the predictions table stays small and the images are read
+again, once, by the pass that writes the shards.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -8,37 +14,46 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RawImage:
-    """An image as read: stable id and the original encoded bytes."""
+    """An image as read: stable id, the original encoded bytes, and where they were read.
+
+    Attributes:
+      image_id: the stable image id (`image/id`, else a content hash; the path for image files).
+      encoded: the encoded image bytes.
+      source: the input file the image was read from.
+      index: the record's position in `source` (0 for an image file).
+    """
 
     image_id: bytes
     encoded: bytes
+    source: str = ""
+    index: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class ScoredImage:
-    """An image with the teacher's probabilities (float32 [num_classes])."""
+class Prediction:
+    """What the teacher said about one input record, or why it could not say anything.
 
+    Attributes:
+      source: the input file the record was read from.
+      index: the record's position in `source`.
+      image_id: the image id (a content hash of the whole record when it did not parse).
+      classes: the most probable classes, most probable first (int32 [k]); None on failure.
+      probs: their probabilities, not renormalised (float32 [k]); None on failure.
+      stage: the dead-letter stage on failure (`STAGE_*`), else None.
+      message: why it failed, else None.
+    """
+
+    source: str
+    index: int
     image_id: bytes
-    encoded: bytes
-    probabilities: np.ndarray
+    classes: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    stage: str | None = None
+    message: str | None = None
 
     @property
-    def label(self) -> int:
-        return int(np.argmax(self.probabilities))
-
-    @property
-    def confidence(self) -> np.float32:
-        return np.float32(np.max(self.probabilities))
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A record that could not be pseudo-labeled, with the stage and reason."""
-
-    stage: str
-    image_id: bytes
-    encoded: bytes | None
-    message: str
+    def ok(self) -> bool:
+        return self.stage is None
 
 
 # Dead-letter stages, also the keys of the failure counts in stats.json.

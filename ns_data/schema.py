@@ -77,7 +77,11 @@ def _floats(values: Sequence[float]) -> tf.train.Feature:
 
 
 def _example(features: dict[str, tf.train.Feature]) -> bytes:
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    # The feature map's wire order is the protobuf backend's map iteration order, which differs
+    # between processes; deterministic=True sorts it, so a record's bytes depend only on its
+    # contents.
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(
+        deterministic=True)
 
 
 def image_example(encoded: bytes, image_id: bytes | None = None, label: int | None = None) -> bytes:

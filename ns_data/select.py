@@ -1,200 +1,370 @@
-"""FilterByConfidence and BalancePerClass: the Beam side of the selection math in `balance.py`.
+"""BalancePerClass and CountPredictions: selection from the predictions table, never from images.
 
-Balancing works on small keys only. The per-class thresholds come from a radix select over
-(class, priority key) pairs — one histogram pass per 16-bit digit, combined per (class, digit),
-then one exact pass over a bounded boundary bucket — and reach the images as a side input of a
-few values per class. No step groups images by class, and no worker holds more than one digit's
-histogram or one bounded bucket of keys per class, however many images a class has.
+Every step here reads predictions table files (`predictions.py`) and moves only small values: a
+pass reads a file's `label` and `confidence` columns (and ids, for the few rows whose hash it
+needs) and emits per-class digit histograms, which Beam combines per class. The per-class
+thresholds come from a radix select over the 96-bit priority keys of `balance.py`: one histogram
+per 16-bit digit, then one exact pass over a bounded boundary bucket. No step groups images by
+class, and no worker holds more than one class's histogram or bounded bucket.
+
+A Beam graph is static, so all `balance.MAX_PASSES` passes are in it; a pass with no class left
+to refine returns before reading a file, so a select that finished early costs one cheap stage
+per remaining pass (~0.1 s each on DirectRunner) instead of another read of the table. Six
+fixed passes also let one class with heavily tied keys take the worst case while the others are
+long done.
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
 import apache_beam as beam
-from apache_beam.transforms.combiners import TupleCombineFn
+import numpy as np
 
 from ns_data import balance
-from ns_data.records import ScoredImage
+from ns_data import predictions as table
+from ns_data.balance import ClassPlan, Cut, Quota
 
-COPIES = "copies"
-PLANS = "plans"
-_TIED = "tied"
+_COUNT_ROWS = "rows"
+_FAILED = "failed"
+_SCORED = "scored"
 
 
-class _ConfidenceFilter(beam.DoFn):
-    def __init__(self, min_confidence: float):
+@dataclasses.dataclass
+class TableRows:
+    """The selection columns of one predictions table file, for the rows that take part.
+
+    Attributes:
+      path: the table file.
+      labels: each eligible row's class (int64).
+      hi: each eligible row's confidence bits (uint64).
+      rows: each eligible row's position in the file.
+    """
+
+    path: str
+    labels: np.ndarray
+    hi: np.ndarray
+    rows: np.ndarray
+    seed: int
+    _ids: Any = None
+
+    @classmethod
+    def read(cls, path: str, min_confidence: float, seed: int) -> TableRows:
+        """Rows that scored (no failure) with confidence >= `min_confidence` (in float32)."""
+        columns = table.read_table_file(path, [table.LABEL, table.CONFIDENCE])
+        labels = columns.column(table.LABEL)
+        ok = labels.is_valid().to_numpy(zero_copy_only=False)
+        confidence = columns.column(table.CONFIDENCE).fill_null(0.0).to_numpy().astype(np.float32)
+        eligible = ok & (confidence >= np.float32(min_confidence))
+        rows = np.flatnonzero(eligible)
+        return cls(path, labels.fill_null(-1).to_numpy().astype(np.int64)[rows],
+                   balance.confidence_bits(confidence[rows]), rows, seed)
+
+    def hashes(self, positions: np.ndarray) -> np.ndarray:
+        """Id hashes of the eligible rows at `positions` (reads the id column once)."""
+        if self._ids is None:
+            self._ids = table.read_table_file(self.path, [table.ID]).column(table.ID)
+        ids = self._ids.take(self.rows[positions]).to_pylist()
+        return balance.id_hashes(ids, self.seed)
+
+
+@dataclasses.dataclass
+class Partial:
+    """One pass's findings for one class: a digit histogram, or the collected bucket keys."""
+
+    digits: np.ndarray
+    counts: np.ndarray
+    lowest: np.ndarray
+    keys_hi: np.ndarray
+    keys_lo: np.ndarray
+
+    @classmethod
+    def histogram(cls, digits, counts, lowest) -> Partial:
+        empty = np.zeros(0, dtype=np.uint64)
+        return cls(digits, counts, lowest, empty, empty)
+
+    @classmethod
+    def keys(cls, hi, lo) -> Partial:
+        empty = np.zeros(0, dtype=np.uint64)
+        return cls(empty, np.zeros(0, dtype=np.int64), empty, hi, lo)
+
+    @classmethod
+    def merge(cls, parts: Iterable[Partial]) -> Partial:
+        parts = list(parts)
+        if len(parts) == 1:
+            return parts[0]
+        cat = [np.concatenate([getattr(p, f.name) for p in parts])
+               for f in dataclasses.fields(cls)]
+        return cls(*balance.reduce_histogram(*cat[:3]), cat[3], cat[4])
+
+    def as_histogram(self) -> dict[int, tuple[int, int]]:
+        return balance.as_histogram(self.digits, self.counts, self.lowest)
+
+    def as_keys(self) -> list[int]:
+        return [(int(h) << 64) | int(lo) for h, lo in zip(self.keys_hi, self.keys_lo)]
+
+
+def _split_by_label(codes, counts, lowest):
+    """Histograms coded (label << 16 | digit) → (label, Partial) per label."""
+    codes, counts, lowest = balance.reduce_histogram(codes, counts, lowest)
+    if not len(codes):
+        return
+    labels = codes >> np.uint64(balance.DIGIT_BITS)
+    bounds = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1], True])
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        yield int(labels[start]), Partial.histogram(
+            codes[start:end] & np.uint64(balance.DIGIT_MASK), counts[start:end],
+            lowest[start:end])
+
+
+def _coded(labels: np.ndarray, digits: np.ndarray) -> np.ndarray:
+    return (labels.astype(np.uint64) << np.uint64(balance.DIGIT_BITS)) | digits
+
+
+class _RadixPass(beam.DoFn):
+    """Table file → (label, Partial) for every class still unresolved after the last pass."""
+
+    def __init__(self, min_confidence: float, seed: int):
         self._min_confidence = min_confidence
-        self._kept = beam.metrics.Metrics.counter("ns_data", "above_threshold")
-        self._dropped = beam.metrics.Metrics.counter("ns_data", "below_threshold")
+        self._seed = seed
 
-    def process(self, image: ScoredImage):
-        if image.confidence >= self._min_confidence:
-            self._kept.inc()
-            yield image
-        else:
-            self._dropped.inc()
+    def process(self, path: str, cuts: Mapping[int, tuple[Quota, Cut]] | None = None):
+        if cuts is None:  # the first pass: every class, first digit
+            rows = TableRows.read(path, self._min_confidence, self._seed)
+            digits = balance.digits_of(rows.hi, None, 0)
+            return _split_by_label(_coded(rows.labels, digits),
+                                   np.ones(len(digits), dtype=np.int64), rows.hi)
+        active = {label: cut for label, (_, cut) in cuts.items() if not cut.done}
+        if not active:
+            return []  # nothing left to refine: the file is not read
+        rows = TableRows.read(path, self._min_confidence, self._seed)
+        by_bits: dict[int, list[int]] = {}
+        for label, cut in active.items():
+            by_bits.setdefault(cut.bits, []).append(label)
+        return [partial for bits, labels in sorted(by_bits.items())
+                for partial in self._bucket(rows, bits, {label: active[label] for label in labels})]
 
-
-class FilterByConfidence(beam.PTransform):
-    """Keeps images whose top-1 probability is at least `min_confidence`."""
-
-    def __init__(self, min_confidence: float):
-        super().__init__()
-        if not 0.0 <= min_confidence <= 1.0:
-            raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
-        self._min_confidence = min_confidence
-
-    def expand(self, scored):
-        return scored | beam.ParDo(_ConfidenceFilter(self._min_confidence))
-
-
-def _regroup(element):
-    (label, d), count_and_min = element
-    return label, (d, count_and_min)
-
-
-def _histograms(keyed, label: str):
-    """((label, digit), (1, key)) → (label, {digit: (count, smallest key)})."""
-    return (keyed
-            | f"CountDigits{label}" >> beam.CombinePerKey(TupleCombineFn(sum, min))
-            | f"ByClass{label}" >> beam.Map(_regroup)
-            | f"Histogram{label}" >> beam.GroupByKey()
-            | f"ToDict{label}" >> beam.MapTuple(lambda c, hist: (c, dict(hist))))
-
-
-def _first_digit(element):
-    label, key = element
-    return (label, balance.digit(key, 0)), (1, key)
-
-
-def _next_digit(element, cuts):
-    label, key = element
-    _, cut = cuts[label]
-    if not cut.done and not cut.collect and cut.in_bucket(key):
-        yield (label, balance.digit(key, cut.bits)), (1, key)
-
-
-def _bucket_key(element, cuts):
-    label, key = element
-    _, cut = cuts[label]
-    if cut.collect and cut.in_bucket(key):
-        yield label, key
+    def _bucket(self, rows: TableRows, bits: int, cuts: Mapping[int, Cut]):
+        """Partials of the classes whose cuts are `bits` deep."""
+        top = min(bits, 32)
+        size = max(cuts) + 1
+        prefix_top = np.zeros(size, dtype=np.uint64)
+        prefix_low = np.zeros(size, dtype=np.uint64)
+        collect = np.zeros(size, dtype=bool)
+        for label, cut in cuts.items():
+            prefix_top[label] = cut.prefix >> (bits - top)
+            prefix_low[label] = cut.prefix & ((1 << max(bits - 32, 0)) - 1)
+            collect[label] = cut.collect
+        member = np.flatnonzero(np.isin(rows.labels, list(cuts)))
+        labels, hi = rows.labels[member], rows.hi[member]
+        keep = (hi >> np.uint64(32 - top)) == prefix_top[labels] if bits else np.ones(
+            len(member), dtype=bool)
+        member, labels, hi = member[keep], labels[keep], hi[keep]
+        lo = None
+        if bits > 32 or collect[labels].any():
+            lo = rows.hashes(member)
+        if bits > 32:
+            keep = (lo >> np.uint64(64 - (bits - 32))) == prefix_low[labels]
+            labels, hi, lo = labels[keep], hi[keep], lo[keep]
+        gather = collect[labels]
+        for label in np.unique(labels[gather]).tolist():
+            mine = labels == label
+            yield label, Partial.keys(hi[mine], lo[mine])
+        refine = ~gather
+        if refine.any():
+            digits = balance.digits_of(hi[refine], None if lo is None else lo[refine], bits)
+            yield from _split_by_label(_coded(labels[refine], digits),
+                                       np.ones(len(digits), dtype=np.int64), hi[refine])
 
 
-class _RadixSelect(beam.PTransform):
-    """(label, priority key) → (label, ClassPlan), in at most `balance.MAX_PASSES` passes."""
+class _MergePartials(beam.CombineFn):
+    """Partials of one class from many files → one, compacted as they arrive."""
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, accumulator, partial):
+        accumulator.append(partial)
+        return [Partial.merge(accumulator)] if len(accumulator) >= 64 else accumulator
+
+    def merge_accumulators(self, accumulators):
+        return [Partial.merge([p for acc in accumulators for p in acc])] if any(
+            accumulators) else []
+
+    def extract_output(self, accumulator):
+        return Partial.merge(accumulator)
+
+
+class _Start:
+    """(label, first-digit Partial) → (label, (quota, cut)) after one refine."""
 
     def __init__(self, images_per_class: int, duplicate: bool, collect_limit: int):
-        super().__init__()
         self._k = images_per_class
         self._duplicate = duplicate
         self._collect_limit = collect_limit
 
-    def _start(self, label, hist):
-        quota = balance.plan_quota(sum(c for c, _ in hist.values()), self._k, self._duplicate)
+    def __call__(self, element):
+        label, partial = element
+        quota = balance.plan_quota(int(partial.counts.sum()), self._k, self._duplicate)
         cut = balance.start_cut(quota.extra)
         if not cut.done:
-            cut = balance.refine(cut, hist, self._collect_limit)
+            cut = balance.refine(cut, partial.as_histogram(), self._collect_limit)
         return label, (quota, cut)
 
-    def _advance(self, element):
-        label, grouped = element
-        (quota, cut), = grouped["state"]
-        hist = grouped["hist"][0] if grouped["hist"] else None
-        keys = grouped["keys"][0] if grouped["keys"] else None
-        return label, (quota, balance.advance(cut, hist, keys, self._collect_limit))
 
-    def expand(self, keyed):
-        state = (_histograms(keyed | "FirstDigit" >> beam.Map(_first_digit), "0")
-                 | "StartCuts" >> beam.MapTuple(self._start))
-        for p in range(1, balance.MAX_PASSES):
-            cuts = beam.pvalue.AsDict(state)
-            hist = _histograms(keyed | f"NextDigit{p}" >> beam.FlatMap(_next_digit, cuts), str(p))
-            keys = (keyed
-                    | f"BucketKeys{p}" >> beam.FlatMap(_bucket_key, cuts)
-                    | f"CollectBucket{p}" >> beam.GroupByKey())
-            state = ({"state": state, "hist": hist, "keys": keys}
-                     | f"Join{p}" >> beam.CoGroupByKey()
-                     | f"Advance{p}" >> beam.Map(self._advance))
-        return state | "ToPlans" >> beam.MapTuple(
-            lambda label, qc: (label, balance.ClassPlan(label, *qc)))
+def _advance(element, collect_limit: int):
+    """(label, {"state": [(quota, cut)], "partial": [Partial]}) → (label, (quota, cut))."""
+    label, grouped = element
+    (quota, cut), = grouped["state"]
+    if cut.done:
+        return label, (quota, cut)
+    if not grouped["partial"]:
+        raise AssertionError(f"class {label}: no key in its boundary bucket {cut}")
+    partial, = grouped["partial"]
+    if cut.collect:
+        return label, (quota, balance.resolve(cut, partial.as_keys()))
+    return label, (quota, balance.refine(cut, partial.as_histogram(), collect_limit))
 
 
-class _AssignCopies(beam.DoFn):
-    """ScoredImage → (image, copies) from its class plan; threshold ties go to a side output."""
+def _to_plan(label: int, state: tuple[Quota, Cut]) -> tuple[int, ClassPlan]:
+    quota, cut = state
+    if not cut.done:
+        raise AssertionError(f"class {label} unresolved after {balance.MAX_PASSES} passes: {cut}")
+    return label, ClassPlan(label, quota, cut)
 
-    def __init__(self, seed: int):
+
+class _TieCounts(beam.DoFn):
+    """Table file → (label, (file, rows tied on the threshold key)) for classes with ties."""
+
+    def __init__(self, min_confidence: float, seed: int):
+        self._min_confidence = min_confidence
         self._seed = seed
-        self._kept = beam.metrics.Metrics.counter("ns_data", "kept")
-        self._capped = beam.metrics.Metrics.counter("ns_data", "dropped_by_cap")
-        self._duplicates = beam.metrics.Metrics.counter("ns_data", "duplicates")
 
-    def count(self, copies: int):
-        if copies:
-            self._kept.inc()
-            self._duplicates.inc(copies - 1)
-        else:
-            self._capped.inc()
+    def process(self, path: str, plans: Mapping[int, ClassPlan]):
+        tied = {label: plan for label, plan in plans.items() if plan.cut.take_equal}
+        if tied:
+            yield from self._counts(path, tied)
 
-    def process(self, image: ScoredImage, plans):
-        plan = plans[image.label]
-        copies = plan.copies(balance.priority_key(image.confidence, image.image_id, self._seed))
-        if copies is None:
-            yield beam.pvalue.TaggedOutput(_TIED, (image.label, image))
-            return
-        self.count(copies)
-        if copies:
-            yield image, copies
+    def _counts(self, path: str, tied: Mapping[int, ClassPlan]):
+        rows = TableRows.read(path, self._min_confidence, self._seed)
+        for label, plan in sorted(tied.items()):
+            threshold = plan.cut.threshold
+            same = np.flatnonzero((rows.labels == label) & (rows.hi == np.uint64(threshold >> 64)))
+            if len(same):
+                count = int(np.sum(rows.hashes(same) == np.uint64(threshold & ((1 << 64) - 1))))
+                if count:
+                    yield label, (path, count)
 
 
-class _ResolveTies(_AssignCopies):
-    """Images whose key equals their class threshold (identical duplicates) → (image, copies)."""
-
-    def process(self, element, plans):
-        label, images = element
-        ordered = sorted(images, key=lambda im: (im.image_id, im.encoded))
-        for image, copies in zip(ordered, plans[label].tie_copies(len(ordered))):
-            self.count(copies)
-            if copies:
-                yield image, copies
+def _tie_starts(element) -> tuple[int, dict[str, int]]:
+    """(label, [(file, tied rows)]) → (label, {file: tied rows in files sorted before it})."""
+    label, counts = element
+    starts, total = {}, 0
+    for path, count in sorted(counts):
+        starts[path] = total
+        total += count
+    return label, starts
 
 
-def _expand_copies(element):
-    image, copies = element
-    for copy in range(copies):
-        yield image, copy
+class Selection(NamedTuple):
+    """What BalancePerClass decides: per class, a plan; per tied class, where its ties start.
+
+    Attributes:
+      plans: (label, ClassPlan) for every class with an image above the threshold.
+      tie_starts: (label, {table file: tied rows before it}) for classes whose threshold key is
+        shared by several images (identical ids and confidences), ordered by (file, row).
+    """
+
+    plans: beam.PCollection
+    tie_starts: beam.PCollection
 
 
 class BalancePerClass(beam.PTransform):
-    """Exact per-class top-K with duplication; returns {"copies", "plans"}.
+    """Table file paths → `Selection`: exact per-class top-K with duplication.
 
-    "copies": (ScoredImage, copy index) records, exactly `images_per_class` per class with at
-    least one image (or min(n, K) with `duplicate=False`). "plans": (label, ClassPlan).
+    A class with n images above `min_confidence` gets exactly `images_per_class` (K) records:
+    its K most confident when n > K (ties broken by a hash of (id, seed)), else every image
+    K // n or K // n + 1 times (or once each with `duplicate=False`).
     """
 
-    def __init__(self, images_per_class: int, duplicate: bool = True, seed: int = 0,
-                 collect_limit: int = balance.DEFAULT_COLLECT_LIMIT):
+    def __init__(self, min_confidence: float, images_per_class: int, duplicate: bool = True,
+                 seed: int = 0, collect_limit: int = balance.DEFAULT_COLLECT_LIMIT):
         super().__init__()
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
         if images_per_class < 1:
             raise ValueError(f"images_per_class must be >= 1, got {images_per_class}")
         if collect_limit < 1:
             raise ValueError(f"collect_limit must be >= 1, got {collect_limit}")
+        self._min_confidence = min_confidence
         self._k = images_per_class
         self._duplicate = duplicate
         self._seed = seed
         self._collect_limit = collect_limit
 
-    def expand(self, images):
-        seed = self._seed
-        keyed = images | "PriorityKeys" >> beam.Map(
-            lambda im: (im.label, balance.priority_key(im.confidence, im.image_id, seed)))
-        plans = keyed | "ThresholdPerClass" >> _RadixSelect(
-            self._k, self._duplicate, self._collect_limit)
-        plan_side = beam.pvalue.AsDict(plans)
-        assigned = images | "AssignCopies" >> beam.ParDo(
-            _AssignCopies(seed), plan_side).with_outputs(_TIED, main=COPIES)
-        tied = (assigned[_TIED]
-                | "GroupTies" >> beam.GroupByKey()
-                | "ResolveTies" >> beam.ParDo(_ResolveTies(seed), plan_side))
-        copies = ((assigned[COPIES], tied)
-                  | "MergeCopies" >> beam.Flatten()
-                  | "ExpandCopies" >> beam.FlatMap(_expand_copies))
-        return {COPIES: copies, PLANS: plans}
+    def expand(self, paths):
+        radix = _RadixPass(self._min_confidence, self._seed)
+        state = (paths
+                 | "Digits0" >> beam.ParDo(radix)
+                 | "Merge0" >> beam.CombinePerKey(_MergePartials())
+                 | "Start" >> beam.Map(_Start(self._k, self._duplicate, self._collect_limit)))
+        for p in range(1, balance.MAX_PASSES):
+            partials = (paths
+                        | f"Digits{p}" >> beam.ParDo(radix, beam.pvalue.AsDict(state))
+                        | f"Merge{p}" >> beam.CombinePerKey(_MergePartials()))
+            state = ({"state": state, "partial": partials}
+                     | f"Join{p}" >> beam.CoGroupByKey()
+                     | f"Advance{p}" >> beam.Map(_advance, self._collect_limit))
+        plans = state | "ToPlans" >> beam.MapTuple(_to_plan)
+        tie_starts = (paths
+                      | "CountTies" >> beam.ParDo(_TieCounts(self._min_confidence, self._seed),
+                                                  beam.pvalue.AsDict(plans))
+                      | "GroupTies" >> beam.GroupByKey()
+                      | "TieStarts" >> beam.Map(_tie_starts))
+        return Selection(plans, tie_starts)
+
+
+def _count_file(path: str) -> dict[str, Any]:
+    columns = table.read_table_file(path, [table.LABEL, table.ERROR_STAGE])
+    labels = columns.column(table.LABEL).drop_null().to_numpy()
+    stages = columns.column(table.ERROR_STAGE).drop_null().to_pylist()
+    failed: dict[str, int] = {}
+    for stage in stages:
+        failed[stage] = failed.get(stage, 0) + 1
+    values, counts = np.unique(labels, return_counts=True)
+    return {_COUNT_ROWS: columns.num_rows, _FAILED: failed,
+            _SCORED: dict(zip(values.tolist(), counts.tolist()))}
+
+
+def _add_counts(counts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {_COUNT_ROWS: 0, _FAILED: {}, _SCORED: {}}
+    for c in counts:
+        total[_COUNT_ROWS] += c[_COUNT_ROWS]
+        for key in (_FAILED, _SCORED):
+            for k, v in c[key].items():
+                total[key][k] = total[key].get(k, 0) + v
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class TableCounts:
+    """What a predictions table holds: rows, failures per stage, scored images per class."""
+
+    rows: int
+    failed: Mapping[str, int]
+    scored: Mapping[int, int]
+
+    @classmethod
+    def from_dict(cls, counts: Mapping[str, Any]) -> TableCounts:
+        return cls(counts[_COUNT_ROWS], dict(counts[_FAILED]), dict(counts[_SCORED]))
+
+
+class CountPredictions(beam.PTransform):
+    """Table file paths → one `TableCounts` (from the label and error columns only)."""
+
+    def expand(self, paths):
+        return (paths
+                | "CountFile" >> beam.Map(_count_file)
+                | "AddCounts" >> beam.CombineGlobally(_add_counts)
+                | "ToCounts" >> beam.Map(TableCounts.from_dict))

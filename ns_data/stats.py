@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from ns_data.balance import ClassPlan
 from ns_data.records import STAGE_DECODE, STAGE_INFERENCE, STAGE_OUTPUT, STAGE_PARSE
+from ns_data.write import PSEUDO_LABEL_PREFIX
 
 STATS_FILE = "stats.json"
 FAILURE_STAGES = (STAGE_PARSE, STAGE_DECODE, STAGE_INFERENCE, STAGE_OUTPUT)
@@ -143,51 +144,43 @@ def format_summary(stats: Mapping[str, Any], class_names: list[str] | None = Non
     return "\n".join(lines)
 
 
-def _assemble(_, config, num_classes, widest, images_ok, failures, scored_per_class, plans, shards,
-              output_dir):
-    stats = build_stats(config=config, num_classes=max(num_classes, widest), images_ok=images_ok,
-                        failures=failures, scored_per_class=scored_per_class, plans=plans,
-                        shard_counts=shards)
+def _assemble(_, config, num_classes, counts, plans, shards, output_dir):
+    pseudo = {shard: n for (prefix, shard), n in shards.items() if prefix == PSEUDO_LABEL_PREFIX}
+    widest = max(list(counts.scored) + list(plans), default=-1) + 1
+    stats = build_stats(config=config, num_classes=max(num_classes, widest),
+                        images_ok=counts.rows - counts.failed.get(STAGE_PARSE, 0),
+                        failures=counts.failed, scored_per_class=counts.scored, plans=plans,
+                        shard_counts=pseudo)
     check_reconciles(stats)
     return write_stats(output_dir, stats)
 
 
 class WriteRunStats(beam.PTransform):
-    """Counts from the run's PCollections → `stats.json`; yields its path once written.
+    """Shard counts → `stats.json`; yields its path once written.
 
-    Takes a dict of PCollections: "images" (parsed images), "dead_letters", "scored", "plans"
-    ((label, ClassPlan)) and "shards" ((shard, count)). Every class of `num_classes`, or of the
-    widest probability vector scored when larger, gets a row.
+    Applied to the ((prefix, shard), records) counts of `WriteLabeledShards`, with the table's
+    `TableCounts` singleton and the (label, ClassPlan) plans. Every class of `num_classes` (or
+    of the widest label seen, when larger) gets a row.
     """
 
-    def __init__(self, output_dir: str, config: Mapping[str, Any], num_classes: int = 0):
+    def __init__(self, output_dir: str, config: Mapping[str, Any], num_classes: int,
+                 counts: beam.PCollection, plans: beam.PCollection):
         super().__init__()
         self._output_dir = output_dir
         self._config = dict(config)
         self._num_classes = num_classes
+        self._counts = counts
+        self._plans = plans
 
-    def expand(self, pcolls):
+    def expand(self, shards):
         side = beam.pvalue
-        images_ok = pcolls["images"] | "CountImages" >> beam.combiners.Count.Globally()
-        failures = (pcolls["dead_letters"]
-                    | "StageOf" >> beam.Map(lambda d: d.stage)
-                    | "CountFailures" >> beam.combiners.Count.PerElement())
-        widest = (pcolls["scored"]
-                  | "ClassesOf" >> beam.Map(lambda s: len(s.probabilities))
-                  | "MaxClasses" >> beam.CombineGlobally(max).without_defaults())
-        scored = (pcolls["scored"]
-                  | "LabelOf" >> beam.Map(lambda s: s.label)
-                  | "CountScored" >> beam.combiners.Count.PerElement())
-        return (pcolls["images"].pipeline
+        return (shards.pipeline
                 | "Once" >> beam.Create([None])
                 | "Assemble" >> beam.Map(
                     _assemble,
                     config=self._config,
                     num_classes=self._num_classes,
-                    widest=side.AsSingleton(widest, default_value=0),
-                    images_ok=side.AsSingleton(images_ok),
-                    failures=side.AsDict(failures),
-                    scored_per_class=side.AsDict(scored),
-                    plans=side.AsDict(pcolls["plans"]),
-                    shards=side.AsDict(pcolls["shards"]),
+                    counts=side.AsSingleton(self._counts),
+                    plans=side.AsDict(self._plans),
+                    shards=side.AsDict(shards),
                     output_dir=self._output_dir))

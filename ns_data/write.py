@@ -1,26 +1,47 @@
-"""WriteLabeledShards: deterministic, shuffled, sharded TFRecord output.
+"""WriteLabeledShards: the one pass that carries image bytes, into deterministic shuffled shards.
+
+For each predictions table file, the pass reads the table rows, gives each row its copies from
+its class plan, re-reads the table file's own input file(s) — the TFRecord file it describes, or
+its image files — and emits every copy as a serialized pseudo-label record, and every failed
+record as a dead letter. Reading the input a second time is far cheaper than carrying the image
+bytes through the teacher pass and selection: the images cross exactly one shuffle, the one
+that spreads records over shards.
 
 Every record carries a 63-bit order key (a hash of its image id, copy index and the seed). The
-key picks the shard (`key % num_shards`) and a sort chunk inside it; each chunk, a few thousand
-records, is sorted by key in memory and written to a temporary piece; each shard is then the
-concatenation of its pieces in chunk order (TFRecord files concatenate), renamed into place.
-So records of one class and copies of one image are spread over shards and positions, a worker
-never holds more than one chunk, and the same inputs and seed give byte-identical files, unlike
-Beam's `WriteToTFRecord` whose shard assignment is random.
+key picks the shard (`key % num_shards`) and a sort chunk inside it (`(key // num_shards) %
+chunks`, with `chunks = ceil(total / num_shards / chunk_records)` and the total known from the
+class plans before any image is read). Each chunk, about `chunk_records` records, is one group of
+the shuffle: it is sorted by key in memory and written to a piece file. A shard made of one chunk
+(the case whenever `num_shards * chunk_records >= total`) is that piece, renamed into place — a
+metadata operation, no copy. A shard of several chunks is their concatenation in chunk order,
+which reads and writes the shard once more: the price of sorting a shard larger than a worker's
+memory. TFDS avoids it by choosing the shard count itself (shards <= ~1 GiB); here the user
+chooses `--num_shards`, so the job keeps their count and logs the `--num_shards` that would
+avoid the extra copy. (Object-store compose, e.g. GCS's, would make it free, but is not in
+Beam's filesystem API.) Same inputs and seed give byte-identical files, unlike Beam's
+`WriteToTFRecord`, whose shard assignment is random.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import posixpath
+from collections.abc import Mapping
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
 import tensorflow as tf
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from ns_data import schema
-from ns_data.balance import id_hash
-from ns_data.records import DeadLetter, ScoredImage
+from ns_data import balance, schema
+from ns_data import predictions as table
+from ns_data.balance import ClassPlan, id_hash
+from ns_data.read import ParseFailure, parse_image_record
+from ns_data.records import STAGE_PARSE
+from ns_data.tfrecord import iter_records
 
 PSEUDO_LABEL_PREFIX = "pseudo_labels"
 DEAD_LETTER_PREFIX = "dead_letters"
@@ -35,19 +56,18 @@ def shard_pattern(output_dir: str, prefix: str) -> str:
     return posixpath.join(output_dir, f"{prefix}-*-of-*.tfrecord")
 
 
-class _KeyByChunk(beam.DoFn):
-    def __init__(self, num_shards: int, chunk_records: int):
-        self._num_shards = num_shards
-        self._chunk_records = chunk_records
+def chunks_per_shard(total: int, num_shards: int, chunk_records: int) -> int:
+    """Sort chunks per shard for `total` records: each chunk about `chunk_records` records."""
+    return max(1, math.ceil(total / num_shards / chunk_records))
 
-    def process(self, element, total):
-        order, record = element
-        chunks = max(1, math.ceil(total / self._num_shards / self._chunk_records))
-        yield (order % self._num_shards, (order // self._num_shards) % chunks), (order, record)
+
+def shard_key(prefix: str, order: int, num_shards: int, chunks: int) -> tuple[str, int, int]:
+    """The shuffle key (prefix, shard, chunk) of a record with this order key."""
+    return prefix, order % num_shards, (order // num_shards) % chunks
 
 
 class _WriteChunk(beam.DoFn):
-    """((shard, chunk), records) → one sorted temporary piece file."""
+    """((prefix, shard, chunk), records) → one sorted piece file."""
 
     def __init__(self, temp_dir: str):
         self._temp_dir = temp_dir
@@ -56,48 +76,67 @@ class _WriteChunk(beam.DoFn):
         tf.io.gfile.makedirs(self._temp_dir)
 
     def process(self, element):
-        (shard, chunk), records = element
-        path = posixpath.join(self._temp_dir, f"{shard:05d}-{chunk:05d}.tfrecord")
+        (prefix, shard, chunk), records = element
+        path = posixpath.join(self._temp_dir, f"{prefix}-{shard:05d}-{chunk:05d}.tfrecord")
         count = 0
         with tf.io.TFRecordWriter(path) as writer:
             for _, record in sorted(records):
                 writer.write(record)
                 count += 1
-        yield shard, (chunk, path, count)
+        yield (prefix, shard), (chunk, path, count)
 
 
-class _ConcatShard(beam.DoFn):
-    """(shard, pieces) → the final shard file, written to a temp name then renamed."""
+class _FinishShard(beam.DoFn):
+    """((prefix, shard), pieces) → the final shard file; yields ((prefix, shard), records)."""
 
-    def __init__(self, output_dir: str, prefix: str, num_shards: int):
+    def __init__(self, output_dir: str, num_shards: Mapping[str, int]):
         self._output_dir = output_dir
-        self._prefix = prefix
-        self._num_shards = num_shards
-        self._written = beam.metrics.Metrics.counter("ns_data", f"{prefix}_written")
+        self._num_shards = dict(num_shards)
 
     def setup(self):
         tf.io.gfile.makedirs(self._output_dir)
 
     def process(self, element):
-        shard, grouped = element
-        pieces = sorted(p for p in grouped["pieces"])
-        final = shard_path(self._output_dir, self._prefix, shard, self._num_shards)
+        (prefix, shard), grouped = element
+        pieces = sorted(grouped["pieces"])
+        final = shard_path(self._output_dir, prefix, shard, self._num_shards[prefix])
+        if len(pieces) == 1:
+            self._rename(pieces[0][1], final)
+        else:
+            self._concatenate([path for _, path, _ in pieces], final)
+        count = sum(c for _, _, c in pieces)
+        beam.metrics.Metrics.counter("ns_data", f"{prefix}_written").inc(count)
+        yield (prefix, shard), count
+
+    @staticmethod
+    def _rename(piece: str, final: str) -> None:
+        """A one-piece shard is its piece: a rename, no copy of the bytes."""
+        if not FileSystems.exists(piece):
+            if FileSystems.exists(final):
+                return  # a retried bundle: the piece was already renamed into place
+            raise FileNotFoundError(f"shard piece {piece} is missing")
+        if FileSystems.exists(final):
+            FileSystems.delete([final])
+        FileSystems.rename([piece], [final])
+
+    @staticmethod
+    def _concatenate(paths: list[str], final: str) -> None:
+        """Pieces (TFRecord files concatenate) → `final`, written to a temp name then renamed.
+
+        No pieces: an empty shard. Pieces stay until every shard is written (RemoveTempDir), so
+        a retried bundle can rebuild this shard from them.
+        """
         temp = final + ".incomplete"
         # Beam's FileSystems streams to object stores; tf.io.gfile would stage a whole shard on
         # the worker's local disk before uploading it.
         with FileSystems.create(temp, compression_type=CompressionTypes.UNCOMPRESSED) as out:
-            for _, path, _ in pieces:
+            for path in paths:
                 with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                     while block := f.read(1 << 24):
                         out.write(block)
         if FileSystems.exists(final):
             FileSystems.delete([final])
         FileSystems.rename([temp], [final])
-        # Pieces stay until every shard is written (RemoveTempDir), so a retried bundle can
-        # rebuild this shard from them.
-        count = sum(c for _, _, c in pieces)
-        self._written.inc(count)
-        yield shard, count
 
 
 def _remove_temp_dir(_, temp_dir: str):
@@ -106,120 +145,237 @@ def _remove_temp_dir(_, temp_dir: str):
 
 
 class WriteShuffledShards(beam.PTransform):
-    """(order key, serialized record) → `num_shards` TFRecord files; returns (shard, count).
+    """((prefix, shard, chunk), (order, record)) → TFRecord shards; returns ((prefix, shard), n).
+
+    The input is keyed with `shard_key`. This transform's `GroupShards` is the shuffle of the
+    records; everything after it moves file names.
 
     Args:
-      output_dir: directory of the shards (any filesystem TensorFlow can write, e.g. gs://).
-      prefix: shard file name prefix: `{prefix}-00000-of-00016.tfrecord`.
-      num_shards: number of files, always all written (empty ones included).
-      chunk_records: target records per in-memory sort chunk; bounds a worker's memory.
+      output_dir: directory of the shards (any filesystem Beam and TensorFlow can write).
+      num_shards: {prefix: number of files}; every file is written, empty ones included, as
+        `{prefix}-00000-of-00016.tfrecord`.
     """
 
-    def __init__(self, output_dir: str, prefix: str, num_shards: int,
-                 chunk_records: int = DEFAULT_CHUNK_RECORDS):
+    def __init__(self, output_dir: str, num_shards: Mapping[str, int]):
         super().__init__()
-        if num_shards < 1:
-            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-        if chunk_records < 1:
-            raise ValueError(f"chunk_records must be >= 1, got {chunk_records}")
+        for prefix, n in num_shards.items():
+            if n < 1:
+                raise ValueError(f"num_shards must be >= 1, got {n} for {prefix}")
         self._output_dir = output_dir
-        self._prefix = prefix
-        self._num_shards = num_shards
-        self._chunk_records = chunk_records
+        self._num_shards = dict(num_shards)
 
-    def expand(self, records):
-        temp_dir = posixpath.join(self._output_dir, f".tmp-{self._prefix}")
-        total = beam.pvalue.AsSingleton(records | "Count" >> beam.combiners.Count.Globally())
-        pieces = (records
-                  | "KeyByChunk" >> beam.ParDo(
-                      _KeyByChunk(self._num_shards, self._chunk_records), total)
-                  | "GroupChunks" >> beam.GroupByKey()
+    def expand(self, keyed):
+        temp_dir = posixpath.join(self._output_dir, ".tmp-shards")
+        pieces = (keyed
+                  | "GroupShards" >> beam.GroupByKey()
                   | "WriteChunks" >> beam.ParDo(_WriteChunk(temp_dir)))
-        shards = records.pipeline | "ShardIds" >> beam.Create(
-            [(s, None) for s in range(self._num_shards)])
-        written = ({"pieces": pieces, "shard": shards}
+        every_shard = keyed.pipeline | "ShardIds" >> beam.Create(
+            [((prefix, s), None) for prefix, n in sorted(self._num_shards.items())
+             for s in range(n)])
+        written = ({"pieces": pieces, "shard": every_shard}
                    | "GroupPieces" >> beam.CoGroupByKey()
-                   | "ConcatShards" >> beam.ParDo(
-                       _ConcatShard(self._output_dir, self._prefix, self._num_shards)))
+                   | "FinishShards" >> beam.ParDo(_FinishShard(self._output_dir,
+                                                               self._num_shards)))
         _ = (written
              | "AllShardsWritten" >> beam.combiners.Count.Globally()
              | "RemoveTempDir" >> beam.Map(_remove_temp_dir, temp_dir))
         return written
 
 
-def _pseudo_label_record(element, label_type: schema.LabelType, topk: int, seed: int):
-    image, copy = element
-    order = id_hash(image.image_id + b"#%d" % copy, seed)
-    return order, schema.pseudo_label_example(
-        image.image_id, image.encoded, image.probabilities, label_type, copy=copy, topk=topk)
+@dataclasses.dataclass(frozen=True)
+class OutputSpec:
+    """What the writing pass writes.
+
+    Attributes:
+      num_shards: pseudo-label shard files.
+      label_type: the target each record carries besides its hard label.
+      topk: classes kept per record for soft_topk.
+      seed: salts the order keys (shard placement and order).
+      chunk_records: records sorted in memory at once.
+      min_confidence: the confidence threshold of the selection (rows below get no copy).
+    """
+
+    num_shards: int
+    label_type: schema.LabelType
+    topk: int = 10
+    seed: int = 0
+    chunk_records: int = DEFAULT_CHUNK_RECORDS
+    min_confidence: float = 0.3
+
+    def __post_init__(self):
+        if self.num_shards < 1:
+            raise ValueError(f"num_shards must be >= 1, got {self.num_shards}")
+        if self.topk < 1:
+            raise ValueError(f"topk must be >= 1, got {self.topk}")
+        if self.chunk_records < 1:
+            raise ValueError(f"chunk_records must be >= 1, got {self.chunk_records}")
+        object.__setattr__(self, "label_type", schema.LabelType(self.label_type))
+
+    @property
+    def num_shards_by_prefix(self) -> dict[str, int]:
+        return {PSEUDO_LABEL_PREFIX: self.num_shards, DEAD_LETTER_PREFIX: 1}
+
+
+class _PairWithImages(beam.DoFn):
+    """Table file → its records' copies and dead letters, keyed for the shard shuffle.
+
+    Reads the table file, decides each row's copies, then reads the input records the table
+    names (in file order, once) and serializes what is to be written. An input whose record no
+    longer matches the table (another id, or missing) fails the job: the table describes other
+    data.
+    """
+
+    def __init__(self, spec: OutputSpec, metadata: table.TableMetadata):
+        self._spec = spec
+        self._metadata = metadata
+        self._records = beam.metrics.Metrics.counter("ns_data", "records_emitted")
+
+    def process(self, path: str, plans: Mapping[int, ClassPlan],
+                tie_starts: Mapping[int, Mapping[str, int]], totals: Mapping[str, int]):
+        rows = table.read_table_file(path)
+        table.check_metadata(rows, path, self._metadata)
+        copies = self._copies(rows, path, plans, tie_starts)
+        stages = rows.column(table.ERROR_STAGE).to_pylist()
+        wanted = np.flatnonzero((copies > 0) | np.array([s is not None for s in stages],
+                                                        dtype=bool))
+        chunks = {prefix: chunks_per_shard(totals.get(prefix, 0), n, self._spec.chunk_records)
+                  for prefix, n in self._spec.num_shards_by_prefix.items()}
+        ids = rows.column(table.ID)
+        sources = rows.column(table.SOURCE)
+        indices = rows.column(table.INDEX)
+        by_source: dict[str, dict[int, int]] = {}
+        for row in wanted.tolist():
+            by_source.setdefault(sources[row].as_py(), {})[indices[row].as_py()] = row
+        for source, rows_at in by_source.items():
+            for index, serialized in self._read(source, rows_at, path):
+                row = rows_at[index]
+                image_id = ids[row].as_py()
+                if stages[row] is not None:
+                    yield self._dead_letter(rows, row, image_id, serialized, chunks)
+                    continue
+                encoded = self._encoded(serialized, image_id, source, index, path)
+                yield from self._copies_of(rows, row, image_id, encoded, int(copies[row]),
+                                           chunks)
+
+    def _copies(self, rows: pa.Table, path: str, plans, tie_starts) -> np.ndarray:
+        labels = rows.column(table.LABEL).fill_null(-1).to_numpy().astype(np.int64)
+        confidence = rows.column(table.CONFIDENCE).fill_null(0.0).to_numpy().astype(np.float32)
+        labels[confidence < np.float32(self._spec.min_confidence)] = -1
+        hi = balance.confidence_bits(confidence)
+        ids = rows.column(table.ID)
+
+        def hashes(positions):
+            return balance.id_hashes(ids.take(positions).to_pylist(), self._spec.seed)
+
+        starts = {label: files[path] for label, files in tie_starts.items() if path in files}
+        return balance.copies_for_rows(labels, hi, hashes, plans, starts)
+
+    def _read(self, source: str, rows_at: Mapping[int, int], path: str):
+        """(index, bytes) of the wanted records of one input file, in file order."""
+        if self._metadata.input_format == "images":
+            with FileSystems.open(source, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                yield 0, f.read()
+            return
+        last, found = max(rows_at), 0
+        for index, serialized in enumerate(iter_records(source)):
+            if index in rows_at:
+                found += 1
+                yield index, serialized
+            if index == last:
+                break
+        if found < len(rows_at):
+            raise ValueError(f"{source} has fewer records than the predictions table {path} "
+                             "names: the input changed since the table was written")
+
+    def _encoded(self, serialized: bytes, image_id: bytes, source: str, index: int,
+                 path: str) -> bytes:
+        if self._metadata.input_format == "images":
+            actual = source.encode()
+            encoded = serialized
+        else:
+            actual, encoded = parse_image_record(serialized)
+        if actual != image_id:
+            raise ValueError(f"{source} record {index} has id {actual!r}, the predictions table "
+                             f"{path} says {image_id!r}: the input changed since the table was "
+                             "written")
+        return encoded
+
+    def _copies_of(self, rows: pa.Table, row: int, image_id: bytes, encoded: bytes, copies: int,
+                   chunks: Mapping[str, int]):
+        probabilities = np.zeros(self._metadata.num_classes, dtype=np.float32)
+        classes = rows.column(table.TOPK_CLASSES)[row].values.to_numpy()
+        probabilities[classes] = rows.column(table.TOPK_PROBS)[row].values.to_numpy()
+        spec = self._spec
+        for copy in range(copies):
+            order = id_hash(image_id + b"#%d" % copy, spec.seed)
+            record = schema.pseudo_label_example(image_id, encoded, probabilities,
+                                                 spec.label_type, copy=copy, topk=spec.topk)
+            self._records.inc()
+            yield shard_key(PSEUDO_LABEL_PREFIX, order, spec.num_shards,
+                            chunks[PSEUDO_LABEL_PREFIX]), (order, record)
+
+    def _dead_letter(self, rows: pa.Table, row: int, image_id: bytes, serialized: bytes,
+                     chunks: Mapping[str, int]):
+        stage = rows.column(table.ERROR_STAGE)[row].as_py()
+        message = rows.column(table.ERROR_MESSAGE)[row].as_py() or ""
+        encoded = serialized
+        if stage != STAGE_PARSE and self._metadata.input_format != "images":
+            try:
+                _, encoded = parse_image_record(serialized)
+            except ParseFailure:
+                encoded = serialized
+        order = id_hash(stage.encode() + b"#" + image_id, self._spec.seed)
+        record = schema.dead_letter_example(stage, image_id, encoded, message)
+        return shard_key(DEAD_LETTER_PREFIX, order, 1, chunks[DEAD_LETTER_PREFIX]), (order,
+                                                                                     record)
+
+
+def _totals(_, plans: Mapping[int, ClassPlan], counts, spec: OutputSpec) -> dict[str, int]:
+    """Records each output will hold, from the plans and the table counts alone."""
+    written = sum(plan.quota.written for plan in plans.values())
+    chunks = chunks_per_shard(written, spec.num_shards, spec.chunk_records)
+    if chunks > 1:
+        logging.warning(
+            "%d records in %d shards is %d sort chunks per shard: each shard is concatenated "
+            "from its chunks, one more read and write of the output. --num_shards=%d (or "
+            "--chunk_records=%d) writes every shard in one piece.", written, spec.num_shards,
+            chunks, math.ceil(written / spec.chunk_records),
+            math.ceil(written / spec.num_shards))
+    return {PSEUDO_LABEL_PREFIX: written, DEAD_LETTER_PREFIX: sum(counts.failed.values())}
 
 
 class WriteLabeledShards(beam.PTransform):
-    """(ScoredImage, copy) → shuffled pseudo-label shards; returns (shard, count)."""
+    """Table file paths → pseudo-label and dead-letter shards; returns ((prefix, shard), n).
 
-    def __init__(self, output_dir: str, num_shards: int, label_type: schema.LabelType,
-                 topk: int = 10, seed: int = 0, chunk_records: int = DEFAULT_CHUNK_RECORDS):
-        super().__init__()
-        if topk < 1:
-            raise ValueError(f"topk must be >= 1, got {topk}")
-        self._output_dir = output_dir
-        self._num_shards = num_shards
-        self._label_type = schema.LabelType(label_type)
-        self._topk = topk
-        self._seed = seed
-        self._chunk_records = chunk_records
-
-    def expand(self, copies):
-        return (copies
-                | "Serialize" >> beam.Map(
-                    _pseudo_label_record, self._label_type, self._topk, self._seed)
-                | "Write" >> WriteShuffledShards(self._output_dir, PSEUDO_LABEL_PREFIX,
-                                                 self._num_shards, self._chunk_records))
-
-
-def _dead_letter_record(letter: DeadLetter, seed: int):
-    order = id_hash(letter.stage.encode() + b"#" + letter.image_id, seed)
-    return order, schema.dead_letter_example(
-        letter.stage, letter.image_id, letter.encoded, letter.message)
-
-
-class WriteDeadLetters(beam.PTransform):
-    """DeadLetter → one deterministic TFRecord file of dead-letter records."""
-
-    def __init__(self, output_dir: str, seed: int = 0):
-        super().__init__()
-        self._output_dir = output_dir
-        self._seed = seed
-
-    def expand(self, letters):
-        return (letters
-                | "Serialize" >> beam.Map(_dead_letter_record, self._seed)
-                | "Write" >> WriteShuffledShards(self._output_dir, DEAD_LETTER_PREFIX, 1))
-
-
-SCORES_PREFIX = "scores"
-
-
-def _score_record(image: ScoredImage, seed: int):
-    return id_hash(image.image_id, seed), schema.pseudo_label_example(
-        image.image_id, image.encoded, image.probabilities, schema.LabelType.SOFT)
-
-
-class WriteScores(beam.PTransform):
-    """ScoredImage → `scores-*.tfrecord`: every scored image with its full probabilities.
-
-    The records are soft pseudo-labels (copy 0), the input of `beam_jobs.rebalance`, which
-    re-selects with another K or threshold without running the teacher again.
+    Args:
+      output_dir: where `pseudo_labels-*.tfrecord` and `dead_letters-00000-of-00001.tfrecord` go.
+      spec: shard count, label type, seed, chunking.
+      metadata: the predictions table's settings (input format, class count).
+      plans: (label, ClassPlan) from `BalancePerClass`.
+      tie_starts: (label, {file: start}) from `BalancePerClass`.
+      counts: the `TableCounts` singleton from `CountPredictions`.
     """
 
-    def __init__(self, scores_dir: str, num_shards: int, seed: int = 0):
+    def __init__(self, output_dir: str, spec: OutputSpec, metadata: table.TableMetadata,
+                 plans: beam.PCollection, tie_starts: beam.PCollection,
+                 counts: beam.PCollection):
         super().__init__()
-        self._scores_dir = scores_dir
-        self._num_shards = num_shards
-        self._seed = seed
+        self._output_dir = output_dir
+        self._spec = spec
+        self._metadata = metadata
+        self._plans = plans
+        self._tie_starts = tie_starts
+        self._counts = counts
 
-    def expand(self, scored):
-        return (scored
-                | "Serialize" >> beam.Map(_score_record, self._seed)
-                | "Write" >> WriteShuffledShards(self._scores_dir, SCORES_PREFIX,
-                                                 self._num_shards))
+    def expand(self, paths):
+        side = beam.pvalue
+        plans = side.AsDict(self._plans)
+        totals = (paths.pipeline
+                  | "Once" >> beam.Create([None])
+                  | "Totals" >> beam.Map(_totals, plans, side.AsSingleton(self._counts),
+                                         self._spec))
+        keyed = paths | "PairWithImages" >> beam.ParDo(
+            _PairWithImages(self._spec, self._metadata), plans, side.AsDict(self._tie_starts),
+            side.AsSingleton(totals))
+        return keyed | "Write" >> WriteShuffledShards(self._output_dir,
+                                                      self._spec.num_shards_by_prefix)

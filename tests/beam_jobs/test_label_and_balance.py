@@ -241,8 +241,8 @@ def test_missing_flags_and_existing_output_are_clear_errors(tmp_path):
         job.run(["--input=x", "--image_per_class=5"])
     with pytest.raises(ValueError, match="unknown flags: --images_per"):
         job.run(["--input=x", "--images_per=5"])  # no abbreviations either
-    scores_dir, _ = run_fake(tmp_path, corpus()[:12], f"--scores_dir={tmp_path}/s", name="sc")
-    with pytest.raises(ValueError, match="already holds 3 scores shards"):
+    run_fake(tmp_path, corpus()[:12], f"--predictions_dir={tmp_path}/s", name="sc")
+    with pytest.raises(ValueError, match="already holds 1 predictions table files"):
         job.run([f"--input={tmp_path}/input.tfrecord", "--teacher=t",
                  f"--output_dir={tmp_path}/new", f"--scores_dir={tmp_path}/s"])
 

@@ -1,57 +1,91 @@
-"""beam_jobs.rebalance: re-selection from persisted scores equals a fresh run."""
+"""beam_jobs.rebalance: re-selection from the predictions table equals a fresh run, byte for byte."""
 from __future__ import annotations
 
 import collections
 import os
 
+import pyarrow.parquet as pq
 import pytest
 
 from beam_jobs import rebalance
-from ns_data import schema, stats
+from ns_data import predictions, schema, stats
+from tests import fakes
 from tests.beam_jobs.test_label_and_balance import (SEED, corpus, expected_copies, read_records,
                                                     run_fake)
 
 
-def test_rebalance_from_scores_matches_a_fresh_run(tmp_path):
+def corpus_records():
+    """The corpus plus records that fail at each stage, so dead letters are compared too."""
     images = corpus()
-    scores_dir = str(tmp_path / "scores")
-    run_fake(tmp_path, images, f"--scores_dir={scores_dir}", name="first")
-    assert len(read_records(scores_dir, "scores")) == len(images)  # every scored image
+    records = [schema.image_example(im.encoded, im.image_id) for im in images]
+    records += [schema.image_example(b"\x89PNG\r\n\x1a\n-not-really", b"corrupt-png"),
+                b"this is not a tf.train.Example",
+                schema.image_example(fakes.fake_image(900, fakes.CLASS_NAN, 9).encoded, b"nan")]
+    return images, records
+
+
+def output_files(directory: str) -> dict[str, bytes]:
+    return {name: open(os.path.join(directory, name), "rb").read()
+            for name in sorted(os.listdir(directory)) if name.endswith(".tfrecord")}
+
+
+def test_rebalance_from_the_table_matches_a_fresh_run(tmp_path):
+    images, records = corpus_records()
+    first, first_stats = run_fake(tmp_path, images, "--predictions_topk=4", name="first",
+                                  input_records=records)
+    table = pq.read_table(os.path.join(first, "predictions"))
+    assert table.num_rows == len(records)  # every record, failed ones included
+    assert sorted(table.column(predictions.INDEX).to_pylist()) == list(range(len(records)))
+    assert table.column(predictions.ERROR_STAGE).drop_null().to_pylist().count("parse") == 1
 
     flags = ["--images_per_class=5", "--min_confidence=0.5", "--num_shards=3", f"--seed={SEED}",
              "--label_type=soft_topk", "--topk=2"]
     rebalanced = str(tmp_path / "rebalanced")
-    rebalance.run([f"--scores={scores_dir}/scores-*.tfrecord", f"--output_dir={rebalanced}",
+    rebalance.run([f"--predictions={first}/predictions", f"--output_dir={rebalanced}",
                    "--runner=DirectRunner", *flags])
-    fresh, _ = run_fake(tmp_path, images, *flags, name="fresh")
+    fresh, fresh_stats = run_fake(tmp_path, images, *flags, "--predictions_topk=4",
+                                  name="fresh", input_records=records)
 
-    records = [schema.parse_pseudo_label(r) for r in read_records(rebalanced)]
+    parsed = [schema.parse_pseudo_label(r) for r in read_records(rebalanced)]
     want = {i: c for i, c in expected_copies(images, 5, min_confidence=0.5).items() if c}
-    assert dict(collections.Counter(r.image_id for r in records)) == want
-    for name in sorted(os.listdir(fresh)):
-        if name.startswith("pseudo_labels"):
-            with open(os.path.join(fresh, name), "rb") as a, open(
-                    os.path.join(rebalanced, name), "rb") as b:
-                assert a.read() == b.read(), name
+    assert dict(collections.Counter(r.image_id for r in parsed)) == want
+    files = output_files(rebalanced)
+    assert files == output_files(fresh)  # shards and dead letters, byte for byte
+    assert len(files) == 4 and all(files.values())
     run_stats = stats.read_stats(rebalanced)
-    assert run_stats["totals"]["read"] == len(images)
+    assert run_stats["totals"] == fresh_stats["totals"]
+    assert run_stats["classes"] == fresh_stats["classes"]
+    assert run_stats["totals"]["read"] == len(records)
+    assert run_stats["totals"]["failed"] == {"parse": 1, "decode": 1, "inference": 0,
+                                             "invalid_output": 1}
     assert run_stats["num_classes"] == 4
     assert run_stats["config"]["images_per_class"] == 5
     stats.check_reconciles(run_stats)
+    assert first_stats["totals"]["written"] == 3 * 10
 
 
-def test_rebalance_rejects_records_without_probabilities(tmp_path):
-    hard_dir, _ = run_fake(tmp_path, corpus()[:15], "--label_type=hard")
-    output_dir = str(tmp_path / "re")
-    rebalance.run([f"--scores={hard_dir}/pseudo_labels-*.tfrecord", f"--output_dir={output_dir}",
-                   "--runner=DirectRunner", "--images_per_class=3"])
-    run_stats = stats.read_stats(output_dir)
-    assert run_stats["totals"]["written"] == 0
-    assert run_stats["totals"]["failed"]["parse"] == run_stats["totals"]["read"] > 0
-    letters = [schema.parse_example(r) for r in read_records(output_dir, "dead_letters")]
-    assert all(b"--scores_dir" in d[schema.ERROR_MESSAGE][0] for d in letters)
+def test_rebalance_refuses_what_the_table_cannot_give(tmp_path):
+    first, _ = run_fake(tmp_path, corpus()[:20], "--label_type=soft_topk", "--topk=2",
+                        "--predictions_topk=2")
+    table = f"--predictions={first}/predictions"
+    with pytest.raises(ValueError, match="keeps the top 2 of 4 classes"):
+        rebalance.run([table, f"--output_dir={tmp_path}/a", "--label_type=soft"])
+    with pytest.raises(ValueError, match="--topk=3 exceeds the 2 classes"):
+        rebalance.run([table, f"--output_dir={tmp_path}/b", "--label_type=soft_topk",
+                       "--topk=3"])
+    with pytest.raises(ValueError, match="matches no predictions table files"):
+        rebalance.run([f"--predictions={tmp_path}/nothing", f"--output_dir={tmp_path}/c"])
+
+
+def test_rebalance_refuses_a_changed_input(tmp_path):
+    images = corpus()[:20]
+    first, _ = run_fake(tmp_path, images)
+    fakes.write_images(tmp_path / "input.tfrecord", images[::-1])  # same images, other order
+    with pytest.raises(Exception, match="the input changed since the table was written"):
+        rebalance.run([f"--predictions={first}/predictions", f"--output_dir={tmp_path}/re",
+                       "--runner=DirectRunner", "--images_per_class=3"])
 
 
 def test_rebalance_needs_its_flags():
-    with pytest.raises(ValueError, match="missing required flags: --scores, --output_dir"):
+    with pytest.raises(ValueError, match="missing required flags: --predictions, --output_dir"):
         rebalance.run(["--images_per_class=3"])

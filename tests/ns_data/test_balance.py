@@ -57,9 +57,9 @@ def assert_cut_semantics(keys: list[int], need: int, cut: balance.Cut) -> None:
     selected = sorted(above + [threshold] * cut.take_equal, reverse=True)
     assert selected == sorted(keys, reverse=True)[:need]
     if need:
-        assert cut.smallest_selected == sorted(keys, reverse=True)[need - 1]
+        assert cut.lowest_confidence_bits == sorted(keys, reverse=True)[need - 1] >> 64
     else:
-        assert cut.smallest_selected is None
+        assert cut.lowest_confidence_bits is None
 
 
 def production_copies(images: list[Image], k: int, duplicate: bool, seed: int,
@@ -337,7 +337,7 @@ def test_deepest_refine_hits_full_key_tie_branch():
     cut, passes = check_select(keys, 2, collect_limit=1)
     assert passes == 6
     assert (cut.threshold, cut.take_equal, cut.bits) == (prefix | 5, 1, balance.KEY_BITS)
-    assert cut.smallest_selected == prefix | 5
+    assert cut.lowest_confidence_bits == (prefix | 5) >> 64
 
 
 def test_collect_then_resolve_at_the_last_allowed_depth():
@@ -356,7 +356,7 @@ def test_collect_resolves_ties_exactly():
     keys = [10, 9, 9, 9, 8]
     cut, passes = check_select(keys, 3, collect_limit=10)
     assert passes == 2  # one refine (collect), one resolve
-    assert (cut.threshold, cut.take_equal, cut.smallest_selected) == (9, 2, 9)
+    assert (cut.threshold, cut.take_equal, cut.lowest_confidence_bits) == (9, 2, 0)
     cut, _ = check_select(keys, 4, collect_limit=10)
     assert (cut.threshold, cut.take_equal) == (8, 0)
 
@@ -402,7 +402,7 @@ def test_histogram_and_digit():
     key = 0x0001_0002_0003_0004_0005_0006
     assert [balance.digit(key, b) for b in range(0, 96, 16)] == [1, 2, 3, 4, 5, 6]
     hist = balance.histogram([5 << 80 | 9, 5 << 80 | 3, 7 << 80], bits=0)
-    assert hist == {5: (2, 5 << 80 | 3), 7: (1, 7 << 80)}
+    assert hist == {5: (2, 5 << 16), 7: (1, 7 << 16)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,281 @@
+"""The predictions table: what the teacher said about every input record, as Parquet files.
+
+The teacher pass of `label_and_balance` writes one Parquet file per input TFRecord file (per
+bucket of a few thousand files for `--input_format=images`), named `predictions-<hash>.parquet`
+after a hash of its input, with one row per input record, sorted by (source, index):
+
+| column | type | what |
+| --- | --- | --- |
+| `id` | binary | the image id (`image/id`, else a content hash; the path for image files) |
+| `source` | string | the input file the record is in |
+| `index` | int64 | the record's position in `source` (0 for an image file) |
+| `label` | int32 | the teacher's argmax (null when the record failed) |
+| `confidence` | float32 | its probability (null when the record failed) |
+| `topk_classes` | list<int32> | the `topk` most probable classes, most probable first (ties: lower class first) |
+| `topk_probs` | list<float32> | their probabilities, not renormalised |
+| `error_stage` | string | null, or where the record failed: parse, decode, inference, invalid_output |
+| `error_message` | string | why it failed |
+
+The run's settings (`TableMetadata`: teacher, class count, classes stored per row, input
+pattern and format) are in every file's key-value metadata under `ns_data.predictions`. A row
+holds no image bytes, so selection (`select.py`) reads only these small columns, and the writing
+pass (`write.py`) pairs each table file with its own input file(s) — no shuffle needed to bring
+an image and its prediction together. pandas, DuckDB or BigQuery open the files as they are:
+`pd.read_parquet("out/predictions")`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import posixpath
+from collections.abc import Iterable, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from ns_data.records import Prediction
+
+PREDICTIONS_PREFIX = "predictions"
+METADATA_KEY = b"ns_data.predictions"
+FORMAT_VERSION = 1
+
+ID = "id"
+SOURCE = "source"
+INDEX = "index"
+LABEL = "label"
+CONFIDENCE = "confidence"
+TOPK_CLASSES = "topk_classes"
+TOPK_PROBS = "topk_probs"
+ERROR_STAGE = "error_stage"
+ERROR_MESSAGE = "error_message"
+
+SCHEMA = pa.schema([
+    (ID, pa.binary()),
+    (SOURCE, pa.string()),
+    (INDEX, pa.int64()),
+    (LABEL, pa.int32()),
+    (CONFIDENCE, pa.float32()),
+    (TOPK_CLASSES, pa.list_(pa.int32())),
+    (TOPK_PROBS, pa.list_(pa.float32())),
+    (ERROR_STAGE, pa.string()),
+    (ERROR_MESSAGE, pa.string()),
+])
+# Encodings measured on 100k rows of 1,000-class top-10 predictions: dictionary codes for the
+# low-cardinality integer columns, byte-stream-split for floats (their exponent bytes compress),
+# deltas for the sorted record index; zstd on top. ~50 bytes a row without the id.
+_DICTIONARY = [SOURCE, LABEL, f"{TOPK_CLASSES}.list.element", ERROR_STAGE]
+_ENCODINGS = {INDEX: "DELTA_BINARY_PACKED", CONFIDENCE: "BYTE_STREAM_SPLIT",
+              f"{TOPK_PROBS}.list.element": "BYTE_STREAM_SPLIT"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TableMetadata:
+    """The settings a predictions table was made with; every file carries them.
+
+    Attributes:
+      input: the input pattern the teacher pass read.
+      input_format: "tfrecord" or "images".
+      num_classes: the teacher's class count.
+      topk: classes stored per row (`num_classes`: the whole distribution).
+      teacher: the teacher's SavedModel path.
+      teacher_outputs: "logits" or "probabilities".
+      temperature: the softmax temperature baked into the probabilities.
+      image_shape: the teacher's input [H, W, C].
+      version: the table format version.
+    """
+
+    input: str
+    input_format: str
+    num_classes: int
+    topk: int
+    teacher: str = ""
+    teacher_outputs: str = "logits"
+    temperature: float = 1.0
+    image_shape: tuple[int, ...] = ()
+    version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        if not 1 <= self.topk <= self.num_classes:
+            raise ValueError(f"topk must be in 1..num_classes={self.num_classes}, got {self.topk}")
+
+    @property
+    def dense(self) -> bool:
+        """Whether rows hold every class's probability."""
+        return self.topk == self.num_classes
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TableMetadata:
+        fields = json.loads(text)
+        if fields.get("version") != FORMAT_VERSION:
+            raise ValueError(f"predictions table format version {fields.get('version')} is not "
+                             f"the supported {FORMAT_VERSION}")
+        fields["image_shape"] = tuple(fields.get("image_shape", ()))
+        return cls(**fields)
+
+
+def table_pattern(table_dir: str) -> str:
+    return posixpath.join(table_dir, f"{PREDICTIONS_PREFIX}-*.parquet")
+
+
+def table_file(table_dir: str, group: str) -> str:
+    """The table file holding the predictions of input group `group` (a file, or a bucket)."""
+    digest = hashlib.blake2b(group.encode(), digest_size=8).hexdigest()
+    return posixpath.join(table_dir, f"{PREDICTIONS_PREFIX}-{digest}.parquet")
+
+
+def image_bucket(path: str, buckets: int) -> str:
+    """The table group of one image file: a stable hash bucket of its path."""
+    digest = hashlib.blake2b(path.encode(), digest_size=8).digest()
+    return f"images-{int.from_bytes(digest, 'big') % buckets:05d}-of-{buckets:05d}"
+
+
+def topk(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k most probable classes (ties: lower class first) and their probabilities.
+
+    The same order as `schema.topk_target`, so a soft_topk record made from a table row equals
+    one made from the full distribution.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    classes = np.argsort(-probabilities, kind="stable")[:k]
+    return classes.astype(np.int32), probabilities[classes]
+
+
+def to_table(predictions: Sequence[Prediction]) -> pa.Table:
+    """Rows → an Arrow table of `SCHEMA`, sorted by (source, index)."""
+    rows = sorted(predictions, key=lambda p: (p.source, p.index))
+    ok = [p.ok for p in rows]
+    sizes = np.array([len(p.classes) if p.ok else 0 for p in rows], dtype=np.int32)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32))
+    mask = pa.array([not o for o in ok])
+    classes = [p.classes for p in rows if p.ok]
+    probs = [p.probs for p in rows if p.ok]
+    flat_classes = np.concatenate(classes).astype(np.int32) if classes else np.zeros(0, np.int32)
+    flat_probs = np.concatenate(probs).astype(np.float32) if probs else np.zeros(0, np.float32)
+    return pa.table([
+        pa.array([p.image_id for p in rows], pa.binary()),
+        pa.array([p.source for p in rows], pa.string()),
+        pa.array([p.index for p in rows], pa.int64()),
+        pa.array([int(p.classes[0]) if p.ok else None for p in rows], pa.int32()),
+        pa.array([float(p.probs[0]) if p.ok else None for p in rows], pa.float32()),
+        pa.ListArray.from_arrays(offsets, pa.array(flat_classes), mask=mask),
+        pa.ListArray.from_arrays(offsets, pa.array(flat_probs), mask=mask),
+        pa.array([p.stage for p in rows], pa.string()),
+        pa.array([p.message for p in rows], pa.string()),
+    ], schema=SCHEMA)
+
+
+def write_table_file(path: str, predictions: Sequence[Prediction],
+                     metadata: TableMetadata) -> int:
+    """Writes one table file (temp name, then renamed); returns its size in bytes."""
+    table = to_table(predictions).replace_schema_metadata({METADATA_KEY: metadata.to_json()})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd", use_dictionary=_DICTIONARY,
+                   column_encoding=_ENCODINGS, write_statistics=[LABEL, CONFIDENCE])
+    data = buffer.getvalue()
+    temp = path + ".incomplete"
+    with FileSystems.create(temp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(data)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([temp], [path])
+    return len(data)
+
+
+def read_table_file(path: str, columns: Iterable[str] | None = None) -> pa.Table:
+    """Reads the given columns of one table file (all when None)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        data = f.read()
+    try:
+        return pq.read_table(pa.BufferReader(data), columns=list(columns) if columns else None)
+    except (pa.ArrowException, ValueError) as e:
+        raise ValueError(f"{path} is not a predictions table file: {e}") from e
+
+
+def read_metadata(path: str) -> TableMetadata:
+    """The `TableMetadata` of one table file."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        data = f.read()
+    try:
+        schema = pq.read_schema(pa.BufferReader(data))
+    except (pa.ArrowException, ValueError) as e:
+        raise ValueError(f"{path} is not a predictions table file: {e}") from e
+    text = (schema.metadata or {}).get(METADATA_KEY)
+    if text is None:
+        raise ValueError(f"{path} has no {METADATA_KEY.decode()} metadata; was it written by "
+                         "beam_jobs.label_and_balance?")
+    return TableMetadata.from_json(text)
+
+
+def check_metadata(rows: pa.Table, path: str, expected: TableMetadata) -> None:
+    """Refuses a table file written with other settings than the table's first file."""
+    text = (rows.schema.metadata or {}).get(METADATA_KEY)
+    if text is None:
+        raise ValueError(f"{path} has no {METADATA_KEY.decode()} metadata")
+    actual = TableMetadata.from_json(text)
+    if actual != expected:
+        raise ValueError(f"{path} was written with other settings than the rest of the table "
+                         f"({_diff(expected, actual)}); select from one run's table at a time")
+
+
+class _WriteTableFile(beam.DoFn):
+    """(group, predictions) → the table file's path, written."""
+
+    def __init__(self, table_dir: str, metadata: TableMetadata):
+        self._table_dir = table_dir
+        self._metadata = metadata
+        self._bytes = beam.metrics.Metrics.counter("ns_data", "predictions_table_bytes")
+
+    def setup(self):
+        if not FileSystems.exists(self._table_dir):
+            FileSystems.mkdirs(self._table_dir)
+
+    def process(self, element):
+        group, predictions = element
+        path = table_file(self._table_dir, group)
+        self._bytes.inc(write_table_file(path, list(predictions), self._metadata))
+        yield path
+
+
+def _group_of(prediction: Prediction, input_format: str, image_buckets: int) -> str:
+    if input_format == "images":
+        return image_bucket(prediction.source, image_buckets)
+    return prediction.source
+
+
+class WritePredictions(beam.PTransform):
+    """Prediction → the predictions table; returns the PCollection of its file paths.
+
+    Predictions are grouped by input file (by path bucket for image files) — a shuffle of small
+    rows, no image bytes — and each group becomes one Parquet file.
+    """
+
+    def __init__(self, table_dir: str, metadata: TableMetadata, image_buckets: int = 1):
+        super().__init__()
+        if image_buckets < 1:
+            raise ValueError(f"image_buckets must be >= 1, got {image_buckets}")
+        self._table_dir = table_dir
+        self._metadata = metadata
+        self._image_buckets = image_buckets
+
+    def expand(self, predictions):
+        input_format, buckets = self._metadata.input_format, self._image_buckets
+        return (predictions
+                | "ByInputFile" >> beam.Map(lambda p: (_group_of(p, input_format, buckets), p))
+                | "GroupByInputFile" >> beam.GroupByKey()
+                | "WriteTableFiles" >> beam.ParDo(_WriteTableFile(self._table_dir,
+                                                                  self._metadata)))
+
+
+def _diff(a: TableMetadata, b: TableMetadata) -> str:
+    return ", ".join(f"{f.name} {getattr(a, f.name)!r} vs {getattr(b, f.name)!r}"
+                     for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name))
+
