@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 
 from ns_data import balance
 from ns_data import predictions as table
@@ -162,7 +163,7 @@ class _RadixPass(beam.DoFn):
             len(member), dtype=bool)
         member, labels, hi = member[keep], labels[keep], hi[keep]
         lo = None
-        if bits > 32 or collect[labels].any():
+        if bits >= 32 or collect[labels].any():  # the digit or the collected key needs it
             lo = rows.hashes(member)
         if bits > 32:
             keep = (lo >> np.uint64(64 - (bits - 32))) == prefix_low[labels]
@@ -265,6 +266,27 @@ def _tie_starts(element) -> tuple[int, dict[str, int]]:
         starts[path] = total
         total += count
     return label, starts
+
+
+def file_copies(rows: pa.Table, path: str, plans: Mapping[int, ClassPlan],
+                tie_starts: Mapping[int, Mapping[str, int]], min_confidence: float,
+                seed: int) -> np.ndarray:
+    """Copies of every row of one table file (`label`, `confidence`, `id` columns) by the plans.
+
+    Failed rows and rows below `min_confidence` get 0. Ids are hashed only for rows whose
+    confidence equals their class threshold's.
+    """
+    labels = rows.column(table.LABEL).fill_null(-1).to_numpy().astype(np.int64)
+    confidence = rows.column(table.CONFIDENCE).fill_null(0.0).to_numpy().astype(np.float32)
+    labels[confidence < np.float32(min_confidence)] = -1
+    ids = rows.column(table.ID)
+
+    def hashes(positions):
+        return balance.id_hashes(ids.take(positions).to_pylist(), seed)
+
+    starts = {label: files[path] for label, files in tie_starts.items() if path in files}
+    return balance.copies_for_rows(labels, balance.confidence_bits(confidence), hashes, plans,
+                                   starts)
 
 
 class Selection(NamedTuple):

@@ -36,11 +36,12 @@ import tensorflow as tf
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from ns_data import balance, schema
+from ns_data import schema
 from ns_data import predictions as table
 from ns_data.balance import ClassPlan, id_hash
 from ns_data.read import ParseFailure, parse_image_record
 from ns_data.records import STAGE_PARSE
+from ns_data.select import file_copies
 from ns_data.tfrecord import iter_records
 
 PSEUDO_LABEL_PREFIX = "pseudo_labels"
@@ -234,7 +235,8 @@ class _PairWithImages(beam.DoFn):
                 tie_starts: Mapping[int, Mapping[str, int]], totals: Mapping[str, int]):
         rows = table.read_table_file(path)
         table.check_metadata(rows, path, self._metadata)
-        copies = self._copies(rows, path, plans, tie_starts)
+        copies = file_copies(rows, path, plans, tie_starts, self._spec.min_confidence,
+                             self._spec.seed)
         stages = rows.column(table.ERROR_STAGE).to_pylist()
         wanted = np.flatnonzero((copies > 0) | np.array([s is not None for s in stages],
                                                         dtype=bool))
@@ -256,19 +258,6 @@ class _PairWithImages(beam.DoFn):
                 encoded = self._encoded(serialized, image_id, source, index, path)
                 yield from self._copies_of(rows, row, image_id, encoded, int(copies[row]),
                                            chunks)
-
-    def _copies(self, rows: pa.Table, path: str, plans, tie_starts) -> np.ndarray:
-        labels = rows.column(table.LABEL).fill_null(-1).to_numpy().astype(np.int64)
-        confidence = rows.column(table.CONFIDENCE).fill_null(0.0).to_numpy().astype(np.float32)
-        labels[confidence < np.float32(self._spec.min_confidence)] = -1
-        hi = balance.confidence_bits(confidence)
-        ids = rows.column(table.ID)
-
-        def hashes(positions):
-            return balance.id_hashes(ids.take(positions).to_pylist(), self._spec.seed)
-
-        starts = {label: files[path] for label, files in tie_starts.items() if path in files}
-        return balance.copies_for_rows(labels, hi, hashes, plans, starts)
 
     def _read(self, source: str, rows_at: Mapping[int, int], path: str):
         """(index, bytes) of the wanted records of one input file, in file order."""

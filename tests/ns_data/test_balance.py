@@ -541,3 +541,65 @@ def test_threshold_confidence_none_when_not_capped(n, k, duplicate):
     quota = balance.plan_quota(n, k, duplicate)
     plan = balance.ClassPlan(LABEL, quota, balance.select_cut(keys, quota.extra))
     assert plan.threshold_confidence is None
+
+
+# --------------------------------------------------------------------------------------------
+# The column versions the pipeline runs, against the per-key ones
+# --------------------------------------------------------------------------------------------
+
+def split_keys(keys: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.array([k >> 64 for k in keys], dtype=np.uint64),
+            np.array([k & (2**64 - 1) for k in keys], dtype=np.uint64))
+
+
+@pytest.mark.parametrize("bits", range(0, balance.KEY_BITS, balance.DIGIT_BITS))
+def test_column_digits_buckets_and_histograms_match_per_key(bits):
+    rng = np.random.default_rng(bits)
+    base = [int(a) << 64 | int(b) for a, b in zip(rng.integers(0, 2**32, 40),
+                                                 rng.integers(0, 2**63, 40))]
+    # Keys sharing the first key's `bits` high bits, plus others, plus exact repeats.
+    shift = balance.KEY_BITS - bits
+    keys = base + [(base[0] >> shift << shift) | (k & ((1 << shift) - 1)) for k in base[1:20]]
+    keys += keys[:5]
+    hi, lo = split_keys(keys)
+    prefix = base[0] >> shift
+    mask = balance.bucket_mask(hi, lo, bits, prefix)
+    assert mask.tolist() == [balance.Cut(need=1, prefix=prefix, bits=bits).in_bucket(k)
+                             for k in keys]
+    digits = balance.digits_of(hi[mask], lo[mask], bits)
+    assert digits.tolist() == [balance.digit(k, bits) for k, m in zip(keys, mask) if m]
+    in_bucket = [k for k, m in zip(keys, mask) if m]
+    hist = balance.as_histogram(*balance.reduce_histogram(
+        digits, np.ones(len(digits), dtype=np.int64), hi[mask]))
+    assert hist == balance.histogram(in_bucket, bits)
+
+
+@pytest.mark.parametrize("k, duplicate", [(1, True), (7, True), (30, True), (200, True),
+                                          (7, False)])
+def test_copies_for_rows_match_the_plan_per_key(k, duplicate):
+    rng = np.random.default_rng(k)
+    confidences = np.float32(rng.choice([0.4, 0.7, 1.0], size=60))
+    ids = [b"id-%d" % (i % 25) for i in range(60)]  # repeats: full-key ties
+    keys = [balance.priority_key(c, i, SEED) for c, i in zip(confidences, ids)]
+    quota = balance.plan_quota(len(keys), k, duplicate)
+    plan = balance.ClassPlan(3, quota, balance.select_cut(keys, quota.extra, collect_limit=4))
+    hashed = []
+
+    def hashes(positions):
+        hashed.extend(positions.tolist())
+        return balance.id_hashes([ids[p] for p in positions], SEED)
+
+    labels = np.full(60, 3)
+    labels[::7] = -1  # rows that take no part get nothing
+    copies = balance.copies_for_rows(labels, balance.confidence_bits(confidences), hashes,
+                                     {3: plan})
+    expected, tied = [], 0
+    for key, label in zip(keys, labels):
+        c = plan.copies(key) if label >= 0 else 0
+        if c is None:
+            c = plan.tie_copies(tied + 1)[tied]
+            tied += 1
+        expected.append(c)
+    assert copies.tolist() == expected
+    threshold_conf = plan.cut.threshold >> 64
+    assert all(keys[p] >> 64 == threshold_conf for p in hashed)  # only the boundary is hashed

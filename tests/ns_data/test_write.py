@@ -2,7 +2,8 @@
 
 Each record's bytes start with its zero-padded order key, so a shard read back tells which key
 every record had. Pipelines are few and shared through module fixtures: a DirectRunner run costs
-about two seconds.
+about two seconds. The writing pass that feeds it (`WriteLabeledShards`) is tested end to end in
+tests/beam_jobs.
 """
 from __future__ import annotations
 
@@ -19,11 +20,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from ns_data import schema
 from ns_data.balance import id_hash
-from ns_data.records import DeadLetter, ScoredImage
-from ns_data.write import (DEAD_LETTER_PREFIX, PSEUDO_LABEL_PREFIX, WriteDeadLetters,
-                           WriteLabeledShards, WriteShuffledShards, shard_path)
+from ns_data.write import (DEFAULT_CHUNK_RECORDS, OutputSpec, WriteShuffledShards,
+                           chunks_per_shard, shard_key, shard_path)
 
 PREFIX = "recs"
 
@@ -46,14 +45,16 @@ MANY = [(k, record(k, f"r{i}")) for i, k in enumerate(KEYS)] + [(KEYS[5], record
 FEW = [(5, record(5, "a")), (13, record(13, "b")), (2, record(2, "c"))]  # shards 5, 5, 2 of 8
 
 
-def _pick(index, pairs):
+def _pick(index, pairs, num_shards, chunks):
     # Unannotated, so the output type is Any as for the pipeline's own keyed records.
-    return pairs[index]
+    order, rec = pairs[index]
+    return shard_key(PREFIX, order, num_shards, chunks), (order, rec)
 
 
-def keyed(p, label: str, pairs):
+def keyed(p, label: str, pairs, num_shards: int, chunk_records: int):
+    chunks = chunks_per_shard(len(pairs), num_shards, chunk_records)
     return p | f"Create{label}" >> beam.Create(range(len(pairs))) | f"Key{label}" >> beam.Map(
-        _pick, list(pairs))
+        _pick, list(pairs), num_shards, chunks)
 
 
 def expected_counts(pairs, num_shards: int) -> list[tuple[int, int]]:
@@ -61,10 +62,12 @@ def expected_counts(pairs, num_shards: int) -> list[tuple[int, int]]:
     return [(s, counts[s]) for s in range(num_shards)]
 
 
-def write(p, label: str, pairs, out: str, num_shards: int, **kwargs) -> None:
-    written = keyed(p, label, pairs) | f"Write{label}" >> WriteShuffledShards(
-        out, PREFIX, num_shards, **kwargs)
-    assert_that(written, equal_to(expected_counts(pairs, num_shards)), label=f"Counts{label}")
+def write(p, label: str, pairs, out: str, num_shards: int,
+          chunk_records: int = DEFAULT_CHUNK_RECORDS) -> None:
+    written = (keyed(p, label, pairs, num_shards, chunk_records)
+               | f"Write{label}" >> WriteShuffledShards(out, {PREFIX: num_shards}))
+    assert_that(written, equal_to([((PREFIX, s), n) for s, n in expected_counts(pairs, num_shards)]),
+                label=f"Counts{label}")
 
 
 def read_records(path: str) -> list[bytes]:
@@ -173,98 +176,23 @@ def test_same_inputs_give_identical_bytes(outputs, name):
     assert sum(len(b) for b in first.values()) > 0
 
 
+def test_write_shuffled_shards_validates():
+    with pytest.raises(ValueError, match="num_shards must be >= 1, got 0 for recs"):
+        WriteShuffledShards("/unused", {PREFIX: 0})
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(num_shards=0), "num_shards must be >= 1"),
     (dict(num_shards=2, chunk_records=0), "chunk_records must be >= 1"),
+    (dict(num_shards=2, topk=0), "topk must be >= 1"),
 ])
-def test_write_shuffled_shards_validates(kwargs, match):
+def test_output_spec_validates(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        WriteShuffledShards("/unused", PREFIX, **kwargs)
+        OutputSpec(label_type="soft", **kwargs)
 
 
-# --------------------------------------------------------------------------------------------
-# WriteLabeledShards and WriteDeadLetters
-# --------------------------------------------------------------------------------------------
-
-IMAGES = [
-    ScoredImage(b"cat-1", b"jpeg-1", np.float32([0.7, 0.2, 0.1])),
-    ScoredImage(b"dog-1", b"jpeg-2", np.float32([0.1, 0.3, 0.6])),
-    ScoredImage(b"dog-2", b"jpeg-3", np.float32([0.05, 0.15, 0.8])),
-    ScoredImage(b"bird-1", b"jpeg-4", np.float32([0.2, 0.5, 0.3])),
-]
-COPIES = [(IMAGES[0], 0), (IMAGES[1], 0), (IMAGES[2], 0), (IMAGES[3], 0), (IMAGES[3], 1),
-          (IMAGES[3], 2)]
-LETTERS = [
-    DeadLetter("decode", b"bad-1", b"\x00\x01", "not an image"),
-    DeadLetter("parse", b"bad-2", None, "no image/encoded"),
-    DeadLetter("invalid_output", b"bad-3", b"png", "NaN"),
-]
-
-
-@pytest.fixture(scope="module")
-def labeled(tmp_path_factory):
-    root = tmp_path_factory.mktemp("labeled")
-    runs = {"seed0": (COPIES, 0), "seed0_again": (COPIES[::-1], 0), "seed1": (COPIES, 1)}
-    with direct_pipeline() as p:
-        for name, (copies, seed) in runs.items():
-            written = (p | f"Create{name}" >> beam.Create(copies)
-                       | f"Write{name}" >> WriteLabeledShards(
-                           str(root / name), 3, schema.LabelType.SOFT_TOPK, topk=2, seed=seed))
-            total = (written | f"Counts{name}" >> beam.Values()
-                     | f"Sum{name}" >> beam.CombineGlobally(sum))
-            assert_that(total, equal_to([len(copies)]), label=f"Records{name}")
-        dead = (p | "CreateLetters" >> beam.Create(LETTERS)
-                | "WriteDead" >> WriteDeadLetters(str(root / "dead")))
-        assert_that(dead, equal_to([(0, 3)]), label="DeadCounts")
-    return root
-
-
-def test_labeled_shards_round_trip(labeled):
-    out = str(labeled / "seed0")
-    assert sorted(os.listdir(out)) == shard_names(3, PSEUDO_LABEL_PREFIX)
-    parsed = [schema.parse_pseudo_label(r)
-              for shard in read_shards(out, 3, PSEUDO_LABEL_PREFIX) for r in shard]
-    by_key = {(pl.image_id, pl.copy): pl for pl in parsed}
-    assert len(parsed) == len(by_key) == 6
-    assert sorted(by_key) == sorted([(b"cat-1", 0), (b"dog-1", 0), (b"dog-2", 0), (b"bird-1", 0),
-                                     (b"bird-1", 1), (b"bird-1", 2)])
-    expected = {  # image id: (encoded, label, confidence, top-2 classes, their probs)
-        b"cat-1": (b"jpeg-1", 0, 0.7, (0, 1), (0.7, 0.2)),
-        b"dog-1": (b"jpeg-2", 2, 0.6, (2, 1), (0.6, 0.3)),
-        b"dog-2": (b"jpeg-3", 2, 0.8, (2, 1), (0.8, 0.15)),
-        b"bird-1": (b"jpeg-4", 1, 0.5, (1, 2), (0.5, 0.3)),
-    }
-    for (image_id, _), pl in by_key.items():
-        encoded, label, confidence, classes, probs = expected[image_id]
-        assert pl.encoded == encoded
-        assert pl.label == label
-        assert pl.confidence == float(np.float32(confidence))
-        assert pl.probabilities is None
-        assert pl.topk_classes == classes
-        np.testing.assert_allclose(pl.topk_probs, np.divide(probs, sum(probs)), rtol=1e-6)
-
-
-def test_labeled_shards_are_deterministic_and_seeded(labeled):
-    first = file_bytes(str(labeled / "seed0"))
-    assert first == file_bytes(str(labeled / "seed0_again"))
-    assert file_bytes(str(labeled / "seed1")) != first
-
-    def records(name):
-        return sorted(r for shard in read_shards(str(labeled / name), 3, PSEUDO_LABEL_PREFIX)
-                      for r in shard)
-
-    # Another seed places the records differently, but they are the same records.
-    assert records("seed1") == records("seed0")
-
-
-def test_dead_letters_single_file(labeled):
-    out = str(labeled / "dead")
-    assert os.listdir(out) == [f"{DEAD_LETTER_PREFIX}-00000-of-00001.tfrecord"]
-    parsed = [schema.parse_example(r) for r in read_shards(out, 1, DEAD_LETTER_PREFIX)[0]]
-    by_id = {f[schema.IMAGE_ID][0]: f for f in parsed}
-    assert sorted(by_id) == [b"bad-1", b"bad-2", b"bad-3"]
-    assert by_id[b"bad-1"][schema.ERROR_STAGE] == [b"decode"]
-    assert by_id[b"bad-1"][schema.IMAGE_ENCODED] == [b"\x00\x01"]
-    assert by_id[b"bad-2"][schema.ERROR_MESSAGE] == [b"no image/encoded"]
-    assert schema.IMAGE_ENCODED not in by_id[b"bad-2"]
-    assert by_id[b"bad-3"][schema.ERROR_STAGE] == [b"invalid_output"]
+def test_chunks_and_shard_keys():
+    assert chunks_per_shard(0, 4, 10) == 1
+    assert chunks_per_shard(40, 4, 10) == 1
+    assert chunks_per_shard(41, 4, 10) == 2
+    assert shard_key("p", 4 * 7 + 3, 4, 3) == ("p", 3, 7 % 3)

@@ -1,0 +1,91 @@
+"""The predictions table: rows, order, metadata and size on disk."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from ns_data import predictions as table
+from ns_data import schema
+from ns_data.records import Prediction
+
+META = table.TableMetadata(input="/data/*.tfrecord", input_format="tfrecord", num_classes=4,
+                           topk=2, teacher="/t", temperature=2.0, image_shape=(8, 8, 1))
+
+
+def ok(source, index, probs, k=2):
+    classes, top = table.topk(np.float32(probs), k)
+    return Prediction(source, index, b"id-%s-%d" % (source.encode(), index), classes, top)
+
+
+def test_rows_round_trip_sorted_by_source_and_index(tmp_path):
+    rows = [ok("b", 1, [0.1, 0.2, 0.3, 0.4]), ok("a", 5, [0.7, 0.1, 0.1, 0.1]),
+            Prediction("a", 2, b"bad", stage="decode", message="Invalid PNG"),
+            ok("a", 0, [0.25, 0.25, 0.25, 0.25])]
+    path = str(tmp_path / "predictions-x.parquet")
+    size = table.write_table_file(path, rows, META)
+    assert os.path.getsize(path) == size and not os.path.exists(path + ".incomplete")
+    t = table.read_table_file(path).to_pydict()
+    assert t[table.SOURCE] == ["a", "a", "a", "b"]
+    assert t[table.INDEX] == [0, 2, 5, 1]
+    assert t[table.LABEL] == [0, None, 0, 3]
+    assert t[table.CONFIDENCE] == pytest.approx([0.25, None, 0.7, 0.4])
+    assert t[table.TOPK_CLASSES] == [[0, 1], None, [0, 1], [3, 2]]  # ties: lower class first
+    assert t[table.ERROR_STAGE] == [None, "decode", None, None]
+    assert t[table.ERROR_MESSAGE] == [None, "Invalid PNG", None, None]
+    assert t[table.ID][1] == b"bad"
+    assert table.read_metadata(path) == META
+    assert pq.read_schema(path).field(table.TOPK_PROBS).type.value_type == "float"
+
+
+def test_topk_order_is_the_soft_topk_target_order():
+    probs = np.float32([0.1, 0.3, 0.3, 0.05, 0.25])
+    classes, top = table.topk(probs, 3)
+    want_classes, want_probs = schema.topk_target(probs, 3)
+    assert classes.tolist() == want_classes.tolist() == [1, 2, 4]
+    np.testing.assert_array_equal((top / top.sum(dtype=np.float64)).astype(np.float32), want_probs)
+
+
+def test_metadata_round_trip_and_refusals(tmp_path):
+    assert table.TableMetadata.from_json(META.to_json()) == META
+    assert not META.dense and table.TableMetadata("i", "images", 3, 3).dense
+    with pytest.raises(ValueError, match="format version 99"):
+        table.TableMetadata.from_json(META.to_json().replace('"version": 1', '"version": 99'))
+    with pytest.raises(ValueError, match="topk must be in 1..num_classes=4"):
+        table.TableMetadata("i", "tfrecord", num_classes=4, topk=5)
+    path = str(tmp_path / "p.parquet")
+    table.write_table_file(path, [ok("a", 0, [0.5, 0.2, 0.2, 0.1])], META)
+    other = table.TableMetadata(**{**table.dataclasses.asdict(META), "num_classes": 5})
+    with pytest.raises(ValueError, match="num_classes 5 vs 4"):
+        table.check_metadata(table.read_table_file(path), path, other)
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match="is not a predictions table file"):
+        table.read_metadata(str(tmp_path / "junk.parquet"))
+
+
+def test_file_names_are_stable_per_group():
+    assert table.table_file("d", "gs://b/x.tfrecord") == table.table_file("d", "gs://b/x.tfrecord")
+    assert table.table_file("d", "a") != table.table_file("d", "b")
+    buckets = {table.image_bucket(f"/img/{i}.png", 4) for i in range(100)}
+    assert buckets == {f"images-{b:05d}-of-00004" for b in range(4)}
+
+
+def test_top10_of_1000_classes_costs_under_64_bytes_a_row(tmp_path):
+    rng = np.random.default_rng(0)
+    n, c = 20_000, 1000
+    logits = rng.normal(size=(n, c)).astype(np.float32) * 3
+    logits[np.arange(n), rng.integers(0, c, n)] += rng.uniform(0, 12, n)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs = (probs / probs.sum(1, keepdims=True)).astype(np.float32)
+    meta = table.TableMetadata(input="i", input_format="tfrecord", num_classes=c, topk=10)
+    rows = [Prediction("gs://bucket/unlabeled-00001-of-01024.tfrecord", i, b"", *table.topk(p, 10))
+            for i, p in enumerate(probs)]
+    path = str(tmp_path / "p.parquet")
+    table.write_table_file(path, rows, meta)
+    metadata = pq.ParquetFile(path).metadata
+    data = sum(metadata.row_group(g).column(i).total_compressed_size
+               for g in range(metadata.num_row_groups) for i in range(metadata.num_columns)
+               if metadata.row_group(g).column(i).path_in_schema != table.ID)
+    assert data / n <= 64, data / n

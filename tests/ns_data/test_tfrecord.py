@@ -1,0 +1,46 @@
+"""The indexed TFRecord reader agrees with TensorFlow's and names the file when it cannot read."""
+from __future__ import annotations
+
+import gzip
+
+import pytest
+import tensorflow as tf
+
+from ns_data.tfrecord import CorruptRecordError, iter_records
+
+RECORDS = [b"", b"a", b"record-%d" % 7 * 100, bytes(range(256)) * 40]
+
+
+def write(path, records=RECORDS, options=None):
+    with tf.io.TFRecordWriter(str(path), options) as w:
+        for r in records:
+            w.write(r)
+    return str(path)
+
+
+def test_reads_what_tensorflow_writes(tmp_path):
+    path = write(tmp_path / "a.tfrecord")
+    assert list(iter_records(path)) == RECORDS
+    assert list(iter_records(write(tmp_path / "empty.tfrecord", []))) == []
+
+
+def test_reads_gzip_by_suffix(tmp_path):
+    path = write(tmp_path / "a.tfrecord.gz", options="GZIP")
+    with gzip.open(path) as f:
+        assert f.read(1) is not None  # really gzip
+    assert list(iter_records(path)) == RECORDS
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda b: b[:-3], r"record 3 at byte \d+ is truncated"),
+    (lambda b: b[:5], r"record 0 at byte 0 is truncated \(incomplete header\)"),
+    # Records 0 and 1 take 16 and 17 bytes; byte 50 is in record 2's data.
+    (lambda b: b[:50] + bytes([b[50] ^ 1]) + b[51:], r"record 2 at byte 33 is corrupt"),
+    (lambda b: b"not a tfrecord at all, just text", r"record 0 at byte 0 has a corrupt length"),
+])
+def test_damage_is_reported_with_path_record_and_offset(tmp_path, damage, match):
+    good = write(tmp_path / "ok.tfrecord")
+    path = tmp_path / "bad.tfrecord"
+    path.write_bytes(damage(open(good, "rb").read()))
+    with pytest.raises(CorruptRecordError, match=str(path) + ": " + match):
+        list(iter_records(str(path)))
