@@ -7,7 +7,7 @@ Round r: train the teacher on the labeled split (round 0) or take round r-1's st
 `label_and_balance` on the unlabeled split (soft targets, per-class top-K with duplication,
 every score kept for re-selection) → train a noised student on labeled + pseudo-labeled data →
 evaluate teacher and student on the holdout split (for choices) and the test split (reported).
-`--ablations` trains more round-0 students from the same teacher and scores: without noise,
+`--ablations` trains more round-0 students from the same teacher and predictions: without noise,
 with hard labels, without balancing. Every step resumes: rerunning the command skips what is
 done and continues interrupted training from its checkpoint.
 
@@ -189,22 +189,22 @@ def _train(workdir: str, data_dir: str, settings: Settings, args: argparse.Names
     return trainer.train(config)["export_dir"]
 
 
-def _pseudo_label(teacher: str, data_dir: str, output_dir: str, scores_dir: str, k: int,
+def _pseudo_label(teacher: str, data_dir: str, output_dir: str, table_dir: str, k: int,
                   args: argparse.Namespace) -> None:
     if tf.io.gfile.exists(posixpath.join(output_dir, stats.STATS_FILE)):
         return
     label_and_balance.run([
         f"--input={posixpath.join(data_dir, 'unlabeled-*.tfrecord')}", f"--teacher={teacher}",
-        f"--output_dir={output_dir}", f"--scores_dir={scores_dir}", f"--images_per_class={k}",
+        f"--output_dir={output_dir}", f"--predictions_dir={table_dir}", f"--images_per_class={k}",
         f"--min_confidence={args.min_confidence}", "--label_type=soft", "--num_shards=8",
         "--batch_size=256", f"--seed={args.seed}", "--overwrite"])
 
 
-def _rebalance(scores_dir: str, output_dir: str, k: int, label_type: str, duplicate: bool,
+def _rebalance(table_dir: str, output_dir: str, k: int, label_type: str, duplicate: bool,
                args: argparse.Namespace) -> None:
     if tf.io.gfile.exists(posixpath.join(output_dir, stats.STATS_FILE)):
         return
-    rebalance.run([f"--scores={posixpath.join(scores_dir, 'scores-*')}",
+    rebalance.run([f"--predictions={table_dir}",
                    f"--output_dir={output_dir}", f"--images_per_class={k}",
                    f"--min_confidence={args.min_confidence}", f"--label_type={label_type}",
                    "--num_shards=8", f"--seed={args.seed}", "--overwrite"]
@@ -250,19 +250,19 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     rounds = []
     for r in range(args.rounds):
         round_dir = posixpath.join(workdir, f"round{r}")
-        scores_dir = posixpath.join(round_dir, "scores")
+        table_dir = posixpath.join(round_dir, "predictions")
         labels = {"full": posixpath.join(round_dir, "pseudo_soft")}
         with _stage(f"round{r} label_and_balance", seconds):
-            _pseudo_label(teacher, data_dir, labels["full"], scores_dir, k, args)
+            _pseudo_label(teacher, data_dir, labels["full"], table_dir, k, args)
         variants = ablations if r == 0 else ["full"]
         if "hard" in variants:
             labels["hard"] = posixpath.join(round_dir, "pseudo_hard")
             with _stage(f"round{r} rebalance hard", seconds):
-                _rebalance(scores_dir, labels["hard"], k, "hard", True, args)
+                _rebalance(table_dir, labels["hard"], k, "hard", True, args)
         if "no_balance" in variants:
             labels["no_balance"] = posixpath.join(round_dir, "pseudo_unbalanced")
             with _stage(f"round{r} rebalance no_balance", seconds):
-                _rebalance(scores_dir, labels["no_balance"], sizes["unlabeled"], "soft", False,
+                _rebalance(table_dir, labels["no_balance"], sizes["unlabeled"], "soft", False,
                            args)
         students = {}
         for variant in variants:
@@ -280,7 +280,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                     "description": DESCRIPTIONS[variant]}
         report_dir = posixpath.join(workdir, "report", f"round{r}")
         with _stage(f"round{r} report", seconds):
-            labeling = report.write_label_report(labels["full"], scores_dir, report_dir,
+            labeling = report.write_label_report(labels["full"], table_dir, report_dir,
                                                  fashion_mnist.CLASS_NAMES, truth=truth)
             rounds.append({"round": r,
                            "teacher": {"export": teacher, **_evaluate(teacher, data_dir)},

@@ -1,7 +1,7 @@
 """A human report of one label_and_balance run: PNG plots and a sample grid, no plotting library.
 
-`write_label_report` reads a run's `stats.json`, its scores (every scored image's confidence,
-from `--scores_dir`) and its pseudo-labeled shards, and draws
+`write_label_report` reads a run's `stats.json`, its predictions table (every scored image's
+confidence) and its pseudo-labeled shards, and draws
   counts.png      per class: images above the threshold before balancing vs written after,
   confidence.png  histogram of the teacher's top-1 confidence over all scored images,
   samples.png     a grid of pseudo-labeled images per class with their confidence.
@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
-from ns_data import schema
+from ns_data import predictions, schema
 from ns_data import stats as stats_lib
 
 _COLORS = ((70, 110, 200), (230, 140, 40), (90, 170, 90))
@@ -110,14 +110,14 @@ def _records(pattern: str):
         yield schema.parse_pseudo_label(serialized)
 
 
-def write_label_report(run_dir: str, scores_dir: str | None, report_dir: str,
+def write_label_report(run_dir: str, table_dir: str | None, report_dir: str,
                        class_names: Sequence[str], samples_per_class: int = 8,
                        truth: dict[bytes, int] | None = None) -> dict:
     """Draws the three PNGs of a label_and_balance run into `report_dir`.
 
     Args:
       run_dir: the run's --output_dir (stats.json and pseudo_labels shards).
-      scores_dir: the run's --scores_dir, for the confidence histogram (None: skip it).
+      table_dir: the run's predictions table, for the confidence histogram (None: skip it).
       report_dir: where the PNGs go.
       class_names: names of the classes, for axes and rows.
       samples_per_class: images per row of the sample grid.
@@ -137,9 +137,11 @@ def write_label_report(run_dir: str, scores_dir: str | None, report_dir: str,
     summary: dict = {"above_threshold": [c["above_threshold"] for c in classes],
                      "written": [c["written"] for c in classes],
                      "duplicated": [c["duplicated"] for c in classes]}
-    if scores_dir:
-        confidences = np.array([p.confidence for p in _records(
-            posixpath.join(scores_dir, "scores-*"))], dtype=np.float32)
+    if table_dir:
+        files = sorted(tf.io.gfile.glob(predictions.table_pattern(table_dir)))
+        confidences = np.concatenate(
+            [predictions.read_table_file(f, [predictions.CONFIDENCE]).column(
+                predictions.CONFIDENCE).drop_null().to_numpy() for f in files]).astype(np.float32)
         histogram(posixpath.join(report_dir, "confidence.png"),
                   f"Teacher top-1 confidence over {len(confidences):,} scored images",
                   confidences, marker=float(run["config"]["min_confidence"]))

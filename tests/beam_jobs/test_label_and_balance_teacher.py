@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOptions
+from apache_beam.portability import common_urns
+from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.dataflow.internal import apiclient
 
 from beam_jobs import label_and_balance as job
+from beam_jobs import rebalance
 from ns_data import schema, stats
 from ns_data.images import ImageDecoder, ImageSpec
 from ns_train.tiny_teacher import train_tiny_teacher
@@ -94,8 +97,9 @@ def test_dataflow_dry_run_builds_the_job_graph(teacher, unlabeled, accelerator, 
     graph = result.job.proto_pipeline
     top_level = {t.unique_name for t in graph.components.transforms.values()
                  if "/" not in t.unique_name}
-    assert {"ReadImages", "TeacherInference", "FilterByConfidence", "BalancePerClass",
-            "WriteLabeledShards", "WriteDeadLetters", "WriteStats"} <= top_level
+    assert {"ReadImages", "TeacherInference", "WritePredictions", "CountPredictions",
+            "BalancePerClass", "WriteLabeledShards", "WriteStats"} <= top_level
+    assert full_byte_passes(graph) == ["WriteLabeledShards/Write/GroupShards"]
     assert any(t.unique_name.endswith("RunInference") for t in graph.components.transforms.values())
     options = result.job.options
     assert options.view_as(GoogleCloudOptions).dataflow_service_options == [accelerator]
@@ -104,3 +108,64 @@ def test_dataflow_dry_run_builds_the_job_graph(teacher, unlabeled, accelerator, 
     env = apiclient.Environment([], options, "8", "gs://ns-bucket/tmp/pipeline.pb", graph)
     assert list(env.proto.service_options) == [accelerator]
     assert env.proto.worker_pools[0].machine_type == machine
+
+
+# Leaf transforms whose main output carries image bytes (encoded or decoded), and those that take
+# such elements and emit none (their outputs are small: predictions, file names).
+_BYTE_SOURCES = ("ReadImages/ReadTFRecordFiles", "ReadImages/ReadImageFiles",
+                 "WriteLabeledShards/PairWithImages")
+_BYTE_SINKS = ("TeacherInference/ToPredictions", "TeacherInference/FailedBatches",
+               "WriteLabeledShards/Write/WriteChunks")
+_SMALL_OUTPUTS = ("failed",)  # tagged outputs of byte transforms that carry failures only
+
+
+def full_byte_passes(graph) -> list[str]:
+    """Shuffles and materialisations of a job graph whose elements carry image bytes.
+
+    A PCollection carries bytes when a byte source or a transform fed bytes produced it (minus
+    the sinks and the failure outputs). A pass is a GroupByKey of such a PCollection, such a
+    PCollection used as a side input, or such a PCollection as the main input of a ParDo with
+    side inputs (Dataflow materialises it while the side input is computed).
+    """
+    leaves = {tid: t for tid, t in graph.components.transforms.items() if not t.subtransforms}
+    consumers: dict[str, list] = collections.defaultdict(list)
+    for t in leaves.values():
+        for pcoll in t.inputs.values():
+            consumers[pcoll].append(t)
+    carrying, todo = set(), [t for t in leaves.values() if t.unique_name in _BYTE_SOURCES]
+    seen = set()
+    while todo:
+        t = todo.pop()
+        if t.unique_name in seen or t.unique_name in _BYTE_SINKS:
+            continue
+        seen.add(t.unique_name)
+        for tag, pcoll in t.outputs.items():
+            if tag not in _SMALL_OUTPUTS:
+                carrying.add(pcoll)
+                todo.extend(consumers[pcoll])
+    passes = []
+    for t in leaves.values():
+        if t.spec.urn == common_urns.primitives.GROUP_BY_KEY.urn:
+            if any(p in carrying for p in t.inputs.values()):
+                passes.append(t.unique_name)
+        elif t.spec.urn == common_urns.primitives.PAR_DO.urn:
+            side = beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload).side_inputs
+            if side and any(p in carrying for p in t.inputs.values()):
+                passes.append(t.unique_name)
+    assert carrying, "no transform of the graph reads image bytes: the names above are stale"
+    return sorted(passes)
+
+
+def test_rebalance_dry_run_graph_reads_images_once(teacher, unlabeled, tmp_path):
+    output_dir = str(tmp_path / "first")
+    job.run([f"--input={unlabeled[0]}", f"--teacher={teacher}", f"--output_dir={output_dir}",
+             "--images_per_class=5", "--num_shards=2", "--label_type=hard"])
+    result = rebalance.run([
+        f"--predictions={output_dir}/predictions", "--output_dir=gs://ns-bucket/re",
+        "--label_type=soft_topk", "--topk=3", "--runner=DataflowRunner", "--dry_run=True",
+        "--no_auth", "--sdk_location=container", "--project=test-project",
+        "--region=us-central1", "--temp_location=gs://ns-bucket/tmp"])
+    graph = result.job.proto_pipeline
+    assert full_byte_passes(graph) == ["WriteLabeledShards/Write/GroupShards"]
+    assert not any(t.unique_name.startswith("TeacherInference")
+                   for t in graph.components.transforms.values())

@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from ns_data import report, schema, stats
+from ns_data import predictions, report, schema, stats
+from ns_data.records import Prediction
 
 
 def _color_pixels(path, color, rows=slice(None), columns=slice(None)) -> int:
@@ -46,9 +47,8 @@ def test_histogram_bars_and_threshold_marker(tmp_path):
 
 
 def test_label_report_counts_accuracy_without_copies(tmp_path):
-    run_dir, scores_dir = tmp_path / "run", tmp_path / "scores"
+    run_dir, table_dir = tmp_path / "run", tmp_path / "predictions"
     run_dir.mkdir()
-    scores_dir.mkdir()
     png = tf.io.encode_png(np.full((4, 4, 1), 200, np.uint8)).numpy()
     probs = {b"a": [0.9, 0.1], b"b": [0.2, 0.8], b"c": [0.4, 0.6]}
     with tf.io.TFRecordWriter(str(run_dir / "pseudo_labels-00000-of-00001")) as w:
@@ -56,14 +56,17 @@ def test_label_report_counts_accuracy_without_copies(tmp_path):
             w.write(schema.pseudo_label_example(image_id, png, np.array(p), "hard"))
         # A duplicate made by balancing is not a second pseudo-label of the same image.
         w.write(schema.pseudo_label_example(b"c", png, np.array(probs[b"c"]), "hard", copy=1))
-    with tf.io.TFRecordWriter(str(scores_dir / "scores-00000-of-00001")) as w:
-        for image_id, p in probs.items():
-            w.write(schema.pseudo_label_example(image_id, png, np.array(p), "soft"))
+    rows = [Prediction("in", i, image_id, *predictions.topk(np.float32(p), 2))
+            for i, (image_id, p) in enumerate(probs.items())]
+    rows.append(Prediction("in", 3, b"failed", stage="decode", message="not counted"))
+    metadata = predictions.TableMetadata(input="in", input_format="tfrecord", num_classes=2,
+                                         topk=2)
+    predictions.write_table_file(predictions.table_file(str(table_dir), "in"), rows, metadata)
     classes = [{"above_threshold": 1, "written": 2, "duplicated": 1},
                {"above_threshold": 2, "written": 2, "duplicated": 0}]
     stats.write_stats(str(run_dir), {"classes": classes, "config": {"min_confidence": 0.3}})
 
-    summary = report.write_label_report(str(run_dir), str(scores_dir), str(tmp_path / "report"),
+    summary = report.write_label_report(str(run_dir), str(table_dir), str(tmp_path / "report"),
                                         ["zero", "one"], truth={b"a": 0, b"b": 1, b"c": 0})
     assert summary["above_threshold"] == [1, 2]
     assert summary["written"] == [2, 2] and summary["duplicated"] == [1, 0]
