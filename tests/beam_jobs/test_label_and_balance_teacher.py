@@ -4,6 +4,8 @@ from __future__ import annotations
 import collections
 import glob
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -169,3 +171,49 @@ def test_rebalance_dry_run_graph_reads_images_once(teacher, unlabeled, tmp_path)
     assert full_byte_passes(graph) == ["WriteLabeledShards/Write/GroupShards"]
     assert not any(t.unique_name.startswith("TeacherInference")
                    for t in graph.components.transforms.values())
+
+
+@pytest.mark.slow
+def test_two_processes_write_identical_bytes(teacher, unlabeled, tmp_path):
+    """The same inputs and seed give the same bytes in every output file, across processes.
+
+    (Protobuf map order, hash seeds and TF function counters differ between processes, so two
+    runs in one process prove less.)
+    """
+    records = unlabeled[1][:120] + [
+        schema.image_example(b"\x89PNG\r\n\x1a\n-not-really", b"corrupt"), b"not an Example"]
+    input_path = str(tmp_path / "input.tfrecord")
+    with tf.io.TFRecordWriter(input_path) as w:
+        for r in records:
+            w.write(r)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONHASHSEED": "random"}
+    # The same command line in two working directories (relative --output_dir), concurrently.
+    for i in range(2):
+        (tmp_path / f"run{i}").mkdir()
+    runs = [subprocess.Popen(
+        [sys.executable, "-m", "beam_jobs.label_and_balance", f"--input={input_path}",
+         f"--teacher={teacher}", "--output_dir=out", "--images_per_class=7",
+         "--num_shards=3", "--label_type=soft_topk", "--topk=3", "--seed=5",
+         "--runner=DirectRunner"], env=env, cwd=str(tmp_path / f"run{i}"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
+    for run in runs:
+        _, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err.decode()[-2000:]
+
+    def files(run_dir):
+        out = {}
+        for dirpath, _, names in os.walk(run_dir):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                with open(path, "rb") as f:
+                    out[os.path.relpath(path, run_dir)] = f.read()
+        return out
+
+    first, second = files(tmp_path / "run0" / "out"), files(tmp_path / "run1" / "out")
+    assert sorted(first) == sorted(second)
+    assert {name.split("-")[0] for name in first} == {"pseudo_labels", "dead_letters",
+                                                      "stats.json", "predictions/predictions"}
+    for name in first:
+        assert first[name] == second[name], name
