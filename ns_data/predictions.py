@@ -176,7 +176,14 @@ def to_table(predictions: Sequence[Prediction]) -> pa.Table:
 def write_table_file(path: str, predictions: Sequence[Prediction],
                      metadata: TableMetadata) -> int:
     """Writes one table file (temp name, then renamed); returns its size in bytes."""
-    table = to_table(predictions).replace_schema_metadata({METADATA_KEY: metadata.to_json()})
+    return write_arrow_table(path, to_table(predictions), metadata)
+
+
+def write_arrow_table(path: str, table: pa.Table, metadata: TableMetadata) -> int:
+    """Writes rows already in `SCHEMA` (sorted by source, index) as one table file."""
+    if not table.schema.equals(SCHEMA):
+        raise ValueError(f"rows must have the predictions schema, got {table.schema}")
+    table = table.replace_schema_metadata({METADATA_KEY: metadata.to_json()})
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd", use_dictionary=_DICTIONARY,
                    column_encoding=_ENCODINGS, write_statistics=[LABEL, CONFIDENCE])
@@ -191,23 +198,21 @@ def write_table_file(path: str, predictions: Sequence[Prediction],
 
 
 def read_table_file(path: str, columns: Iterable[str] | None = None) -> pa.Table:
-    """Reads the given columns of one table file (all when None)."""
+    """Reads the given columns of one table file (all when None); only their bytes are read."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        data = f.read()
-    try:
-        return pq.read_table(pa.BufferReader(data), columns=list(columns) if columns else None)
-    except (pa.ArrowException, ValueError) as e:
-        raise ValueError(f"{path} is not a predictions table file: {e}") from e
+        try:
+            return pq.read_table(f, columns=list(columns) if columns else None)
+        except (pa.ArrowException, ValueError) as e:
+            raise ValueError(f"{path} is not a predictions table file: {e}") from e
 
 
 def read_metadata(path: str) -> TableMetadata:
     """The `TableMetadata` of one table file."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        data = f.read()
-    try:
-        schema = pq.read_schema(pa.BufferReader(data))
-    except (pa.ArrowException, ValueError) as e:
-        raise ValueError(f"{path} is not a predictions table file: {e}") from e
+        try:
+            schema = pq.read_schema(f)
+        except (pa.ArrowException, ValueError) as e:
+            raise ValueError(f"{path} is not a predictions table file: {e}") from e
     text = (schema.metadata or {}).get(METADATA_KEY)
     if text is None:
         raise ValueError(f"{path} has no {METADATA_KEY.decode()} metadata; was it written by "

@@ -99,8 +99,10 @@ class Partial:
                for f in dataclasses.fields(cls)]
         return cls(*balance.reduce_histogram(*cat[:3]), cat[3], cat[4])
 
-    def as_histogram(self) -> dict[int, tuple[int, int]]:
-        return balance.as_histogram(self.digits, self.counts, self.lowest)
+    def refine(self, cut: Cut, collect_limit: int) -> Cut:
+        """`balance.refine` with this histogram (digits are sorted ascending)."""
+        return balance.refine_arrays(cut, self.digits[::-1], self.counts[::-1],
+                                     self.lowest[::-1], collect_limit)
 
     def as_keys(self) -> list[int]:
         return [(int(h) << 64) | int(lo) for h, lo in zip(self.keys_hi, self.keys_lo)]
@@ -131,11 +133,14 @@ class _RadixPass(beam.DoFn):
         self._seed = seed
 
     def process(self, path: str, cuts: Mapping[int, tuple[Quota, Cut]] | None = None):
-        if cuts is None:  # the first pass: every class, first digit
+        if cuts is None:
+            # The first pass: every class, first digit (the top 16 bits of the confidence, a
+            # few hundred values above any threshold), so one histogram of (class, digit) for
+            # all classes is small; it goes out as one element per file, not one per class.
             rows = TableRows.read(path, self._min_confidence, self._seed)
             digits = balance.digits_of(rows.hi, None, 0)
-            return _split_by_label(_coded(rows.labels, digits),
-                                   np.ones(len(digits), dtype=np.int64), rows.hi)
+            return [(None, Partial.histogram(*balance.reduce_histogram(
+                _coded(rows.labels, digits), np.ones(len(digits), dtype=np.int64), rows.hi)))]
         active = {label: cut for label, (_, cut) in cuts.items() if not cut.done}
         if not active:
             return []  # nothing left to refine: the file is not read
@@ -198,7 +203,7 @@ class _MergePartials(beam.CombineFn):
 
 
 class _Start:
-    """(label, first-digit Partial) → (label, (quota, cut)) after one refine."""
+    """(None, first-digit histogram of all classes) → (label, (quota, cut)) after one refine."""
 
     def __init__(self, images_per_class: int, duplicate: bool, collect_limit: int):
         self._k = images_per_class
@@ -206,26 +211,31 @@ class _Start:
         self._collect_limit = collect_limit
 
     def __call__(self, element):
-        label, partial = element
-        quota = balance.plan_quota(int(partial.counts.sum()), self._k, self._duplicate)
-        cut = balance.start_cut(quota.extra)
-        if not cut.done:
-            cut = balance.refine(cut, partial.as_histogram(), self._collect_limit)
-        return label, (quota, cut)
+        _, coded = element
+        for label, partial in _split_by_label(coded.digits, coded.counts, coded.lowest):
+            quota = balance.plan_quota(int(partial.counts.sum()), self._k, self._duplicate)
+            cut = balance.start_cut(quota.extra)
+            if not cut.done:
+                cut = partial.refine(cut, self._collect_limit)
+            yield label, (quota, cut)
 
 
-def _advance(element, collect_limit: int):
-    """(label, {"state": [(quota, cut)], "partial": [Partial]}) → (label, (quota, cut))."""
-    label, grouped = element
-    (quota, cut), = grouped["state"]
-    if cut.done:
-        return label, (quota, cut)
-    if not grouped["partial"]:
-        raise AssertionError(f"class {label}: no key in its boundary bucket {cut}")
-    partial, = grouped["partial"]
+def _advance(element, states: Mapping[int, tuple[Quota, Cut]], collect_limit: int):
+    """(label, merged Partial) → (label, (quota, cut)) one step further.
+
+    Every unresolved class has keys in its boundary bucket, so it has a Partial; resolved
+    classes are carried over by `_resolved`, and `ToPlans` refuses a class left unresolved.
+    """
+    label, partial = element
+    quota, cut = states[label]
     if cut.collect:
         return label, (quota, balance.resolve(cut, partial.as_keys()))
-    return label, (quota, balance.refine(cut, partial.as_histogram(), collect_limit))
+    return label, (quota, partial.refine(cut, collect_limit))
+
+
+def _resolved(element) -> bool:
+    _, (_, cut) = element
+    return cut.done
 
 
 def _to_plan(label: int, state: tuple[Quota, Cut]) -> tuple[int, ClassPlan]:
@@ -330,14 +340,16 @@ class BalancePerClass(beam.PTransform):
         state = (paths
                  | "Digits0" >> beam.ParDo(radix)
                  | "Merge0" >> beam.CombinePerKey(_MergePartials())
-                 | "Start" >> beam.Map(_Start(self._k, self._duplicate, self._collect_limit)))
+                 | "Start" >> beam.FlatMap(_Start(self._k, self._duplicate,
+                                                  self._collect_limit)))
         for p in range(1, balance.MAX_PASSES):
-            partials = (paths
-                        | f"Digits{p}" >> beam.ParDo(radix, beam.pvalue.AsDict(state))
-                        | f"Merge{p}" >> beam.CombinePerKey(_MergePartials()))
-            state = ({"state": state, "partial": partials}
-                     | f"Join{p}" >> beam.CoGroupByKey()
-                     | f"Advance{p}" >> beam.Map(_advance, self._collect_limit))
+            states = beam.pvalue.AsDict(state)
+            advanced = (paths
+                        | f"Digits{p}" >> beam.ParDo(radix, states)
+                        | f"Merge{p}" >> beam.CombinePerKey(_MergePartials())
+                        | f"Advance{p}" >> beam.Map(_advance, states, self._collect_limit))
+            resolved = state | f"Resolved{p}" >> beam.Filter(_resolved)
+            state = (resolved, advanced) | f"State{p}" >> beam.Flatten()
         plans = state | "ToPlans" >> beam.MapTuple(_to_plan)
         tie_starts = (paths
                       | "CountTies" >> beam.ParDo(_TieCounts(self._min_confidence, self._seed),
