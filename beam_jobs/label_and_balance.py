@@ -250,31 +250,39 @@ def run_config(opts: LabelAndBalanceOptions, spec: TeacherSpec) -> dict[str, Any
     }
 
 
-def check_output_dir(output_dir: str, overwrite: bool) -> None:
-    """Refuses to mix a new run's shards with an old run's, unless told to replace them."""
-    _clear(output_dir, [shard_pattern(output_dir, PSEUDO_LABEL_PREFIX),
-                        shard_pattern(output_dir, DEAD_LETTER_PREFIX)], "pseudo_labels shards",
-           overwrite)
+def check_output_dir(output_dir: str, overwrite: bool, delete: bool = False) -> None:
+    """Refuses to mix a new run's shards with an old run's, unless told to replace them.
+
+    With `overwrite` and `delete`, removes the old shards and dead letters.
+    """
+    _check_clear(output_dir, [shard_pattern(output_dir, PSEUDO_LABEL_PREFIX),
+                              shard_pattern(output_dir, DEAD_LETTER_PREFIX)],
+                 "pseudo_labels shards", overwrite, delete)
 
 
-def check_table_dir(table_dir: str, overwrite: bool) -> None:
-    """Refuses to mix a new predictions table with an old one, unless told to replace it."""
-    _clear(table_dir, [predictions.table_pattern(table_dir)], "predictions table files",
-           overwrite)
+def check_table_dir(table_dir: str, overwrite: bool, delete: bool = False) -> None:
+    """The same for a predictions table."""
+    _check_clear(table_dir, [predictions.table_pattern(table_dir)], "predictions table files",
+                 overwrite, delete)
 
 
-def _clear(directory: str, patterns: list[str], what: str, overwrite: bool) -> None:
+def _check_clear(directory: str, patterns: list[str], what: str, overwrite: bool,
+                 delete: bool) -> None:
     existing = [path for pattern in patterns for path in tf.io.gfile.glob(pattern)]
     if existing and not overwrite:
         counted = len(tf.io.gfile.glob(patterns[0]))
         raise ValueError(f"{directory} already holds {counted} {what}; pass --overwrite or pick "
                          "another directory")
-    for path in existing:
-        tf.io.gfile.remove(path)
+    if delete:
+        for path in existing:
+            tf.io.gfile.remove(path)
 
 
 def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
-    """Clear errors for missing or impossible flags and for an output that would clobber."""
+    """Clear errors for missing or impossible flags and for an output that would clobber.
+
+    Nothing is deleted here: `clear_outputs` does that once every setting has been checked.
+    """
     balance = opts.view_as(BalanceOptions)
     missing = [f"--{name}" for name, value in (("input", opts.input), ("teacher", opts.teacher),
                                                ("output_dir", balance.output_dir)) if not value]
@@ -290,6 +298,13 @@ def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
     if check_output:
         check_output_dir(balance.output_dir, balance.overwrite)
         check_table_dir(predictions_dir(opts), balance.overwrite)
+
+
+def clear_outputs(opts: LabelAndBalanceOptions) -> None:
+    """Deletes an earlier run's shards and table (validated: only with --overwrite)."""
+    balance = opts.view_as(BalanceOptions)
+    check_output_dir(balance.output_dir, balance.overwrite, delete=True)
+    check_table_dir(predictions_dir(opts), balance.overwrite, delete=True)
 
 
 def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSpec,
@@ -381,8 +396,11 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     dry_run = options.view_as(TestOptions).dry_run
     validate(opts, check_output=not dry_run)
     spec = teacher_spec(opts)
+    check_table_serves(table_metadata(opts, spec), balance_config(opts.view_as(BalanceOptions)))
     if model_handler is None and not opts.skip_teacher_check:
         check_teacher(spec)
+    if not dry_run:
+        clear_outputs(opts)  # only once every setting is known to be good
     logging.info("Teacher %s: input %s %s in %s, %d classes (%s)", spec.path, spec.image.shape,
                  spec.input_dtype, spec.input_range, spec.num_classes, spec.outputs)
     pipeline = test_pipeline or beam.Pipeline(options=options)

@@ -91,9 +91,10 @@ def run(argv: list[str] | None = None,
     if missing:
         raise ValueError(f"missing required flags: {', '.join(missing)} (see --help)")
     metadata = read_table_metadata(table_pattern(opts))
+    check_table_serves(metadata, balance_config(balance))
     dry_run = options.view_as(TestOptions).dry_run
     if not dry_run:
-        check_output_dir(balance.output_dir, balance.overwrite)
+        check_output_dir(balance.output_dir, balance.overwrite, delete=True)
     pipeline = test_pipeline or beam.Pipeline(options=options)
     build(pipeline, opts, metadata)
     result = pipeline.run()

@@ -338,6 +338,8 @@ def copies_for_rows(labels: np.ndarray, hi: np.ndarray, hashes: Callable[[np.nda
     """
     copies = np.zeros(len(labels), dtype=np.int64)
     taking = np.flatnonzero(labels >= 0)
+    if not len(taking):
+        return copies
     by_label = taking[np.argsort(labels[taking], kind="stable")]  # row order kept per class
     sorted_labels = labels[by_label]
     starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])

@@ -4,17 +4,17 @@ The teacher pass of `label_and_balance` writes one Parquet file per input TFReco
 bucket of a few thousand files for `--input_format=images`), named `predictions-<hash>.parquet`
 after a hash of its input, with one row per input record, sorted by (source, index):
 
-| column | type | what |
-| --- | --- | --- |
-| `id` | binary | the image id (`image/id`, else a content hash; the path for image files) |
-| `source` | string | the input file the record is in |
-| `index` | int64 | the record's position in `source` (0 for an image file) |
-| `label` | int32 | the teacher's argmax (null when the record failed) |
-| `confidence` | float32 | its probability (null when the record failed) |
-| `topk_classes` | list<int32> | the `topk` most probable classes, most probable first (ties: lower class first) |
-| `topk_probs` | list<float32> | their probabilities, not renormalised |
-| `error_stage` | string | null, or where the record failed: parse, decode, inference, invalid_output |
-| `error_message` | string | why it failed |
+  id             binary         the image id (`image/id`, else a content hash; a file's path)
+  source         string         the input file the record is in
+  index          int64          the record's position in `source` (0 for an image file)
+  label          int32          the teacher's argmax (null when the record failed)
+  confidence     float32        its probability (null when the record failed)
+  topk_classes   list<int32>    the `topk` most probable classes, most probable first (ties:
+                                lower class first)
+  topk_probs     list<float32>  their probabilities, not renormalised
+  error_stage    string         null, or where the record failed: parse, decode, inference,
+                                invalid_output
+  error_message  string         why it failed
 
 The run's settings (`TableMetadata`: teacher, class count, classes stored per row, input
 pattern and format) are in every file's key-value metadata under `ns_data.predictions`. A row

@@ -217,6 +217,27 @@ class OutputSpec:
         return {PSEUDO_LABEL_PREFIX: self.num_shards, DEAD_LETTER_PREFIX: 1}
 
 
+class _Rows:
+    """The table rows the writing pass emits something for, as Python values and flat arrays."""
+
+    def __init__(self, rows: pa.Table):
+        self.ids = rows.column(table.ID).to_pylist()
+        self.sources = rows.column(table.SOURCE).to_pylist()
+        self.indices = rows.column(table.INDEX).to_pylist()
+        self.stages = rows.column(table.ERROR_STAGE).to_pylist()
+        self.messages = rows.column(table.ERROR_MESSAGE).to_pylist()
+        classes = rows.column(table.TOPK_CLASSES).combine_chunks()
+        self._offsets = classes.offsets.to_numpy()
+        self._classes = classes.values.to_numpy()
+        self._probs = rows.column(table.TOPK_PROBS).combine_chunks().values.to_numpy()
+
+    def classes(self, i: int) -> np.ndarray:
+        return self._classes[self._offsets[i]:self._offsets[i + 1]]
+
+    def probs(self, i: int) -> np.ndarray:
+        return self._probs[self._offsets[i]:self._offsets[i + 1]]
+
+
 class _PairWithImages(beam.DoFn):
     """Table file → its records' copies and dead letters, keyed for the shard shuffle.
 
@@ -237,27 +258,24 @@ class _PairWithImages(beam.DoFn):
         table.check_metadata(rows, path, self._metadata)
         copies = file_copies(rows, path, plans, tie_starts, self._spec.min_confidence,
                              self._spec.seed)
-        stages = rows.column(table.ERROR_STAGE).to_pylist()
-        wanted = np.flatnonzero((copies > 0) | np.array([s is not None for s in stages],
-                                                        dtype=bool))
+        failed = rows.column(table.ERROR_STAGE).is_valid().to_numpy(zero_copy_only=False)
+        wanted = np.flatnonzero((copies > 0) | failed)
+        if not len(wanted):
+            return
         chunks = {prefix: chunks_per_shard(totals.get(prefix, 0), n, self._spec.chunk_records)
                   for prefix, n in self._spec.num_shards_by_prefix.items()}
-        ids = rows.column(table.ID)
-        sources = rows.column(table.SOURCE)
-        indices = rows.column(table.INDEX)
+        picked = _Rows(rows.take(wanted))
         by_source: dict[str, dict[int, int]] = {}
-        for row in wanted.tolist():
-            by_source.setdefault(sources[row].as_py(), {})[indices[row].as_py()] = row
+        for i, (source, index) in enumerate(zip(picked.sources, picked.indices)):
+            by_source.setdefault(source, {})[index] = i
         for source, rows_at in by_source.items():
             for index, serialized in self._read(source, rows_at, path):
-                row = rows_at[index]
-                image_id = ids[row].as_py()
-                if stages[row] is not None:
-                    yield self._dead_letter(rows, row, image_id, serialized, chunks)
+                i = rows_at[index]
+                if picked.stages[i] is not None:
+                    yield self._dead_letter(picked, i, serialized, chunks)
                     continue
-                encoded = self._encoded(serialized, image_id, source, index, path)
-                yield from self._copies_of(rows, row, image_id, encoded, int(copies[row]),
-                                           chunks)
+                encoded = self._encoded(serialized, picked.ids[i], source, index, path)
+                yield from self._copies_of(picked, i, encoded, int(copies[wanted[i]]), chunks)
 
     def _read(self, source: str, rows_at: Mapping[int, int], path: str):
         """(index, bytes) of the wanted records of one input file, in file order."""
@@ -289,11 +307,11 @@ class _PairWithImages(beam.DoFn):
                              "written")
         return encoded
 
-    def _copies_of(self, rows: pa.Table, row: int, image_id: bytes, encoded: bytes, copies: int,
+    def _copies_of(self, rows: _Rows, i: int, encoded: bytes, copies: int,
                    chunks: Mapping[str, int]):
+        image_id = rows.ids[i]
         probabilities = np.zeros(self._metadata.num_classes, dtype=np.float32)
-        classes = rows.column(table.TOPK_CLASSES)[row].values.to_numpy()
-        probabilities[classes] = rows.column(table.TOPK_PROBS)[row].values.to_numpy()
+        probabilities[rows.classes(i)] = rows.probs(i)
         spec = self._spec
         for copy in range(copies):
             order = id_hash(image_id + b"#%d" % copy, spec.seed)
@@ -303,10 +321,8 @@ class _PairWithImages(beam.DoFn):
             yield shard_key(PSEUDO_LABEL_PREFIX, order, spec.num_shards,
                             chunks[PSEUDO_LABEL_PREFIX]), (order, record)
 
-    def _dead_letter(self, rows: pa.Table, row: int, image_id: bytes, serialized: bytes,
-                     chunks: Mapping[str, int]):
-        stage = rows.column(table.ERROR_STAGE)[row].as_py()
-        message = rows.column(table.ERROR_MESSAGE)[row].as_py() or ""
+    def _dead_letter(self, rows: _Rows, i: int, serialized: bytes, chunks: Mapping[str, int]):
+        image_id, stage, message = rows.ids[i], rows.stages[i], rows.messages[i] or ""
         encoded = serialized
         if stage != STAGE_PARSE and self._metadata.input_format != "images":
             try:

@@ -1,4 +1,4 @@
-"""beam_jobs.rebalance: re-selection from the predictions table equals a fresh run, byte for byte."""
+"""beam_jobs.rebalance: re-selecting from the predictions table equals a fresh run, bytewise."""
 from __future__ import annotations
 
 import collections

@@ -13,7 +13,6 @@ import os
 import pathlib
 
 import apache_beam as beam
-import numpy as np
 import pytest
 import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -66,8 +65,8 @@ def write(p, label: str, pairs, out: str, num_shards: int,
           chunk_records: int = DEFAULT_CHUNK_RECORDS) -> None:
     written = (keyed(p, label, pairs, num_shards, chunk_records)
                | f"Write{label}" >> WriteShuffledShards(out, {PREFIX: num_shards}))
-    assert_that(written, equal_to([((PREFIX, s), n) for s, n in expected_counts(pairs, num_shards)]),
-                label=f"Counts{label}")
+    counts = [((PREFIX, s), n) for s, n in expected_counts(pairs, num_shards)]
+    assert_that(written, equal_to(counts), label=f"Counts{label}")
 
 
 def read_records(path: str) -> list[bytes]:
