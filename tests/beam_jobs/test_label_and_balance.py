@@ -12,7 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
 from beam_jobs import label_and_balance as job
-from ns_data import schema, stats
+from ns_data import predictions, schema, stats
 from ns_data.balance import id_hash
 from tests import fakes
 
@@ -284,3 +284,14 @@ def test_image_files_input(tmp_path):
     assert run_stats["totals"]["read"] == 26
     assert run_stats["totals"]["failed"]["decode"] == 1
     stats.check_reconciles(run_stats)
+
+
+def test_table_must_hold_what_the_label_type_writes(tmp_path):
+    with pytest.raises(ValueError, match=r"--label_type=soft writes the whole distribution, but "
+                       r"the predictions table keeps the top 2 of 4 classes"):
+        run_fake(tmp_path, corpus()[:10], "--predictions_topk=2")
+    assert not os.path.exists(tmp_path / "out")
+    output_dir, _ = run_fake(tmp_path, corpus()[:30], "--label_type=soft_topk", "--topk=2")
+    metadata = predictions.read_metadata(
+        glob.glob(os.path.join(output_dir, "predictions", "*.parquet"))[0])
+    assert (metadata.topk, metadata.num_classes) == (4, 4)  # max(--topk, 10), capped
