@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -76,23 +75,28 @@ def write_tables(directory: str, n: int, rows_per_file: int, seed: int = 0) -> l
     return paths
 
 
-def beam_select(paths: list[str], k: int) -> np.ndarray:
-    """Copies per row (files concatenated) through the pipeline's own transforms."""
-    out = tempfile.mkdtemp()
+def beam_select(paths: list[str], k: int, collect: bool = True) -> np.ndarray | None:
+    """Copies per row (files concatenated) through the pipeline's own transforms.
 
-    def save(path, plans, tie_starts):
-        rows = table.read_table_file(path, [table.ID, table.LABEL, table.CONFIDENCE])
-        copies = file_copies(rows, path, plans, tie_starts,
-                             MIN_CONFIDENCE, SEED)
-        np.save(os.path.join(out, os.path.basename(path) + ".npy"), copies)
+    Each file's copies are saved by the pipeline; `collect` loads them all back for checking
+    (n int64s, so the memory measurement does not).
+    """
+    with tempfile.TemporaryDirectory() as out:
 
-    with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
-        files = p | beam.Create(paths)
-        selection = files | BalancePerClass(MIN_CONFIDENCE, k, seed=SEED)
-        _ = files | beam.Map(save, beam.pvalue.AsDict(selection.plans),
-                             beam.pvalue.AsDict(selection.tie_starts))
-    return np.concatenate([np.load(os.path.join(out, os.path.basename(p) + ".npy"))
-                           for p in paths])
+        def save(path, plans, tie_starts):
+            rows = table.read_table_file(path, [table.ID, table.LABEL, table.CONFIDENCE])
+            copies = file_copies(rows, path, plans, tie_starts, MIN_CONFIDENCE, SEED)
+            np.save(os.path.join(out, os.path.basename(path) + ".npy"), copies)
+
+        with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
+            files = p | beam.Create(paths)
+            selection = files | BalancePerClass(MIN_CONFIDENCE, k, seed=SEED)
+            _ = files | beam.Map(save, beam.pvalue.AsDict(selection.plans),
+                                 beam.pvalue.AsDict(selection.tie_starts))
+        if not collect:
+            return None
+        return np.concatenate([np.load(os.path.join(out, os.path.basename(p) + ".npy"))
+                               for p in paths])
 
 
 def _read(paths: list[str]):
@@ -181,6 +185,16 @@ def compare(sizes: list[int], rows_per_file: int) -> None:
               flush=True)
 
 
+def peak_rss_kib() -> int:
+    """This process's peak resident memory since exec (VmHWM; getrusage's ru_maxrss would
+    include the memory of the parent it was forked from)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
 def peak_rss(sizes: list[int], rows_per_file: int) -> None:
     print(f"\n{'n':>9} {'files':>6} {'beam s':>7} {'peak RSS MiB':>13} {'vs first':>9}")
     first = None
@@ -198,7 +212,7 @@ def peak_rss(sizes: list[int], rows_per_file: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000],
+    parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 300_000, 1_000_000],
                         help="Table sizes (predictions) to time against numpy.")
     parser.add_argument("--rss_sizes", type=int, nargs="*", default=[1_000_000, 10_000_000],
                         help="Table sizes whose peak RSS is measured, each in a fresh process.")
@@ -207,10 +221,11 @@ def main() -> None:
     parser.add_argument("--_child", type=int, help=argparse.SUPPRESS)
     args, paths = parser.parse_known_args()
     if args._child:
-        _, secs = timed(beam_select, paths, max(1, args._child // CLASSES // 2))
-        print(secs, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        _, secs = timed(beam_select, paths, max(1, args._child // CLASSES // 2), False)
+        print(secs, peak_rss_kib())
         return
-    compare(args.sizes, args.rows_per_file)
+    if args.sizes:
+        compare(args.sizes, args.rows_per_file)
     if args.rss_sizes:
         peak_rss(args.rss_sizes, args.rows_per_file)
 

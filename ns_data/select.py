@@ -192,7 +192,9 @@ class _MergePartials(beam.CombineFn):
 
     def add_input(self, accumulator, partial):
         accumulator.append(partial)
-        return [Partial.merge(accumulator)] if len(accumulator) >= 64 else accumulator
+        # Merging every few inputs bounds the memory of a class's accumulator by its merged
+        # histogram (<= 2**16 digits), not by the number of table files.
+        return [Partial.merge(accumulator)] if len(accumulator) >= 8 else accumulator
 
     def merge_accumulators(self, accumulators):
         return [Partial.merge([p for acc in accumulators for p in acc])] if any(
