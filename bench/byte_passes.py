@@ -9,11 +9,11 @@ tree. Each run happens in its own process with that tree first on the path, and 
 own measurements afterwards: per PCollection, the element count and the sampled mean element
 size (the `beam:metric:sampled_byte_size:v1` monitoring info), so bytes = count x mean size.
 
-A *full-byte pass* is a PCollection holding at least half the encoded image bytes read that
-is (a) the input of a GroupByKey, (b) a side input, or (c) the main input of a ParDo with side
-inputs (Dataflow materialises it while the side input is computed). The input images are tiny
-4x4 PNGs padded with a `--image_kib` ancillary chunk, so an image is far larger than its
-prediction, as real JPEGs are.
+A *full-byte pass* is a PCollection whose elements carry images — their mean size is at least
+half the mean encoded image — that is (a) the input of a GroupByKey, (b) a side input, or (c)
+the main input of a ParDo with side inputs (Dataflow materialises it while the side input is
+computed). The input images are tiny 4x4 PNGs padded with a `--image_kib` ancillary chunk, so
+an image is far larger than its prediction, as real JPEGs are.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def capture(self, pipeline_proto, *args, **kwargs):
 
 
 fn_runner.FnApiRunner.run_via_runner_api = capture
-argv, image_bytes = sys.argv[2:], int(sys.argv[1])
+argv, image_bytes, image_size = sys.argv[3:], int(sys.argv[1]), float(sys.argv[2])
 opts = PipelineOptions(argv).view_as(job.LabelAndBalanceOptions)
 p = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"]))
 job.build(p, opts, fakes.fake_spec(8), fakes.FakeTeacherHandler(8))
@@ -68,6 +68,7 @@ for info in result.monitoring_infos():
     elif info.urn == common_urns.monitoring_info_specs.SAMPLED_BYTE_SIZE.spec.urn and pcoll:
         means[pcoll] = mi.extract_metric_result_map_value(info).mean
 size = {pc: counts[pc] * (means.get(pc) or 0) for pc in counts}
+images = {pc for pc in counts if (means.get(pc) or 0) >= image_size / 2}
 graph, = graphs
 leaves = {t.unique_name: t for t in graph.components.transforms.values() if not t.subtransforms}
 # The runner adds PCollections of its own (lifted combines, transcodings); every PCollection of
@@ -88,12 +89,11 @@ for name, t in leaves.items():
     inputs = list(t.inputs.values())
     if t.spec.urn == common_urns.primitives.GROUP_BY_KEY.urn and name not in lifted:
         shuffled += sum(size.get(pc, 0) for pc in inputs)
-        passes += [(name, "shuffle", size.get(pc, 0)) for pc in inputs
-                   if size.get(pc, 0) >= image_bytes / 2]
+        passes += [(name, "shuffle", size.get(pc, 0)) for pc in inputs if pc in images]
     elif t.spec.urn == common_urns.primitives.PAR_DO.urn:
         side = beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload).side_inputs
         for local, pc in t.inputs.items():
-            if side and size.get(pc, 0) >= image_bytes / 2:
+            if side and pc in images:
                 kind = "side input" if local in side else "materialised main input"
                 passes.append((name, kind, size.get(pc, 0)))
 print(json.dumps({"passes": passes, "shuffled": shuffled}))
@@ -137,7 +137,8 @@ def old_tree(base: str, directory: str) -> str:
     return directory
 
 
-def measure(tree: str, input_path: str, image_bytes: int, keep_dir: bool, work: str) -> dict:
+def measure(tree: str, input_path: str, image_bytes: int, images: int, keep_dir: bool,
+            work: str) -> dict:
     out = tempfile.mkdtemp(dir=work)
     argv = [f"--input={input_path}", "--teacher=unused", f"--output_dir={out}/out",
             "--images_per_class=100", "--num_shards=4", "--seed=7"]
@@ -145,7 +146,8 @@ def measure(tree: str, input_path: str, image_bytes: int, keep_dir: bool, work: 
         argv.append(f"--scores_dir={out}/kept")  # today: scores; now: the predictions table
     env = {**os.environ, "PYTHONPATH": tree, "TF_CPP_MIN_LOG_LEVEL": "3"}
     start = time.perf_counter()
-    run = subprocess.run([sys.executable, "-c", _CHILD, str(image_bytes), *argv], cwd=tree,
+    run = subprocess.run([sys.executable, "-c", _CHILD, str(image_bytes),
+                          str(image_bytes / images), *argv], cwd=tree,
                          env=env, capture_output=True, text=True)
     if run.returncode:
         raise RuntimeError(f"run in {tree} failed:\n{run.stderr[-3000:]}")
@@ -174,7 +176,7 @@ def main() -> None:
         details = []
         for name, tree in trees.items():
             for keep in (False, True):
-                r = measure(tree, input_path, image_bytes, keep, work)
+                r = measure(tree, input_path, image_bytes, args.images, keep, work)
                 print(f"{name:<22}{'yes' if keep else 'no':>9}{len(r['passes']):>18}"
                       f"{r['shuffled'] / image_bytes:>23.2f}{r['seconds']:>9.1f}", flush=True)
                 details.append((name, keep, r["passes"]))
