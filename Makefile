@@ -36,7 +36,12 @@ replicate-quick: venv
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Each bench prints ratios measured side by side in one run; BENCHMARKS.md holds their output.
+# bench.end_to_end needs Debian's dataset-fashion-mnist.
 bench: venv
+	$(PY) -m bench.byte_passes
+	$(PY) -m bench.selection
+	$(PY) -m bench.end_to_end
 	$(PY) -m bench.balance_memory
 	$(PY) -m bench.input_pipeline
 
