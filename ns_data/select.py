@@ -41,6 +41,7 @@ class TableRows:
       labels: each eligible row's class (int64).
       hi: each eligible row's confidence bits (uint64).
       rows: each eligible row's position in the file.
+      seed: salts the id hashes (`hashes`).
     """
 
     path: str
