@@ -12,6 +12,7 @@ import time
 
 import apache_beam as beam
 import numpy as np
+import tensorflow as tf
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
 from ns_data.images import DEFAULT_MAX_PIXELS, ImageDecoder, ImageSpec
@@ -20,6 +21,11 @@ from ns_data.records import STAGE_DECODE, STAGE_INFERENCE, STAGE_OUTPUT, Predict
 from ns_data.teacher import output_error
 
 _PROGRESS_EVERY_SECS = 30.0
+# What a teacher raises on the data of one batch (a shape it cannot take, a numeric check on an
+# input): its images become dead letters. Anything else — out of memory, a lost or failing
+# device, an unknown error — fails the bundle, so the runner retries it and a persistent failure
+# stops the job instead of quietly turning every image into a dead letter.
+TEACHER_DATA_ERRORS = (ValueError, tf.errors.InvalidArgumentError)
 _FAILED = "failed"
 _TF_FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")
 
@@ -110,7 +116,9 @@ class TeacherInference(beam.PTransform):
     `RunInference` (fixed-size batches, model loaded once per worker or shared when the handler
     is a large model), and keeps the `topk` most probable classes. An undecodable image, a batch
     on which the teacher raises, and an image whose output is NaN or not a probability vector
-    each become a failed Prediction (a dead letter later) instead of failing the job.
+    each become a failed Prediction (a dead letter later) instead of failing the job; a batch
+    that fails for another reason than its data (`TEACHER_DATA_ERRORS`), e.g. the device running
+    out of memory, fails the bundle.
     """
 
     def __init__(self, model_handler: ModelHandler, image_spec: ImageSpec, outputs: str,
@@ -130,7 +138,7 @@ class TeacherInference(beam.PTransform):
         results, failed = (
             decoded["decoded"]
             | "RunInference" >> RunInference(KeyedModelHandler(self._handler))
-            .with_exception_handling())
+            .with_exception_handling(exc_class=TEACHER_DATA_ERRORS))
         predictions = results | "ToPredictions" >> beam.ParDo(
             _ToPrediction(self._outputs, self._topk))
         failed_batches = (failed.failed_inferences

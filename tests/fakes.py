@@ -3,7 +3,8 @@
 Each fake image is a 4x4 grayscale PNG. Pixel (0, 0) holds the class, pixel (0, 1) the
 confidence code, and the remaining pixels make the bytes unique. The fake teacher reads them
 back: class `c`, top-1 probability `confidence_of(code)`, the rest spread evenly. Special
-codes make it misbehave: CLASS_NAN yields a NaN row, CLASS_RAISE makes the whole batch raise.
+codes make it misbehave: CLASS_NAN yields a NaN row, CLASS_RAISE makes the whole batch raise a
+data error (ValueError), CLASS_OOM raise the device's out-of-memory error.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ NUM_CLASSES = 4
 IMAGE = ImageSpec(4, 4, 1)
 CLASS_NAN = 200
 CLASS_RAISE = 201
+CLASS_OOM = 202
 
 
 def confidence_of(code: int) -> np.float32:
@@ -90,7 +92,9 @@ class FakeTeacherHandler(ModelHandler[np.ndarray, PredictionResult, _FakeModel])
 
     def run_inference(self, batch, model, inference_args=None):
         if any(image[0, 0, 0] == CLASS_RAISE for image in batch):
-            raise RuntimeError("fake teacher failed on this batch")
+            raise ValueError("fake teacher failed on this batch")
+        if any(image[0, 0, 0] == CLASS_OOM for image in batch):
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
         results = []
         for image in batch:
             if image[0, 0, 0] == CLASS_NAN:

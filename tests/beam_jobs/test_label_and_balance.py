@@ -206,7 +206,7 @@ def test_bad_records_become_dead_letters_and_are_counted(tmp_path):
     assert stage_of[raising.image_id] == "inference"
     # Plus the non-Example record and the one whose id is an int64.
     assert list(stage_of.values()).count("parse") == 3
-    assert by_id_message(letters, raising.image_id).startswith("RuntimeError('fake teacher")
+    assert by_id_message(letters, raising.image_id).startswith("ValueError('fake teacher")
     assert all(d[schema.ERROR_MESSAGE][0] for d in letters)
     by_id = {d[schema.IMAGE_ID][0]: d for d in letters}
     assert by_id[b"corrupt-png"][schema.IMAGE_ENCODED][0] == b"\x89PNG\r\n\x1a\n-not-really"
@@ -295,3 +295,10 @@ def test_table_must_hold_what_the_label_type_writes(tmp_path):
     metadata = predictions.read_metadata(
         glob.glob(os.path.join(output_dir, "predictions", "*.parquet"))[0])
     assert (metadata.topk, metadata.num_classes) == (4, 4)  # max(--topk, 10), capped
+
+
+def test_a_device_error_fails_the_job_instead_of_making_dead_letters(tmp_path):
+    images = corpus()[:12] + [fakes.fake_image(950, fakes.CLASS_OOM, 100)]
+    with pytest.raises(Exception, match="OOM when allocating tensor"):
+        run_fake(tmp_path, images)
+    assert not glob.glob(os.path.join(tmp_path, "out", "pseudo_labels-*"))
