@@ -16,13 +16,15 @@ import json
 import logging
 import posixpath
 from collections.abc import Iterable, Sequence
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from tensorflow.core.protobuf import saved_model_pb2
 
+from ns_data import devices
+from ns_data.devices import TeacherRuntime
 from ns_data.images import ImageSpec
 
 METADATA_FILE = "assets.extra/ns_teacher.json"
@@ -218,20 +220,44 @@ def scale_pixels(images: np.ndarray, spec: TeacherSpec) -> np.ndarray:
     return images.astype(np.float32) * np.float32((high - low) / 255.0) + np.float32(low)
 
 
-class _LoadedTeacher:
-    """A loaded SavedModel signature called on fixed-size batches."""
+class LoadedTeacher:
+    """A loaded SavedModel signature, placed by a `TeacherRuntime`, called on fixed-size batches.
 
-    def __init__(self, spec: TeacherSpec):
+    The signature is wrapped in one `tf.function` with a fully static input signature, so it is
+    traced (and with `jit_compile` or on a TPU, compiled) once per process and never again.
+    """
+
+    def __init__(self, spec: TeacherSpec, runtime: TeacherRuntime = TeacherRuntime(),
+                 backend: devices.Backend | None = None):
         self.spec = spec
-        self._module = tf.saved_model.load(spec.path)  # keeps variables alive
-        self._fn: Callable[..., dict[str, tf.Tensor]] = self._module.signatures[spec.signature]
+        self.placement = devices.place(runtime, backend)
+        with self.placement.scope():
+            self._module = tf.saved_model.load(spec.path)  # keeps variables alive
+        signature = self._module.signatures[spec.signature]
+
+        def call(batch):
+            return signature(**{spec.input_name: batch})[spec.output_name]
+
+        strategy = self.placement.strategy
+        if strategy is not None:
+            def run(batch):
+                return strategy.experimental_local_results(strategy.run(call, args=(batch,)))[0]
+        else:
+            device = self.placement.device
+
+            def run(batch):
+                with tf.device(device):
+                    return call(batch)
+
+        self._fn = tf.function(
+            run, jit_compile=runtime.jit_compile or None, input_signature=[tf.TensorSpec(
+                (spec.batch_size, *spec.image.shape), tf.as_dtype(spec.input_dtype))])
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        result = self._fn(**{self.spec.input_name: tf.constant(batch)})
-        return result[self.spec.output_name].numpy()
+        return self._fn(tf.constant(batch)).numpy()
 
 
-class TeacherModelHandler(ModelHandler[np.ndarray, PredictionResult, _LoadedTeacher]):
+class TeacherModelHandler(ModelHandler[np.ndarray, PredictionResult, LoadedTeacher]):
     """Runs the teacher, un-noised, on uint8 images; yields raw outputs and probabilities.
 
     Every call sees exactly `spec.batch_size` images: a short batch is padded with zeros and the
@@ -239,8 +265,8 @@ class TeacherModelHandler(ModelHandler[np.ndarray, PredictionResult, _LoadedTeac
     `PredictionResult.inference` is a (raw_output, probabilities) pair of float arrays.
     """
 
-    def __init__(self, spec: TeacherSpec, *, large_model: bool = False,
-                 model_copies: int | None = None):
+    def __init__(self, spec: TeacherSpec, *, runtime: TeacherRuntime = TeacherRuntime(),
+                 large_model: bool = False, model_copies: int | None = None):
         super().__init__(
             min_batch_size=spec.batch_size,
             max_batch_size=spec.batch_size,
@@ -248,15 +274,16 @@ class TeacherModelHandler(ModelHandler[np.ndarray, PredictionResult, _LoadedTeac
             model_copies=model_copies,
         )
         self.spec = spec
+        self.runtime = runtime
 
-    def load_model(self) -> _LoadedTeacher:
+    def load_model(self) -> LoadedTeacher:
         logging.info("Loading teacher %s", self.spec.path)
-        return _LoadedTeacher(self.spec)
+        return LoadedTeacher(self.spec, self.runtime)
 
     def run_inference(
         self,
         batch: Sequence[np.ndarray],
-        model: _LoadedTeacher,
+        model: LoadedTeacher,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
         images = np.stack(batch)

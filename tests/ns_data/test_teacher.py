@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ns_data import teacher
+from ns_data import devices, teacher
+from ns_data.devices import TeacherRuntime
 from ns_data.images import ImageSpec
 from ns_data.teacher import TeacherModelHandler, TeacherSpec
 
@@ -273,16 +274,15 @@ def test_inspect_teacher_rejects_bad_output_key(keras_teacher):
 
 
 class RecordingSignature:
-    """Wraps a signature function and records the batch shape of every call."""
+    """Wraps the loaded teacher's function and records the batch shape of every call."""
 
     def __init__(self, fn):
         self.fn = fn
         self.shapes: list[tuple[int, ...]] = []
 
-    def __call__(self, **inputs):
-        (tensor,) = inputs.values()
-        self.shapes.append(tuple(tensor.shape))
-        return self.fn(**inputs)
+    def __call__(self, batch):
+        self.shapes.append(tuple(batch.shape))
+        return self.fn(batch)
 
 
 @pytest.mark.slow
@@ -324,6 +324,79 @@ def test_handler_results_do_not_depend_on_batch_position(keras_teacher):
     alone = handler.run_inference(batch[2:3], loaded)
     assert len(alone) == 1
     np.testing.assert_allclose(alone[0].inference[0], full[2].inference[0], atol=1e-6)
+
+
+class _RecordingStrategy:
+    """TF's default strategy, recording that the teacher was loaded and run through it: on a TPU
+    the same calls go through a TPUStrategy."""
+
+    def __init__(self):
+        self._strategy = tf.distribute.get_strategy()
+        self.scopes = self.runs = 0
+
+    def scope(self):
+        self.scopes += 1
+        return self._strategy.scope()
+
+    def run(self, fn, args):
+        self.runs += 1
+        return self._strategy.run(fn, args=args)
+
+    def experimental_local_results(self, value):
+        return self._strategy.experimental_local_results(value)
+
+
+class _TPUBackend:
+    """A TPU VM as `ns_data.devices` sees it, with the default strategy standing in."""
+
+    def __init__(self):
+        self.strategy = _RecordingStrategy()
+
+    def tpu_present(self):
+        return True
+
+    def initialize_tpu(self):
+        return self.strategy
+
+
+@pytest.fixture
+def fresh_placements():
+    devices.reset_for_tests()
+    yield
+    devices.reset_for_tests()
+    tf.config.optimizer.set_experimental_options(
+        {"auto_mixed_precision_onednn_bfloat16": False})
+
+
+def _outputs(path: str, runtime: TeacherRuntime, backend=None) -> np.ndarray:
+    spec = teacher.inspect_teacher(path, batch_size=4)
+    loaded = teacher.LoadedTeacher(spec, runtime, backend)
+    batch = teacher.scale_pixels(np.stack(images(4, seed=3)), spec)
+    return loaded(batch)
+
+
+@pytest.mark.slow
+def test_tpu_placement_loads_and_runs_the_teacher_through_the_strategy(
+        keras_teacher, fresh_placements):
+    model, path = keras_teacher
+    backend = _TPUBackend()
+    raw = _outputs(path, TeacherRuntime(), backend)
+    assert backend.strategy.scopes == 1  # variables created under the strategy
+    assert backend.strategy.runs == 1  # traced once, inside the one compiled function
+    want = np.asarray(model(np.stack(images(4, seed=3)).astype(np.float32) / 255.0))
+    np.testing.assert_allclose(raw, want, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_jit_compile_and_mixed_precision_match_float32(keras_teacher, fresh_placements):
+    _, path = keras_teacher
+    plain = _outputs(path, TeacherRuntime())
+    np.testing.assert_allclose(_outputs(path, TeacherRuntime(jit_compile=True)), plain,
+                               atol=1e-5)
+    mixed = _outputs(path, TeacherRuntime(precision="mixed"))
+    # bfloat16 keeps 8 bits of mantissa: logits agree to about 1%, argmax on every row here.
+    np.testing.assert_allclose(mixed, plain, rtol=0.05, atol=0.05)
+    np.testing.assert_array_equal(mixed.argmax(axis=1), plain.argmax(axis=1))
 
 
 @pytest.mark.slow
