@@ -30,11 +30,11 @@ import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler
-from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions, StandardOptions,
-                                                  TestOptions)
+from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
+                                                  SetupOptions, StandardOptions, TestOptions)
 from apache_beam.runners.runner import PipelineResult
 
-from ns_data import predictions, schema, stats
+from ns_data import devices, predictions, schema, stats
 from ns_data.balance import DEFAULT_COLLECT_LIMIT
 from ns_data.images import DEFAULT_MAX_PIXELS
 from ns_data.inference import TeacherInference
@@ -167,10 +167,26 @@ class LabelAndBalanceOptions(PipelineOptions):
                        help="Fixed inference batch; the last batch is padded so compiled "
                        "(XLA/TPU) functions never recompile (default: %(default)s).")
         g.add_argument("--large_model", action="store_true",
-                       help="Load one model per worker machine shared across processes "
-                       "instead of one per process.")
+                       help="Load one model per worker machine, shared by its SDK processes "
+                       "(default when the workers have an accelerator: --device=gpu|tpu or a "
+                       "worker_accelerator service option; a TPU chip admits one process).")
+        g.add_argument("--no_large_model", action="store_true",
+                       help="Load one model per SDK process even on accelerator workers.")
         g.add_argument("--model_copies", type=_positive_int, default=None,
                        help="Exact number of model copies per worker machine (implies sharing).")
+        g = parser.add_argument_group("device")
+        g.add_argument("--device", choices=devices.DEVICES, default="auto",
+                       help="Where each worker runs the teacher: auto = a TPU if the worker is "
+                       "a TPU VM, else a GPU if TensorFlow sees one, else the CPU; gpu/tpu fail "
+                       "the job when the worker has none (default: %(default)s).")
+        g.add_argument("--jit_compile", action="store_true",
+                       help="XLA-compile the teacher's batch function (always compiled on TPU).")
+        g.add_argument("--precision", choices=devices.PRECISIONS, default="float32",
+                       help="mixed: TensorFlow's automatic mixed precision rewrite of the "
+                       "teacher's graph, float16 on GPU, bfloat16 on CPUs that have it; outputs "
+                       "stay float32 (default: %(default)s).")
+        g.add_argument("--gpu_memory_limit_mb", type=_positive_int, default=None,
+                       help="Memory each process may take on a GPU (default: grow as needed).")
         g.add_argument("--skip_teacher_check", action="store_true",
                        help="Do not load the teacher at launch to check it on one image.")
         g = parser.add_argument_group("predictions table")
@@ -199,9 +215,37 @@ def teacher_spec(opts: LabelAndBalanceOptions) -> TeacherSpec:
     )
 
 
-def check_teacher(spec: TeacherSpec) -> None:
-    """Loads the teacher and runs one blank image, so a wrong model fails at launch, not later."""
-    handler = TeacherModelHandler(dataclasses.replace(spec, batch_size=1))
+def teacher_runtime(opts: LabelAndBalanceOptions) -> devices.TeacherRuntime:
+    """Where and how workers run the teacher, from the flags."""
+    return devices.TeacherRuntime(device=opts.device, jit_compile=opts.jit_compile,
+                                  precision=opts.precision,
+                                  gpu_memory_limit_mb=opts.gpu_memory_limit_mb)
+
+
+def shares_model(opts: LabelAndBalanceOptions) -> bool:
+    """Whether workers load one model per machine (Beam's `large_model`) instead of per process.
+
+    On by default when the workers have an accelerator: Dataflow starts one SDK process per
+    vCPU, and one teacher per process would multiply its device memory by the vCPU count (and a
+    TPU chip can be opened by one process only).
+    """
+    if opts.no_large_model:
+        return False
+    if opts.large_model or opts.model_copies:
+        return True
+    service_options = opts.view_as(GoogleCloudOptions).dataflow_service_options or []
+    return opts.device in ("gpu", "tpu") or any(
+        option.startswith("worker_accelerator") for option in service_options)
+
+
+def check_teacher(spec: TeacherSpec,
+                  runtime: devices.TeacherRuntime = devices.TeacherRuntime()) -> None:
+    """Loads the teacher and runs one blank image, so a wrong model fails at launch, not later.
+
+    It runs on whatever device the launching machine has, with the workers' compile settings.
+    """
+    handler = TeacherModelHandler(dataclasses.replace(spec, batch_size=1),
+                                  runtime=dataclasses.replace(runtime, device="auto"))
     results = handler.run_inference([np.zeros(spec.image.shape, np.uint8)], handler.load_model())
     error = output_error(*results[0].inference, spec.outputs)
     if error:
@@ -290,6 +334,11 @@ def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
         raise ValueError(f"missing required flags: {', '.join(missing)} (see --help)")
     if not opts.temperature > 0:
         raise ValueError(f"--temperature must be > 0, got {opts.temperature}")
+    if opts.no_large_model and (opts.large_model or opts.model_copies):
+        raise ValueError("--no_large_model contradicts --large_model/--model_copies; pick one")
+    if opts.device == "tpu" and not shares_model(opts):
+        logging.warning("--device=tpu with --no_large_model: only one process can open a TPU "
+                        "chip; run one SDK process per worker or drop --no_large_model")
     if "://" not in opts.input:
         # The table names input files by path; an absolute one still resolves for a rebalance
         # run from another directory.
@@ -322,7 +371,8 @@ def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSp
     metadata = table_metadata(opts, spec)
     check_table_serves(metadata, config)
     handler = model_handler or TeacherModelHandler(
-        spec, large_model=opts.large_model, model_copies=opts.model_copies)
+        spec, runtime=teacher_runtime(opts), large_model=shares_model(opts),
+        model_copies=opts.model_copies)
     read = pipeline | "ReadImages" >> ReadImages(opts.input, opts.input_format)
     scored = read.images | "TeacherInference" >> TeacherInference(
         handler, spec.image, spec.outputs, metadata.topk, opts.max_image_pixels)
@@ -398,7 +448,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     spec = teacher_spec(opts)
     check_table_serves(table_metadata(opts, spec), balance_config(opts.view_as(BalanceOptions)))
     if model_handler is None and not opts.skip_teacher_check:
-        check_teacher(spec)
+        check_teacher(spec, teacher_runtime(opts))
     if not dry_run:
         clear_outputs(opts)  # only once every setting is known to be good
     logging.info("Teacher %s: input %s %s in %s, %d classes (%s)", spec.path, spec.image.shape,

@@ -12,7 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
 from beam_jobs import label_and_balance as job
-from ns_data import predictions, schema, stats
+from ns_data import devices, predictions, schema, stats
 from ns_data.balance import id_hash
 from tests import fakes
 
@@ -245,6 +245,44 @@ def test_missing_flags_and_existing_output_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="already holds 1 predictions table files"):
         job.run([f"--input={tmp_path}/input.tfrecord", "--teacher=t",
                  f"--output_dir={tmp_path}/new", f"--scores_dir={tmp_path}/s"])
+
+
+def _options(*argv: str) -> job.LabelAndBalanceOptions:
+    return job.pipeline_options(list(argv)).view_as(job.LabelAndBalanceOptions)
+
+
+@pytest.mark.parametrize("argv,shared", [
+    ((), False),
+    (("--device=cpu",), False),
+    (("--device=gpu",), True),
+    (("--device=tpu",), True),
+    (("--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;"
+      "install-nvidia-driver",), True),
+    (("--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1",
+      "--no_large_model"), False),
+    (("--large_model",), True),
+    (("--model_copies=2",), True),
+])
+def test_model_is_shared_by_default_on_accelerator_workers(argv, shared):
+    assert job.shares_model(_options(*argv)) is shared
+
+
+def test_device_flags_reach_the_teacher_runtime():
+    runtime = job.teacher_runtime(_options("--device=tpu", "--jit_compile", "--precision=mixed",
+                                           "--gpu_memory_limit_mb=4000"))
+    assert runtime == devices.TeacherRuntime(device="tpu", jit_compile=True, precision="mixed",
+                                             gpu_memory_limit_mb=4000)
+    assert job.teacher_runtime(_options()) == devices.TeacherRuntime()
+    with pytest.raises(SystemExit):
+        job.run(["--input=x", "--device=npu"])
+
+
+def test_contradicting_sharing_flags_are_refused(tmp_path):
+    corpus_path = tmp_path / "input.tfrecord"
+    corpus_path.write_bytes(b"")
+    with pytest.raises(ValueError, match="--no_large_model contradicts --large_model"):
+        job.run([f"--input={corpus_path}", "--teacher=t", f"--output_dir={tmp_path}/o",
+                 "--no_large_model", "--large_model"])
 
 
 def test_help_documents_every_flag(capsys):
