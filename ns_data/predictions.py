@@ -38,6 +38,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from ns_data.records import Prediction
 
@@ -231,8 +234,38 @@ def check_metadata(rows: pa.Table, path: str, expected: TableMetadata) -> None:
                          f"({_diff(expected, actual)}); select from one run's table at a time")
 
 
+class _TablePieces(beam.DoFn):
+    """Prediction → (group, Arrow table of a bundle's rows of that group).
+
+    Rows are shuffled to their table file as Arrow tables of up to `_PIECE_ROWS` rows, not one
+    element per image: the per-element cost of a shuffle is paid per piece.
+    """
+
+    def __init__(self, input_format: str, image_buckets: int):
+        self._input_format = input_format
+        self._image_buckets = image_buckets
+
+    def start_bundle(self):
+        self._rows: dict[str, list[Prediction]] = {}
+
+    def process(self, prediction: Prediction):
+        group = _group_of(prediction, self._input_format, self._image_buckets)
+        rows = self._rows.setdefault(group, [])
+        rows.append(prediction)
+        if len(rows) >= _PIECE_ROWS:
+            yield group, to_table(self._rows.pop(group))
+
+    def finish_bundle(self):
+        for group, rows in self._rows.items():
+            yield WindowedValue((group, to_table(rows)), MIN_TIMESTAMP, [GlobalWindow()])
+        self._rows = {}
+
+
+_PIECE_ROWS = 65_536
+
+
 class _WriteTableFile(beam.DoFn):
-    """(group, predictions) → the table file's path, written."""
+    """(group, table pieces) → the table file's path, written."""
 
     def __init__(self, table_dir: str, metadata: TableMetadata):
         self._table_dir = table_dir
@@ -244,9 +277,11 @@ class _WriteTableFile(beam.DoFn):
             FileSystems.mkdirs(self._table_dir)
 
     def process(self, element):
-        group, predictions = element
+        group, pieces = element
+        rows = pa.concat_tables(list(pieces)).sort_by([(SOURCE, "ascending"),
+                                                       (INDEX, "ascending")])
         path = table_file(self._table_dir, group)
-        self._bytes.inc(write_table_file(path, list(predictions), self._metadata))
+        self._bytes.inc(write_arrow_table(path, rows, self._metadata))
         yield path
 
 
@@ -260,7 +295,7 @@ class WritePredictions(beam.PTransform):
     """Prediction → the predictions table; returns the PCollection of its file paths.
 
     Predictions are grouped by input file (by path bucket for image files) — a shuffle of small
-    rows, no image bytes — and each group becomes one Parquet file.
+    Arrow tables, no image bytes — and each group becomes one Parquet file.
     """
 
     def __init__(self, table_dir: str, metadata: TableMetadata, image_buckets: int = 1):
@@ -272,9 +307,9 @@ class WritePredictions(beam.PTransform):
         self._image_buckets = image_buckets
 
     def expand(self, predictions):
-        input_format, buckets = self._metadata.input_format, self._image_buckets
         return (predictions
-                | "ByInputFile" >> beam.Map(lambda p: (_group_of(p, input_format, buckets), p))
+                | "ByInputFile" >> beam.ParDo(_TablePieces(self._metadata.input_format,
+                                                           self._image_buckets))
                 | "GroupByInputFile" >> beam.GroupByKey()
                 | "WriteTableFiles" >> beam.ParDo(_WriteTableFile(self._table_dir,
                                                                   self._metadata)))

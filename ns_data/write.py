@@ -77,11 +77,11 @@ class _WriteChunk(beam.DoFn):
         tf.io.gfile.makedirs(self._temp_dir)
 
     def process(self, element):
-        (prefix, shard, chunk), records = element
+        (prefix, shard, chunk), batches = element
         path = posixpath.join(self._temp_dir, f"{prefix}-{shard:05d}-{chunk:05d}.tfrecord")
         count = 0
         with tf.io.TFRecordWriter(path) as writer:
-            for _, record in sorted(records):
+            for _, record in sorted(record for batch in batches for record in batch):
                 writer.write(record)
                 count += 1
         yield (prefix, shard), (chunk, path, count)
@@ -146,10 +146,13 @@ def _remove_temp_dir(_, temp_dir: str):
 
 
 class WriteShuffledShards(beam.PTransform):
-    """((prefix, shard, chunk), (order, record)) → TFRecord shards; returns ((prefix, shard), n).
+    """((prefix, shard, chunk), [(order, record), ...]) → TFRecord shards; returns
+    ((prefix, shard), n).
 
-    The input is keyed with `shard_key`. This transform's `GroupShards` is the shuffle of the
-    records; everything after it moves file names.
+    The input is keyed with `shard_key`; each element is a batch of records of one key (a
+    shuffle of a few thousand batches costs far less per record than one of millions of
+    records). This transform's `GroupShards` is the shuffle of the records; everything after it
+    moves file names.
 
     Args:
       output_dir: directory of the shards (any filesystem Beam and TensorFlow can write).
@@ -238,6 +241,36 @@ class _Rows:
         return self._probs[self._offsets[i]:self._offsets[i + 1]]
 
 
+class _KeyedBatches:
+    """Collects (key, (order, record)) into (key, [(order, record), ...]) batches.
+
+    A batch is emitted when it holds `_BATCH_RECORDS` records, and every batch when together
+    they hold `_BATCH_BYTES` bytes, so a worker holds a bounded part of one input file.
+    """
+
+    def __init__(self):
+        self._batches: dict[tuple, list] = {}
+        self._bytes = 0
+
+    def add(self, key: tuple, value: tuple[int, bytes]):
+        batch = self._batches.setdefault(key, [])
+        batch.append(value)
+        self._bytes += len(value[1])
+        if self._bytes >= _BATCH_BYTES:
+            yield from self.flush()
+        elif len(batch) >= _BATCH_RECORDS:
+            self._bytes -= sum(len(record) for _, record in batch)
+            yield key, self._batches.pop(key)
+
+    def flush(self):
+        batches, self._batches, self._bytes = self._batches, {}, 0
+        yield from batches.items()
+
+
+_BATCH_RECORDS = 1024
+_BATCH_BYTES = 64 << 20
+
+
 class _PairWithImages(beam.DoFn):
     """Table file → its records' copies and dead letters, keyed for the shard shuffle.
 
@@ -268,14 +301,18 @@ class _PairWithImages(beam.DoFn):
         by_source: dict[str, dict[int, int]] = {}
         for i, (source, index) in enumerate(zip(picked.sources, picked.indices)):
             by_source.setdefault(source, {})[index] = i
+        batches = _KeyedBatches()
         for source, rows_at in by_source.items():
             for index, serialized in self._read(source, rows_at, path):
                 i = rows_at[index]
                 if picked.stages[i] is not None:
-                    yield self._dead_letter(picked, i, serialized, chunks)
+                    yield from batches.add(*self._dead_letter(picked, i, serialized, chunks))
                     continue
                 encoded = self._encoded(serialized, picked.ids[i], source, index, path)
-                yield from self._copies_of(picked, i, encoded, int(copies[wanted[i]]), chunks)
+                for key, value in self._copies_of(picked, i, encoded, int(copies[wanted[i]]),
+                                                  chunks):
+                    yield from batches.add(key, value)
+        yield from batches.flush()
 
     def _read(self, source: str, rows_at: Mapping[int, int], path: str):
         """(index, bytes) of the wanted records of one input file, in file order."""

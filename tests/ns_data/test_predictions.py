@@ -89,3 +89,29 @@ def test_top10_of_1000_classes_costs_under_64_bytes_a_row(tmp_path):
                for g in range(metadata.num_row_groups) for i in range(metadata.num_columns)
                if metadata.row_group(g).column(i).path_in_schema != table.ID)
     assert data / n <= 64, data / n
+
+
+@pytest.mark.parametrize("piece_rows", [3, 65_536])
+def test_write_predictions_one_sorted_file_per_input_whatever_the_pieces(
+        tmp_path, monkeypatch, piece_rows):
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    monkeypatch.setattr(table, "_PIECE_ROWS", piece_rows)
+    rng = np.random.default_rng(0)
+    rows = [ok(source, index, rng.dirichlet(np.ones(4)))
+            for source in ("f1", "f2") for index in range(10)]
+    rows.append(Prediction("f2", 10, b"broken", stage="parse", message="not an Example"))
+    shuffled = [rows[i] for i in rng.permutation(len(rows))]
+    out = str(tmp_path / "table")
+    with TestPipeline() as p:
+        paths = (p | beam.Create(shuffled, reshuffle=False)
+                 | table.WritePredictions(out, META))
+        assert_that(paths, equal_to([table.table_file(out, "f1"), table.table_file(out, "f2")]))
+    for source in ("f1", "f2"):
+        got = table.read_table_file(table.table_file(out, source)).to_pydict()
+        want = [r for r in rows if r.source == source]
+        assert got[table.INDEX] == [r.index for r in want]
+        assert got[table.ID] == [r.image_id for r in want]
+        assert got[table.LABEL] == [int(r.classes[0]) if r.ok else None for r in want]

@@ -20,6 +20,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from ns_data.balance import id_hash
+from ns_data import write as write_module
 from ns_data.write import (DEFAULT_CHUNK_RECORDS, OutputSpec, WriteShuffledShards,
                            chunks_per_shard, shard_key, shard_path)
 
@@ -47,7 +48,7 @@ FEW = [(5, record(5, "a")), (13, record(13, "b")), (2, record(2, "c"))]  # shard
 def _pick(index, pairs, num_shards, chunks):
     # Unannotated, so the output type is Any as for the pipeline's own keyed records.
     order, rec = pairs[index]
-    return shard_key(PREFIX, order, num_shards, chunks), (order, rec)
+    return shard_key(PREFIX, order, num_shards, chunks), [(order, rec)]
 
 
 def keyed(p, label: str, pairs, num_shards: int, chunk_records: int):
@@ -88,6 +89,21 @@ def shard_names(num_shards: int, prefix: str = PREFIX) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # WriteShuffledShards
 # --------------------------------------------------------------------------------------------
+
+def test_keyed_batches_bound_records_and_bytes(monkeypatch):
+    monkeypatch.setattr(write_module, "_BATCH_RECORDS", 3)
+    monkeypatch.setattr(write_module, "_BATCH_BYTES", 100)
+    batches = write_module._KeyedBatches()
+    out = []
+    for i in range(4):  # key a fills a batch of 3; the 4th waits
+        out += batches.add(("a",), (i, b"x" * 10))
+    assert out == [(("a",), [(0, b"x" * 10), (1, b"x" * 10), (2, b"x" * 10)])]
+    out = list(batches.add(("b",), (9, b"y" * 95)))  # 10 + 95 bytes >= 100: everything goes
+    assert out == [(("a",), [(3, b"x" * 10)]), (("b",), [(9, b"y" * 95)])]
+    assert list(batches.flush()) == []
+    out = list(batches.add(("c",), (1, b"z")))
+    assert out == [] and list(batches.flush()) == [(("c",), [(1, b"z")])]
+
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
