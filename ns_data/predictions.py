@@ -273,8 +273,11 @@ class _WriteTableFile(beam.DoFn):
         self._bytes = beam.metrics.Metrics.counter("ns_data", "predictions_table_bytes")
 
     def setup(self):
-        if not FileSystems.exists(self._table_dir):
+        try:
             FileSystems.mkdirs(self._table_dir)
+        except OSError:  # made meanwhile by another worker thread or process
+            if not FileSystems.exists(self._table_dir):
+                raise
 
     def process(self, element):
         group, pieces = element
