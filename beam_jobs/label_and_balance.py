@@ -39,7 +39,7 @@ from ns_data.balance import DEFAULT_COLLECT_LIMIT
 from ns_data.images import DEFAULT_MAX_PIXELS
 from ns_data.inference import TeacherInference
 from ns_data.pipeline import BalanceConfig, check_table_serves, select_and_write
-from ns_data.read import INPUT_FORMATS, ReadImages, check_input_pattern
+from ns_data.read import DEFAULT_READ_BATCH, INPUT_FORMATS, ReadImages, check_input_pattern
 from ns_data.teacher import (OUTPUT_KINDS, TeacherModelHandler, TeacherSpec, inspect_teacher,
                              output_error, read_metadata)
 from ns_data.write import (DEAD_LETTER_PREFIX, DEFAULT_CHUNK_RECORDS, PSEUDO_LABEL_PREFIX,
@@ -373,7 +373,9 @@ def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSp
     handler = model_handler or TeacherModelHandler(
         spec, runtime=teacher_runtime(opts), large_model=shares_model(opts),
         model_copies=opts.model_copies)
-    read = pipeline | "ReadImages" >> ReadImages(opts.input, opts.input_format)
+    # Whole teacher batches per element, so only a file's last batch is padded.
+    read_batch = spec.batch_size * math.ceil(DEFAULT_READ_BATCH / spec.batch_size)
+    read = pipeline | "ReadImages" >> ReadImages(opts.input, opts.input_format, read_batch)
     scored = read.images | "TeacherInference" >> TeacherInference(
         handler, spec.image, spec.outputs, metadata.topk, opts.max_image_pixels)
     image_buckets = 1

@@ -1,24 +1,29 @@
-"""TeacherInference: decode, batch, run the un-noised teacher, keep what it said about each image.
+"""TeacherInference: decode, run the un-noised teacher, keep what it said about each image.
 
-The output is one `Prediction` per image: its location, id and top-k classes and probabilities,
-or the stage and reason it failed. No image bytes leave this step: the predictions table is
-written from these rows, and the writing pass reads the images again by their location.
+Elements are batches, not images: a list of `RawImage` read together (consecutive records of one
+file) goes in, a list of `Prediction` — one per image: its location, id and top-k classes and
+probabilities, or the stage and reason it failed — comes out. Beam's per-element cost is paid
+once per few hundred images, and the top-k and output checks run on numpy arrays. No image bytes
+leave this step: the predictions table is written from these rows, and the writing pass reads
+the images again by their location.
 """
 from __future__ import annotations
 
 import logging
 import re
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from ns_data.images import DEFAULT_MAX_PIXELS, ImageDecoder, ImageSpec
 from ns_data.predictions import topk
 from ns_data.records import STAGE_DECODE, STAGE_INFERENCE, STAGE_OUTPUT, Prediction, RawImage
-from ns_data.teacher import output_error
+from ns_data.teacher import PROBABILITY_TOLERANCE, output_error
 
 _PROGRESS_EVERY_SECS = 30.0
 # What a teacher raises on the data of one batch (a shape it cannot take, a numeric check on an
@@ -29,6 +34,8 @@ TEACHER_DATA_ERRORS = (ValueError, tf.errors.InvalidArgumentError)
 _FAILED = "failed"
 _TF_FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")
 
+Key = tuple[str, int, bytes]  # (source, index, image id)
+
 
 def _first_line(error: Exception) -> str:
     """An error's first line, without the `{{function_node __inference_..._123}}` that TF puts
@@ -37,33 +44,102 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def _failure(image: RawImage | tuple, stage: str, message: str) -> Prediction:
-    source, index, image_id = ((image.source, image.index, image.image_id)
-                               if isinstance(image, RawImage) else image)
+def _failure(key: Key, stage: str, message: str) -> Prediction:
+    source, index, image_id = key
     return Prediction(source, index, image_id, stage=stage, message=message)
 
 
 class _Decode(beam.DoFn):
-    """RawImage → ((source, index, id), uint8 pixels) for the keyed handler, or a failure."""
+    """[RawImage] → (keys, uint8 pixels [n, H, W, C]); the images that fail → [Prediction]."""
 
     def __init__(self, spec: ImageSpec, max_pixels: int):
         self._decoder = ImageDecoder(spec, max_pixels)
         self._failed = beam.metrics.Metrics.counter("ns_data", "failed_decode")
 
-    def process(self, image: RawImage):
-        try:
-            pixels = self._decoder(image.encoded)
-        except Exception as e:  # noqa: BLE001 - any undecodable image becomes a dead letter
-            self._failed.inc()
-            message = _first_line(e)
-            yield beam.pvalue.TaggedOutput(_FAILED, _failure(
-                image, STAGE_DECODE, f"{type(e).__name__}: {message}"))
-            return
-        yield (image.source, image.index, image.image_id), pixels
+    def process(self, images: Sequence[RawImage]):
+        keys, pixels, failed = [], [], []
+        for image in images:
+            key = (image.source, image.index, image.image_id)
+            try:
+                pixels.append(self._decoder(image.encoded))
+            except Exception as e:  # noqa: BLE001 - any undecodable image becomes a dead letter
+                failed.append(_failure(key, STAGE_DECODE, f"{type(e).__name__}: {_first_line(e)}"))
+                continue
+            keys.append(key)
+        if failed:
+            self._failed.inc(len(failed))
+            yield beam.pvalue.TaggedOutput(_FAILED, failed)
+        if keys:
+            yield keys, np.stack(pixels)
 
 
-class _ToPrediction(beam.DoFn):
-    """(key, PredictionResult) → Prediction (top-k); invalid teacher outputs become failures.
+class TeacherOnBatches(ModelHandler):
+    """The teacher's handler, fed pre-batched elements: (keys, pixels [n, H, W, C]).
+
+    RunInference does no batching of its own (`should_skip_batching`); each element is cut into
+    the teacher's batches (the wrapped handler's `max_batch_size`, so a fixed-shape function sees
+    the shape it was built for). A teacher batch that raises a data error
+    (`TEACHER_DATA_ERRORS`) costs its own images, each with the error's first line; any other
+    error fails the bundle. Loading and sharing (`large_model`, `model_copies`) are the wrapped
+    handler's.
+
+    The inference of each element is (rows, errors): per image its (raw output, probabilities)
+    or None, and None or why its batch failed.
+    """
+
+    def __init__(self, handler: ModelHandler):
+        super().__init__()
+        self._handler = handler
+        self._batch_size = handler.batch_elements_kwargs().get("max_batch_size") or 64
+
+    def load_model(self) -> Any:
+        return self._handler.load_model()
+
+    def should_skip_batching(self) -> bool:
+        return True
+
+    def share_model_across_processes(self) -> bool:
+        return self._handler.share_model_across_processes()
+
+    def model_copies(self) -> int:
+        return self._handler.model_copies()
+
+    def get_metrics_namespace(self) -> str:
+        return self._handler.get_metrics_namespace()
+
+    def get_num_bytes(self, batch) -> int:
+        return batch[1].nbytes
+
+    def run_inference(self, batch, model, inference_args=None) -> list[PredictionResult]:
+        keys, pixels = batch
+        rows: list[tuple[np.ndarray, np.ndarray] | None] = []
+        errors: list[str | None] = []
+        for start in range(0, len(keys), self._batch_size):
+            images = list(pixels[start:start + self._batch_size])
+            try:
+                results = self._handler.run_inference(images, model, inference_args)
+            except TEACHER_DATA_ERRORS as e:
+                rows.extend([None] * len(images))
+                errors.extend([f"{type(e).__name__}: {_first_line(e)}"] * len(images))
+                continue
+            rows.extend(result.inference for result in results)
+            errors.extend([None] * len(images))
+        return [PredictionResult(keys, (rows, errors))]
+
+
+def _invalid_rows(raw: np.ndarray, probabilities: np.ndarray, outputs: str) -> np.ndarray:
+    """Rows `output_error` would refuse, found with array math (it then writes the reason)."""
+    bad = ~(np.isfinite(raw).all(axis=1) & np.isfinite(probabilities).all(axis=1))
+    if outputs == "probabilities":
+        with np.errstate(invalid="ignore"):
+            bad |= ((raw < 0).any(axis=1) | (raw > 1).any(axis=1)
+                    | (np.abs(raw.sum(axis=1, dtype=np.float64) - 1.0) > PROBABILITY_TOLERANCE))
+    return bad
+
+
+class _ToPredictions(beam.DoFn):
+    """A batch's teacher outputs → [Prediction] (top-k); invalid outputs and failed teacher
+    batches become failures.
 
     Also logs progress (images scored and rate) from each worker every 30 seconds.
     """
@@ -73,52 +149,59 @@ class _ToPrediction(beam.DoFn):
         self._topk = topk
         self._scored = beam.metrics.Metrics.counter("ns_data", "images_scored")
         self._invalid = beam.metrics.Metrics.counter("ns_data", "invalid_teacher_output")
+        self._failed = beam.metrics.Metrics.counter("ns_data", "failed_inference")
         self._confidence = beam.metrics.Metrics.distribution("ns_data", "confidence_permille")
 
     def setup(self):
         self._start = self._last_log = time.monotonic()
         self._count = 0
 
-    def process(self, element):
-        key, result = element
-        raw, probabilities = result.inference
-        error = output_error(raw, probabilities, self._outputs)
-        if error:
-            self._invalid.inc()
-            yield _failure(key, STAGE_OUTPUT, error)
-            return
-        self._scored.inc()
-        self._confidence.update(int(np.max(probabilities) * 1000))
-        self._count += 1
+    def process(self, result: PredictionResult):
+        keys, (rows, errors) = result.example, result.inference
+        out: list[Prediction | None] = [None] * len(keys)
+        ok = [i for i, error in enumerate(errors) if error is None]
+        for i, error in enumerate(errors):
+            if error is not None:
+                out[i] = _failure(keys[i], STAGE_INFERENCE, error)
+        self._failed.inc(len(keys) - len(ok))
+        if ok:
+            raw = np.stack([rows[i][0] for i in ok])
+            probabilities = np.stack([rows[i][1] for i in ok])
+            invalid = _invalid_rows(raw, probabilities, self._outputs)
+            classes, probs = topk(probabilities, self._topk)
+            for j, i in enumerate(ok):
+                error = invalid[j] and output_error(raw[j], probabilities[j], self._outputs)
+                if error:
+                    self._invalid.inc()
+                    out[i] = _failure(keys[i], STAGE_OUTPUT, error)
+                    continue
+                self._confidence.update(int(probs[j, 0] * 1000))
+                source, index, image_id = keys[i]
+                out[i] = Prediction(source, index, image_id, classes[j], probs[j])
+            scored = len(ok) - int(np.count_nonzero(invalid))
+            self._scored.inc(scored)
+            self._log_progress(scored)
+        yield out
+
+    def _log_progress(self, scored: int) -> None:
+        self._count += scored
         now = time.monotonic()
         if now - self._last_log >= _PROGRESS_EVERY_SECS:
             self._last_log = now
             logging.info("Teacher scored %d images on this worker (%.1f images/s)",
                          self._count, self._count / (now - self._start))
-        source, index, image_id = key
-        classes, probs = topk(probabilities, self._topk)
-        yield Prediction(source, index, image_id, classes, probs)
-
-
-def _failed_batch(failure):
-    """A batch the teacher raised on → one failed Prediction per image in it."""
-    batch, error = failure
-    # Beam hands over (exception type, repr, formatted traceback) for a failed batch.
-    message = error[1] if isinstance(error, tuple) and len(error) > 1 else repr(error)
-    for key, _ in batch:
-        yield _failure(key, STAGE_INFERENCE, message)
 
 
 class TeacherInference(beam.PTransform):
-    """RawImage → Prediction: one per image, scored or failed.
+    """[RawImage] → [Prediction]: one prediction per image, scored or failed.
 
     Decodes and resizes each image to the teacher's input, runs the model handler through Beam's
-    `RunInference` (fixed-size batches, model loaded once per worker or shared when the handler
-    is a large model), and keeps the `topk` most probable classes. An undecodable image, a batch
-    on which the teacher raises, and an image whose output is NaN or not a probability vector
-    each become a failed Prediction (a dead letter later) instead of failing the job; a batch
-    that fails for another reason than its data (`TEACHER_DATA_ERRORS`), e.g. the device running
-    out of memory, fails the bundle.
+    `RunInference` on the batches as read (see `TeacherOnBatches`; the model is loaded once per
+    worker process, or once per machine when the handler shares it), and keeps the `topk` most
+    probable classes. An undecodable image, a teacher batch that raises a data error and an
+    image whose output is NaN or not a probability vector each become a failed Prediction (a
+    dead letter later) instead of failing the job; a batch that fails for another reason than
+    its data (`TEACHER_DATA_ERRORS`), e.g. the device running out of memory, fails the bundle.
     """
 
     def __init__(self, model_handler: ModelHandler, image_spec: ImageSpec, outputs: str,
@@ -135,13 +218,8 @@ class TeacherInference(beam.PTransform):
     def expand(self, images):
         decode = _Decode(self._image_spec, self._max_pixels)
         decoded = images | "Decode" >> beam.ParDo(decode).with_outputs(_FAILED, main="decoded")
-        results, failed = (
-            decoded["decoded"]
-            | "RunInference" >> RunInference(KeyedModelHandler(self._handler))
-            .with_exception_handling(exc_class=TEACHER_DATA_ERRORS))
-        predictions = results | "ToPredictions" >> beam.ParDo(
-            _ToPrediction(self._outputs, self._topk))
-        failed_batches = (failed.failed_inferences
-                          | "FailedBatches" >> beam.FlatMap(_failed_batch))
-        return ((decoded[_FAILED], failed_batches, predictions)
-                | "AllPredictions" >> beam.Flatten())
+        predictions = (decoded["decoded"]
+                       | "RunInference" >> RunInference(TeacherOnBatches(self._handler))
+                       | "ToPredictions" >> beam.ParDo(_ToPredictions(self._outputs,
+                                                                      self._topk)))
+        return (decoded[_FAILED], predictions) | "AllPredictions" >> beam.Flatten()

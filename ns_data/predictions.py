@@ -142,14 +142,15 @@ def image_bucket(path: str, buckets: int) -> str:
 
 
 def topk(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k most probable classes (ties: lower class first) and their probabilities.
+    """The k most probable classes (ties: lower class first) and their probabilities, of one
+    row [C] or of each row of [N, C].
 
     The same order as `schema.topk_target`, so a soft_topk record made from a table row equals
     one made from the full distribution.
     """
     probabilities = np.asarray(probabilities, dtype=np.float32)
-    classes = np.argsort(-probabilities, kind="stable")[:k]
-    return classes.astype(np.int32), probabilities[classes]
+    classes = np.argsort(-probabilities, axis=-1, kind="stable")[..., :k]
+    return classes.astype(np.int32), np.take_along_axis(probabilities, classes, axis=-1)
 
 
 def to_table(predictions: Sequence[Prediction]) -> pa.Table:
@@ -235,7 +236,7 @@ def check_metadata(rows: pa.Table, path: str, expected: TableMetadata) -> None:
 
 
 class _TablePieces(beam.DoFn):
-    """Prediction → (group, Arrow table of a bundle's rows of that group).
+    """[Prediction] → (group, Arrow table of a bundle's rows of that group).
 
     Rows are shuffled to their table file as Arrow tables of up to `_PIECE_ROWS` rows, not one
     element per image: the per-element cost of a shuffle is paid per piece.
@@ -248,12 +249,13 @@ class _TablePieces(beam.DoFn):
     def start_bundle(self):
         self._rows: dict[str, list[Prediction]] = {}
 
-    def process(self, prediction: Prediction):
-        group = _group_of(prediction, self._input_format, self._image_buckets)
-        rows = self._rows.setdefault(group, [])
-        rows.append(prediction)
-        if len(rows) >= _PIECE_ROWS:
-            yield group, to_table(self._rows.pop(group))
+    def process(self, batch: Sequence[Prediction]):
+        for prediction in batch:
+            group = _group_of(prediction, self._input_format, self._image_buckets)
+            rows = self._rows.setdefault(group, [])
+            rows.append(prediction)
+            if len(rows) >= _PIECE_ROWS:
+                yield group, to_table(self._rows.pop(group))
 
     def finish_bundle(self):
         for group, rows in self._rows.items():
@@ -295,7 +297,7 @@ def _group_of(prediction: Prediction, input_format: str, image_buckets: int) -> 
 
 
 class WritePredictions(beam.PTransform):
-    """Prediction → the predictions table; returns the PCollection of its file paths.
+    """[Prediction] batches → the predictions table; returns the PCollection of its file paths.
 
     Predictions are grouped by input file (by path bucket for image files) — a shuffle of small
     Arrow tables, no image bytes — and each group becomes one Parquet file.

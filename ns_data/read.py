@@ -19,6 +19,9 @@ from ns_data.records import STAGE_PARSE, Prediction, RawImage
 from ns_data.tfrecord import iter_records
 
 INPUT_FORMATS = ("tfrecord", "images")
+# Images per element between reading and the teacher: Beam's per-element cost is paid once per
+# batch. A multiple of the usual teacher batches (64, 128, 256), so few teacher calls are padded.
+DEFAULT_READ_BATCH = 256
 
 
 def check_input_pattern(pattern: str) -> int:
@@ -64,36 +67,59 @@ def parse_image_record(serialized: bytes) -> tuple[bytes, bytes]:
 
 
 class _ReadTFRecordFile(beam.DoFn):
-    """TFRecord file path → RawImage per record, or a failed Prediction for a bad record."""
+    """TFRecord file path → [RawImage] batches of consecutive records, and [Prediction] batches
+    of the records that do not parse (tagged `failed`)."""
 
-    def __init__(self):
+    def __init__(self, batch_size: int):
+        self._batch_size = batch_size
         self._read = beam.metrics.Metrics.counter("ns_data", "images_read")
         self._failed = beam.metrics.Metrics.counter("ns_data", "failed_parse")
 
     def process(self, path: str):
+        images, failed = [], []
         for index, serialized in enumerate(iter_records(path)):
             try:
                 image_id, encoded = parse_image_record(serialized)
             except ParseFailure as e:
-                self._failed.inc()
-                yield beam.pvalue.TaggedOutput(FAILED, Prediction(
-                    path, index, e.image_id, stage=STAGE_PARSE, message=str(e)))
+                failed.append(Prediction(path, index, e.image_id, stage=STAGE_PARSE,
+                                         message=str(e)))
+                if len(failed) == self._batch_size:
+                    yield self._failures(failed)
+                    failed = []
                 continue
-            self._read.inc()
-            yield RawImage(image_id, encoded, path, index)
+            images.append(RawImage(image_id, encoded, path, index))
+            if len(images) == self._batch_size:
+                yield self._images(images)
+                images = []
+        if images:
+            yield self._images(images)
+        if failed:
+            yield self._failures(failed)
+
+    def _images(self, images: list[RawImage]) -> list[RawImage]:
+        self._read.inc(len(images))
+        return images
+
+    def _failures(self, failed: list[Prediction]):
+        self._failed.inc(len(failed))
+        return beam.pvalue.TaggedOutput(FAILED, failed)
 
 
-def _read_image_file(path: str) -> RawImage:
-    beam.metrics.Metrics.counter("ns_data", "images_read").inc()
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return RawImage(path.encode(), f.read(), path, 0)
+def _read_image_files(paths: list[str]) -> list[RawImage]:
+    beam.metrics.Metrics.counter("ns_data", "images_read").inc(len(paths))
+    images = []
+    for path in paths:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            images.append(RawImage(path.encode(), f.read(), path, 0))
+    return images
 
 
 FAILED = "failed"
 
 
 class ReadResult(NamedTuple):
-    """ReadImages' outputs: the images, and the records that did not parse (as predictions)."""
+    """ReadImages' outputs, in batches: [RawImage] and the records that did not parse
+    ([Prediction])."""
 
     images: beam.PCollection
     failed: beam.PCollection
@@ -108,15 +134,20 @@ class ReadImages(beam.PTransform):
     `images`: a glob of image files; the id is the file path.
 
     File names are reshuffled before reading so that workers share the files; no image bytes
-    cross that shuffle.
+    cross that shuffle. Images come in batches of up to `batch_size`: consecutive records of one
+    TFRecord file, or image files read together.
     """
 
-    def __init__(self, pattern: str, input_format: str = "tfrecord"):
+    def __init__(self, pattern: str, input_format: str = "tfrecord",
+                 batch_size: int = DEFAULT_READ_BATCH):
         super().__init__()
         if input_format not in INPUT_FORMATS:
             raise ValueError(f"input format must be one of {INPUT_FORMATS}, got {input_format!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self._pattern = pattern
         self._format = input_format
+        self._batch_size = batch_size
 
     def expand(self, pbegin):
         paths = (pbegin
@@ -124,9 +155,12 @@ class ReadImages(beam.PTransform):
                  | "Paths" >> beam.Map(lambda metadata: metadata.path)
                  | "SpreadFiles" >> beam.Reshuffle())
         if self._format == "images":
-            images = paths | "ReadImageFiles" >> beam.Map(_read_image_file)
+            images = (paths
+                      | "BatchPaths" >> beam.BatchElements(min_batch_size=self._batch_size,
+                                                           max_batch_size=self._batch_size)
+                      | "ReadImageFiles" >> beam.Map(_read_image_files))
             failed = pbegin | "NoParseFailures" >> beam.Create([])
             return ReadResult(images, failed)
-        read = paths | "ReadTFRecordFiles" >> beam.ParDo(_ReadTFRecordFile()).with_outputs(
-            FAILED, main="images")
+        read = paths | "ReadTFRecordFiles" >> beam.ParDo(
+            _ReadTFRecordFile(self._batch_size)).with_outputs(FAILED, main="images")
         return ReadResult(read["images"], read[FAILED])

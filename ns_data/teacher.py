@@ -30,7 +30,7 @@ from ns_data.images import ImageSpec
 METADATA_FILE = "assets.extra/ns_teacher.json"
 OUTPUT_KINDS = ("logits", "probabilities")
 # Probabilities may be off by float rounding; anything further is a wrong --teacher_outputs.
-_PROBABILITY_TOLERANCE = 1e-3
+PROBABILITY_TOLERANCE = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +204,7 @@ def output_error(raw: np.ndarray, probabilities: np.ndarray, kind: str) -> str |
         return f"teacher output has non-finite values (NaN/inf): {np.asarray(raw)[:8].tolist()}"
     if kind == "probabilities":
         total = float(np.sum(raw))
-        if np.any(raw < 0) or np.any(raw > 1) or abs(total - 1.0) > _PROBABILITY_TOLERANCE:
+        if np.any(raw < 0) or np.any(raw > 1) or abs(total - 1.0) > PROBABILITY_TOLERANCE:
             return (f"teacher output is not a probability vector (sum {total:.4f}, "
                     f"min {float(np.min(raw)):.4f}); did you mean --teacher_outputs=logits?")
     if not np.all(np.isfinite(probabilities)):

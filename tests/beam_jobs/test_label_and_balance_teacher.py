@@ -116,7 +116,7 @@ def test_dataflow_dry_run_builds_the_job_graph(teacher, unlabeled, accelerator, 
 # such elements and emit none (their outputs are small: predictions, file names).
 _BYTE_SOURCES = ("ReadImages/ReadTFRecordFiles", "ReadImages/ReadImageFiles",
                  "WriteLabeledShards/PairWithImages")
-_BYTE_SINKS = ("TeacherInference/ToPredictions", "TeacherInference/FailedBatches",
+_BYTE_SINKS = ("TeacherInference/ToPredictions",
                "WriteLabeledShards/Write/WriteChunks")
 _SMALL_OUTPUTS = ("failed",)  # tagged outputs of byte transforms that carry failures only
 

@@ -106,7 +106,8 @@ def test_write_predictions_one_sorted_file_per_input_whatever_the_pieces(
     shuffled = [rows[i] for i in rng.permutation(len(rows))]
     out = str(tmp_path / "table")
     with TestPipeline() as p:
-        paths = (p | beam.Create(shuffled, reshuffle=False)
+        batches = [shuffled[i:i + 4] for i in range(0, len(shuffled), 4)]
+        paths = (p | beam.Create(batches, reshuffle=False)
                  | table.WritePredictions(out, META))
         assert_that(paths, equal_to([table.table_file(out, "f1"), table.table_file(out, "f2")]))
     for source in ("f1", "f2"):
