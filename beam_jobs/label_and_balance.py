@@ -31,7 +31,8 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
-                                                  SetupOptions, StandardOptions, TestOptions)
+                                                  SetupOptions, StandardOptions, TestOptions,
+                                                  WorkerOptions)
 from apache_beam.runners.runner import PipelineResult
 
 from ns_data import devices, predictions, schema, stats
@@ -422,9 +423,13 @@ def pipeline_options(argv: list[str]) -> PipelineOptions:
     if not standard.runner:
         standard.runner = "DirectRunner"  # Beam's default (Prism) downloads a binary
     setup = options.view_as(SetupOptions)
+    worker = options.view_as(WorkerOptions)
     here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
+    # A custom container (docker/) already has the package installed: staging it again would
+    # pip install it on every worker at start-up.
+    has_image = worker.sdk_container_image or worker.worker_harness_container_image
     if (standard.runner.lower() in ("dataflow", "dataflowrunner") and not setup.setup_file
-            and not setup.requirements_file and os.path.exists(here)):
+            and not setup.requirements_file and not has_image and os.path.exists(here)):
         setup.setup_file = here  # workers need ns_data; ship it unless told otherwise
     return options
 
