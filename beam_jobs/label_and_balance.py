@@ -37,7 +37,7 @@ from apache_beam.runners.runner import PipelineResult
 
 from ns_data import devices, predictions, schema, stats
 from ns_data.balance import DEFAULT_COLLECT_LIMIT
-from ns_data.images import DEFAULT_MAX_PIXELS
+from ns_data.images import DECODERS, DEFAULT_DECODER, DEFAULT_MAX_PIXELS
 from ns_data.inference import TeacherInference
 from ns_data.pipeline import BalanceConfig, check_table_serves, select_and_write
 from ns_data.read import DEFAULT_READ_BATCH, INPUT_FORMATS, ReadImages, check_input_pattern
@@ -143,6 +143,11 @@ class LabelAndBalanceOptions(PipelineOptions):
         g.add_argument("--max_image_pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
                        help="Images whose header declares more pixels are dead letters, not "
                        "decoded (default: %(default)s).")
+        g.add_argument("--decoder", choices=sorted(DECODERS), default=DEFAULT_DECODER,
+                       help="How images are decoded and resized for the teacher: pillow = "
+                       "Pillow/libjpeg with DCT scaling of large JPEGs, several times faster "
+                       "and within a few levels of the trainer's pixels; tf = the trainer's "
+                       "own TensorFlow ops, pixel for pixel (default: %(default)s).")
         g = parser.add_argument_group("teacher")
         g.add_argument("--teacher", help="SavedModel directory of the teacher whose signature "
                        "maps images [N,H,W,C] to [N,num_classes] logits or probabilities. "
@@ -285,6 +290,7 @@ def run_config(opts: LabelAndBalanceOptions, spec: TeacherSpec) -> dict[str, Any
     return {
         "input": opts.input,
         "input_format": opts.input_format,
+        "decoder": opts.decoder,
         "teacher": opts.teacher,
         "teacher_outputs": spec.outputs,
         "image_shape": list(spec.image.shape),
@@ -378,7 +384,8 @@ def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSp
     read_batch = spec.batch_size * math.ceil(DEFAULT_READ_BATCH / spec.batch_size)
     read = pipeline | "ReadImages" >> ReadImages(opts.input, opts.input_format, read_batch)
     scored = read.images | "TeacherInference" >> TeacherInference(
-        handler, spec.image, spec.outputs, metadata.topk, opts.max_image_pixels)
+        handler, spec.image, spec.outputs, metadata.topk, opts.max_image_pixels, opts.decoder,
+        teacher_runtime(opts))
     image_buckets = 1
     if opts.input_format == "images":
         image_buckets = math.ceil(check_input_pattern(opts.input) / IMAGES_PER_TABLE_FILE)

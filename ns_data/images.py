@@ -1,15 +1,21 @@
-"""Image decoding and resizing, shared by the Beam job and the trainer's tf.data pipeline.
+"""Image decoding and resizing for the Beam job and the trainer's tf.data pipeline.
 
-Both sides call `decode_and_resize`, so the teacher in `label_and_balance` sees pixels prepared
-exactly as the trainer prepared them.
+The trainer decodes with `decode_and_resize` (TensorFlow ops, in its graph). The Beam job picks a
+decoder by name (`make_decoder`, `--decoder`): `ImageDecoder` runs the trainer's very function,
+`PillowDecoder` gives the same pixels to within a level or a few (JPEG) at several times the
+rate, without a TensorFlow op per image.
 """
 from __future__ import annotations
 
 import dataclasses
+import io
 import struct
+import warnings
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image, UnidentifiedImageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,25 +62,52 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def image_dimensions(encoded: bytes) -> tuple[int, int] | None:
-    """(height, width) from a PNG or JPEG header without decoding pixels; None if unknown."""
+    """(height, width) from the image's header, without decoding pixels; None if unknown.
+
+    PNG is read directly; every other format Pillow knows (JPEG, GIF, BMP, WebP, TIFF, ...) from
+    the header Pillow parses when it opens the bytes.
+
+    Raises:
+      ValueError: when the header declares more pixels than Pillow agrees to open at all
+        (twice `PIL.Image.MAX_IMAGE_PIXELS`).
+    """
     if encoded.startswith(_PNG_SIGNATURE) and len(encoded) >= 24:
         width, height = struct.unpack(">II", encoded[16:24])
         return height, width
-    if encoded.startswith(b"\xff\xd8"):
-        try:
-            height, width, _ = tf.io.extract_jpeg_shape(encoded).numpy().tolist()
-        except tf.errors.InvalidArgumentError:
-            return None
-        return height, width
-    return None
+    try:
+        with _open(encoded) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as e:
+        raise _bomb_error(e) from None
+    except (OSError, SyntaxError, ValueError):  # not an image Pillow knows: let the decoder say
+        return None
+    return height, width
+
+
+def _open(encoded: bytes) -> Image.Image:
+    with warnings.catch_warnings():  # a large image is refused by our own limit, not a warning
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(encoded))
+
+
+def _bomb_error(error: Exception) -> ValueError:
+    return ValueError("image is over Pillow's decompression-bomb limit, which --max_image_pixels "
+                      f"cannot raise: {error}")
+
+
+def _check_size(height: int, width: int, max_pixels: int) -> None:
+    if height * width > max_pixels:
+        raise ValueError(f"image is {width}x{height}, over the limit of {max_pixels} pixels "
+                         "(--max_image_pixels)")
 
 
 class ImageDecoder:
-    """Decodes one image's bytes to a uint8 numpy array; builds its tf.function lazily.
+    """Decodes one image's bytes with TensorFlow ops (`decode_and_resize`) to uint8 [H, W, C].
 
-    Images whose header declares more than `max_pixels` pixels are refused before decoding,
-    so one decompression bomb costs a dead letter, not a worker's memory. Picklable (the
-    compiled function is created on first use), so it can live in a DoFn.
+    Exactly the pixels the trainer's tf.data pipeline sees. Images whose header declares more
+    than `max_pixels` pixels are refused before decoding, so one decompression bomb costs a
+    dead letter, not a worker's memory. Picklable (the compiled function is created on first
+    use), so it can live in a DoFn.
     """
 
     def __init__(self, spec: ImageSpec, max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -97,7 +130,73 @@ class ImageDecoder:
         if not encoded:
             raise ValueError("empty image bytes")
         size = image_dimensions(encoded)
-        if size and size[0] * size[1] > self.max_pixels:
-            raise ValueError(f"image is {size[1]}x{size[0]}, over the limit of "
-                             f"{self.max_pixels} pixels (--max_image_pixels)")
+        if size:
+            _check_size(*size, self.max_pixels)
         return self._fn(tf.constant(encoded)).numpy()
+
+
+# Modes Pillow keeps at more than 8 bits per sample; TensorFlow keeps their high byte.
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+class PillowDecoder:
+    """Decodes one image's bytes with Pillow to uint8 [H, W, C]; no TensorFlow op per image.
+
+    Made to feed an accelerator from a few CPU cores: a large JPEG is decoded at a reduced
+    scale by libjpeg itself (DCT scaling to the smallest of 1/2, 1/4 or 1/8 that is still at
+    least the target size, and straight to grayscale for a 1-channel teacher), then resized
+    with Pillow's antialiased bilinear filter. Pixels match `decode_and_resize` exactly for a
+    PNG, BMP or GIF at the target size, within 1 level for a resize or a colour-to-grayscale
+    conversion, and within a few levels for JPEG (libjpeg's DCT and upsampling settings
+    differ); `bench/decode.py` measures both. Also decodes what TensorFlow's ops do not for a
+    grayscale teacher (GIF, BMP), and WebP and TIFF.
+
+    Every format is checked against `max_pixels` from its header before any pixel is
+    decoded; a truncated image is an error (Pillow's `LOAD_TRUNCATED_IMAGES` is left off).
+    Picklable.
+    """
+
+    def __init__(self, spec: ImageSpec, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.spec = spec
+        self.max_pixels = max_pixels
+        self._mode = "L" if spec.channels == 1 else "RGB"
+        self._size = (spec.width, spec.height)
+
+    def __call__(self, encoded: bytes) -> np.ndarray:
+        if not encoded:
+            raise ValueError("empty image bytes")
+        try:
+            image = _open(encoded)
+        except Image.DecompressionBombError as e:
+            raise _bomb_error(e) from None
+        except UnidentifiedImageError:  # its message names a BytesIO's address: differs per run
+            raise ValueError(f"not an image format Pillow knows (bytes start {encoded[:8]!r})"
+                             ) from None
+        with image:
+            _check_size(image.height, image.width, self.max_pixels)
+            if image.format == "JPEG":
+                image.draft(self._mode, self._size)
+            image = self._convert(image)
+            if image.size != self._size:
+                image = image.resize(self._size, Image.Resampling.BILINEAR)
+            pixels = np.asarray(image)
+        return pixels.reshape(self.spec.shape)
+
+    def _convert(self, image: Image.Image) -> Image.Image:
+        if image.mode in _WIDE_MODES:
+            high = np.clip(np.asarray(image, dtype=np.int64) >> 8, 0, 255).astype(np.uint8)
+            image = Image.fromarray(high, "L")
+        return image if image.mode == self._mode else image.convert(self._mode)
+
+
+Decoder = Callable[[bytes], np.ndarray]
+# The Beam job's --decoder choices.
+DECODERS = {"pillow": PillowDecoder, "tf": ImageDecoder}
+DEFAULT_DECODER = "pillow"
+
+
+def make_decoder(name: str, spec: ImageSpec, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoder:
+    """The decoder called `name` (a key of `DECODERS`) for images of `spec`."""
+    if name not in DECODERS:
+        raise ValueError(f"unknown decoder {name!r}; expected one of {sorted(DECODERS)}")
+    return DECODERS[name](spec, max_pixels)

@@ -9,6 +9,7 @@ the images again by their location.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -20,7 +21,9 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from ns_data.images import DEFAULT_MAX_PIXELS, ImageDecoder, ImageSpec
+from ns_data import devices
+from ns_data.images import (DECODERS, DEFAULT_DECODER, DEFAULT_MAX_PIXELS, ImageSpec,
+                            make_decoder)
 from ns_data.predictions import topk
 from ns_data.records import STAGE_DECODE, STAGE_INFERENCE, STAGE_OUTPUT, Prediction, RawImage
 from ns_data.teacher import PROBABILITY_TOLERANCE, output_error
@@ -50,27 +53,50 @@ def _failure(key: Key, stage: str, message: str) -> Prediction:
 
 
 class _Decode(beam.DoFn):
-    """[RawImage] → (keys, uint8 pixels [n, H, W, C]); the images that fail → [Prediction]."""
+    """[RawImage] → (keys, uint8 pixels [n, H, W, C]); the images that fail → [Prediction].
 
-    def __init__(self, spec: ImageSpec, max_pixels: int):
-        self._decoder = ImageDecoder(spec, max_pixels)
+    With the `tf` decoder, TensorFlow ops decode on the CPU, and the process first sets the
+    GPU memory policy of `runtime` (growth or a limit), so a decoding process never takes a
+    GPU's memory from the teacher.
+    """
+
+    def __init__(self, spec: ImageSpec, max_pixels: int, decoder: str,
+                 runtime: devices.TeacherRuntime | None):
+        self._spec = spec
+        self._max_pixels = max_pixels
+        self._decoder_name = decoder
+        self._runtime = runtime
         self._failed = beam.metrics.Metrics.counter("ns_data", "failed_decode")
+
+    def setup(self):
+        self._decoder = make_decoder(self._decoder_name, self._spec, self._max_pixels)
+        self._device = contextlib.nullcontext
+        if self._decoder_name == "tf":
+            devices.configure_gpus(self._runtime or devices.TeacherRuntime())
+            self._device = devices.on_cpu
 
     def process(self, images: Sequence[RawImage]):
         keys, pixels, failed = [], [], []
-        for image in images:
-            key = (image.source, image.index, image.image_id)
-            try:
-                pixels.append(self._decoder(image.encoded))
-            except Exception as e:  # noqa: BLE001 - any undecodable image becomes a dead letter
-                failed.append(_failure(key, STAGE_DECODE, f"{type(e).__name__}: {_first_line(e)}"))
-                continue
-            keys.append(key)
+        with self._device():
+            for key, decoded, error in self._decode(images):
+                if error is None:
+                    keys.append(key)
+                    pixels.append(decoded)
+                else:
+                    failed.append(_failure(key, STAGE_DECODE, error))
         if failed:
             self._failed.inc(len(failed))
             yield beam.pvalue.TaggedOutput(_FAILED, failed)
         if keys:
             yield keys, np.stack(pixels)
+
+    def _decode(self, images: Sequence[RawImage]):
+        for image in images:
+            key = (image.source, image.index, image.image_id)
+            try:
+                yield key, self._decoder(image.encoded), None
+            except Exception as e:  # noqa: BLE001 - any undecodable image becomes a dead letter
+                yield key, None, f"{type(e).__name__}: {_first_line(e)}"
 
 
 class TeacherOnBatches(ModelHandler):
@@ -195,7 +221,9 @@ class _ToPredictions(beam.DoFn):
 class TeacherInference(beam.PTransform):
     """[RawImage] → [Prediction]: one prediction per image, scored or failed.
 
-    Decodes and resizes each image to the teacher's input, runs the model handler through Beam's
+    Decodes and resizes each image to the teacher's input (`decoder`, a name of
+    `ns_data.images.DECODERS`; `runtime` is the teacher's device settings, which a `tf` decoder
+    respects on GPU workers), runs the model handler through Beam's
     `RunInference` on the batches as read (see `TeacherOnBatches`; the model is loaded once per
     worker process, or once per machine when the handler shares it), and keeps the `topk` most
     probable classes. An undecodable image, a teacher batch that raises a data error and an
@@ -205,18 +233,23 @@ class TeacherInference(beam.PTransform):
     """
 
     def __init__(self, model_handler: ModelHandler, image_spec: ImageSpec, outputs: str,
-                 topk: int, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 topk: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 decoder: str = DEFAULT_DECODER, runtime: devices.TeacherRuntime | None = None):
         super().__init__()
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}; expected one of {sorted(DECODERS)}")
         self._handler = model_handler
         self._image_spec = image_spec
         self._outputs = outputs
         self._topk = topk
         self._max_pixels = max_pixels
+        self._decoder = decoder
+        self._runtime = runtime
 
     def expand(self, images):
-        decode = _Decode(self._image_spec, self._max_pixels)
+        decode = _Decode(self._image_spec, self._max_pixels, self._decoder, self._runtime)
         decoded = images | "Decode" >> beam.ParDo(decode).with_outputs(_FAILED, main="decoded")
         predictions = (decoded["decoded"]
                        | "RunInference" >> RunInference(TeacherOnBatches(self._handler))

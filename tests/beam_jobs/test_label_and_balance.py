@@ -206,7 +206,8 @@ def test_bad_records_become_dead_letters_and_are_counted(tmp_path):
     assert stage_of[raising.image_id] == "inference"
     # Plus the non-Example record and the one whose id is an int64.
     assert list(stage_of.values()).count("parse") == 3
-    assert by_id_message(letters, raising.image_id) == "ValueError: fake teacher failed on this batch"
+    assert (by_id_message(letters, raising.image_id)
+            == "ValueError: fake teacher failed on this batch")
     assert all(d[schema.ERROR_MESSAGE][0] for d in letters)
     by_id = {d[schema.IMAGE_ID][0]: d for d in letters}
     assert by_id[b"corrupt-png"][schema.IMAGE_ENCODED][0] == b"\x89PNG\r\n\x1a\n-not-really"

@@ -82,6 +82,7 @@ def test_real_savedmodel_labels_and_counts(teacher, unlabeled, tmp_path):
     assert run_stats["totals"]["read"] == N_IMAGES
     assert run_stats["totals"]["written"] == K * len(above) == len(written)
     assert run_stats["config"]["image_shape"] == [28, 28, 1]
+    assert run_stats["config"]["decoder"] == "pillow"
     stats.check_reconciles(run_stats)
 
 

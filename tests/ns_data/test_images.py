@@ -1,6 +1,7 @@
 """Tests for image decoding in `ns_data/images.py`."""
 from __future__ import annotations
 
+import io
 import pickle
 import struct
 import zlib
@@ -8,8 +9,10 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image, JpegImagePlugin
 
-from ns_data.images import ImageDecoder, ImageSpec, image_dimensions
+from ns_data.images import (DECODERS, ImageDecoder, ImageSpec, PillowDecoder, decode_and_resize,
+                            image_dimensions, make_decoder)
 
 
 def png(pixels: np.ndarray) -> bytes:
@@ -146,6 +149,8 @@ def test_image_dimensions_from_headers_without_decoding():
     pixels = np.zeros((7, 11, 3), dtype=np.uint8)
     assert image_dimensions(tf.io.encode_png(pixels).numpy()) == (7, 11)
     assert image_dimensions(tf.io.encode_jpeg(pixels).numpy()) == (7, 11)
+    assert image_dimensions(pil_bytes(np.zeros((9, 4, 3), np.uint8), "GIF")) == (9, 4)
+    assert image_dimensions(pil_bytes(np.zeros((3, 8, 3), np.uint8), "WEBP")) == (3, 8)
     assert image_dimensions(b"GIF89a....") is None
     assert image_dimensions(b"\xff\xd8 not really a jpeg") is None
 
@@ -163,3 +168,172 @@ def test_decompression_bomb_is_refused_before_decoding():
     assert decoder(small).shape == (4, 4, 1)
     with pytest.raises(ValueError, match="over the limit of 24 pixels"):
         ImageDecoder(ImageSpec(4, 4, 1), max_pixels=24)(small)
+
+
+# --------------------------------------------------------------------------------------------
+# PillowDecoder: the Beam job's default, checked against decode_and_resize
+# --------------------------------------------------------------------------------------------
+
+def pil_bytes(pixels: np.ndarray, fmt: str, mode: str | None = None, **options) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels.squeeze() if pixels.shape[-1] == 1 else pixels, mode).save(
+        out, fmt, **options)
+    return out.getvalue()
+
+
+def smooth_pixels(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A photo-like RGB image: random colour blobs, blurred (JPEG and resizing behave on it)."""
+    coarse = random_pixels((height // 25 + 2, width // 25 + 2, 3), seed)
+    return np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC))
+
+
+def tf_reference(encoded: bytes, spec: ImageSpec) -> np.ndarray:
+    return decode_and_resize(tf.constant(encoded), spec).numpy()
+
+
+def max_and_mean_diff(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
+    diff = np.abs(a.astype(int) - b.astype(int))
+    return int(diff.max()), float(diff.mean())
+
+
+@pytest.mark.parametrize("fmt, shape", [
+    ("PNG", (9, 13, 3)), ("PNG", (9, 13, 1)), ("BMP", (9, 13, 3)), ("GIF", (9, 13, 3)),
+], ids=["png-rgb", "png-gray", "bmp", "gif"])
+def test_pillow_is_pixel_exact_at_the_target_size(fmt, shape):
+    pixels = random_pixels(shape, seed=5)
+    if fmt == "GIF":  # a palette of 256 colours holds every gray exactly
+        pixels = np.repeat(pixels[..., :1], 3, axis=2)
+    encoded = pil_bytes(pixels, fmt)
+    spec = ImageSpec(*shape)
+    decoded = PillowDecoder(spec)(encoded)
+    assert decoded.dtype == np.uint8 and decoded.shape == shape
+    np.testing.assert_array_equal(decoded, tf_reference(encoded, spec))
+    np.testing.assert_array_equal(decoded, pixels)
+
+
+def test_pillow_rgba_png_drops_alpha_like_tensorflow():
+    pixels = random_pixels((6, 7, 4), seed=6)
+    encoded = pil_bytes(pixels, "PNG")
+    decoded = PillowDecoder(ImageSpec(6, 7, 3))(encoded)
+    np.testing.assert_array_equal(decoded, pixels[..., :3])
+    np.testing.assert_array_equal(decoded, tf_reference(encoded, ImageSpec(6, 7, 3)))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_pillow_grayscale_conversion_is_luma_like_tensorflow(fmt):
+    encoded = pil_bytes(smooth_pixels(40, 30, seed=7), fmt, **({"quality": 95} if fmt == "JPEG"
+                                                                   else {}))
+    spec = ImageSpec(40, 30, 1)
+    worst, mean = max_and_mean_diff(PillowDecoder(spec)(encoded), tf_reference(encoded, spec))
+    assert worst <= (1 if fmt == "PNG" else 6), worst
+    assert mean < 1.5
+
+
+def test_pillow_16_bit_png_keeps_the_high_byte_like_tensorflow():
+    wide = np.random.default_rng(8).integers(0, 65536, size=(5, 6), dtype=np.uint16)
+    encoded = pil_bytes(wide[..., None], "PNG")
+    decoded = PillowDecoder(ImageSpec(5, 6, 1))(encoded)
+    np.testing.assert_array_equal(decoded[..., 0], (wide >> 8).astype(np.uint8))
+    np.testing.assert_array_equal(decoded, tf_reference(encoded, ImageSpec(5, 6, 1)))
+
+
+@pytest.mark.parametrize("target", [(24, 32), (150, 200)], ids=["down", "up"])
+def test_pillow_resize_matches_tensorflow_within_one_level(target):
+    encoded = pil_bytes(smooth_pixels(75, 100, seed=9), "PNG")
+    spec = ImageSpec(*target, 3)
+    worst, mean = max_and_mean_diff(PillowDecoder(spec)(encoded), tf_reference(encoded, spec))
+    assert worst <= 1
+    assert mean < 0.5
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_pillow_large_jpeg_decodes_at_reduced_scale_close_to_tensorflow(channels, monkeypatch):
+    encoded = pil_bytes(smooth_pixels(375, 500, seed=10), "JPEG", quality=90)
+    spec = ImageSpec(64, 64, channels)
+    drafts = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda self, *a: drafts.append(draft(self, *a) and (self.mode, self.size)))
+    decoded = PillowDecoder(spec)(encoded)
+    # libjpeg decoded at 1/4 scale (125x94, the smallest DCT scale still >= 64x64), in the
+    # teacher's colour mode.
+    assert drafts == [("L" if channels == 1 else "RGB", (125, 94))]
+    assert decoded.shape == spec.shape
+    worst, mean = max_and_mean_diff(decoded, tf_reference(encoded, spec))
+    assert mean < 2.5, mean
+    assert worst <= 16, worst
+
+
+def test_pillow_decodes_what_tensorflow_cannot_for_a_grayscale_teacher():
+    gray = random_pixels((6, 5, 1), seed=11)
+    spec = ImageSpec(6, 5, 1)
+    for fmt in ("GIF", "BMP"):
+        encoded = pil_bytes(np.repeat(gray, 3, axis=2), fmt)
+        np.testing.assert_array_equal(PillowDecoder(spec)(encoded), gray)
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            ImageDecoder(spec)(encoded)
+    webp = pil_bytes(np.repeat(gray, 3, axis=2), "WEBP", lossless=True)
+    np.testing.assert_array_equal(PillowDecoder(spec)(webp), gray)
+
+
+@pytest.mark.parametrize("data", [
+    b"definitely not an image",
+    b"\x89PNG\r\n\x1a\n" + b"\x00" * 32,
+    b"\xff\xd8\xff\xe0" + b"\x00" * 32,
+], ids=["garbage", "bad-png", "bad-jpeg"])
+def test_pillow_corrupt_bytes_raise(data):
+    with pytest.raises((OSError, SyntaxError, ValueError)):
+        PillowDecoder(ImageSpec(4, 4, 3))(data)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_pillow_truncated_image_raises(fmt):
+    data = pil_bytes(smooth_pixels(64, 64), fmt)
+    with pytest.raises(OSError, match="(?i)truncated"):
+        PillowDecoder(ImageSpec(64, 64, 3))(data[: len(data) // 2])
+
+
+def test_pillow_empty_bytes_raise():
+    with pytest.raises(ValueError, match="empty image bytes"):
+        PillowDecoder(ImageSpec(4, 4, 3))(b"")
+
+
+@pytest.mark.parametrize("decoder", sorted(DECODERS))
+def test_every_format_is_checked_against_the_pixel_limit(decoder):
+    # A 300x200 GIF is small on disk; a decoder limited to 50,000 pixels refuses it from its
+    # header, whatever the format (TF's own header check knew only PNG and JPEG).
+    for fmt in ("GIF", "BMP", "WEBP", "PNG", "JPEG"):
+        encoded = pil_bytes(np.zeros((200, 300, 3), np.uint8), fmt)
+        with pytest.raises(ValueError, match="300x200, over the limit of 50000 pixels"):
+            make_decoder(decoder, ImageSpec(4, 4, 3), max_pixels=50_000)(encoded)
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_pillow_bomb_beyond_pillows_own_limit_is_a_value_error():
+    # A PNG declaring 40000x40000 pixels (1.6e9) whose data is one small deflate stream.
+    bomb = (b"\x89PNG\r\n\x1a\n"
+            + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 0, 0, 0, 0))
+            + png_chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + png_chunk(b"IEND", b""))
+    for max_pixels in (89_478_485, 10**10):
+        with pytest.raises(ValueError, match="over Pillow's decompression-bomb limit, which "
+                                             "--max_image_pixels cannot raise: Image size "
+                                             r"\(1600000000 pixels\)"):
+            PillowDecoder(ImageSpec(4, 4, 1), max_pixels)(bomb)
+
+
+def test_pillow_decoder_pickles():
+    spec = ImageSpec(4, 5, 3)
+    pixels = random_pixels((4, 5, 3), seed=12)
+    clone = pickle.loads(pickle.dumps(PillowDecoder(spec, max_pixels=99)))
+    assert (clone.spec, clone.max_pixels) == (spec, 99)
+    np.testing.assert_array_equal(clone(png(pixels)), pixels)
+
+
+def test_make_decoder_names():
+    assert isinstance(make_decoder("pillow", ImageSpec(2, 2, 1)), PillowDecoder)
+    assert isinstance(make_decoder("tf", ImageSpec(2, 2, 1)), ImageDecoder)
+    with pytest.raises(ValueError, match="unknown decoder 'cv2'; expected one of"):
+        make_decoder("cv2", ImageSpec(2, 2, 1))
