@@ -1,9 +1,10 @@
 """TeacherInference: decode, run the un-noised teacher, keep what it said about each image.
 
 Elements are batches, not images: a list of `RawImage` read together (consecutive records of one
-file) goes in, a list of `Prediction` — one per image: its location, id and top-k classes and
-probabilities, or the stage and reason it failed — comes out. Beam's per-element cost is paid
-once per few hundred images, and the top-k and output checks run on numpy arrays. No image bytes
+file) goes in, an Arrow table of predictions rows (`ns_data.predictions.SCHEMA`) — one per
+image: its location, id and top-k classes and probabilities, or the stage and reason it failed —
+comes out. Beam's per-element cost (and its coder's) is paid once per few hundred images, and
+the top-k and output checks run on numpy arrays. No image bytes
 leave this step: the predictions table is written from these rows, and the writing pass reads
 the images again by their location.
 """
@@ -18,10 +19,11 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from ns_data import devices
+from ns_data import devices, predictions
 from ns_data.images import (DECODERS, DEFAULT_DECODER, DEFAULT_MAX_PIXELS, ImageSpec,
                             make_decoder)
 from ns_data.predictions import topk
@@ -53,7 +55,8 @@ def _failure(key: Key, stage: str, message: str) -> Prediction:
 
 
 class _Decode(beam.DoFn):
-    """[RawImage] → (keys, uint8 pixels [n, H, W, C]); the images that fail → [Prediction].
+    """[RawImage] → (keys, uint8 pixels [n, H, W, C]); the images that fail → a table of failed
+    predictions rows.
 
     With the `tf` decoder, TensorFlow ops decode on the CPU, and the process first sets the
     GPU memory policy of `runtime` (growth or a limit), so a decoding process never takes a
@@ -86,7 +89,7 @@ class _Decode(beam.DoFn):
                     failed.append(_failure(key, STAGE_DECODE, error))
         if failed:
             self._failed.inc(len(failed))
-            yield beam.pvalue.TaggedOutput(_FAILED, failed)
+            yield beam.pvalue.TaggedOutput(_FAILED, predictions.to_table(failed))
         if keys:
             yield keys, np.stack(pixels)
 
@@ -164,8 +167,8 @@ def _invalid_rows(raw: np.ndarray, probabilities: np.ndarray, outputs: str) -> n
 
 
 class _ToPredictions(beam.DoFn):
-    """A batch's teacher outputs → [Prediction] (top-k); invalid outputs and failed teacher
-    batches become failures.
+    """A batch's teacher outputs → a table of its predictions rows (top-k, `predictions.SCHEMA`);
+    invalid outputs and failed teacher batches become failed rows.
 
     Also logs progress (images scored and rate) from each worker every 30 seconds.
     """
@@ -184,30 +187,34 @@ class _ToPredictions(beam.DoFn):
 
     def process(self, result: PredictionResult):
         keys, (rows, errors) = result.example, result.inference
-        out: list[Prediction | None] = [None] * len(keys)
+        failed = [_failure(keys[i], STAGE_INFERENCE, error)
+                  for i, error in enumerate(errors) if error is not None]
+        self._failed.inc(len(failed))
         ok = [i for i, error in enumerate(errors) if error is None]
-        for i, error in enumerate(errors):
-            if error is not None:
-                out[i] = _failure(keys[i], STAGE_INFERENCE, error)
-        self._failed.inc(len(keys) - len(ok))
+        scored = []
         if ok:
             raw = np.stack([rows[i][0] for i in ok])
             probabilities = np.stack([rows[i][1] for i in ok])
             invalid = _invalid_rows(raw, probabilities, self._outputs)
-            classes, probs = topk(probabilities, self._topk)
-            for j, i in enumerate(ok):
-                error = invalid[j] and output_error(raw[j], probabilities[j], self._outputs)
+            for j in np.flatnonzero(invalid):
+                error = output_error(raw[j], probabilities[j], self._outputs)
                 if error:
                     self._invalid.inc()
-                    out[i] = _failure(keys[i], STAGE_OUTPUT, error)
-                    continue
-                self._confidence.update(int(probs[j, 0] * 1000))
-                source, index, image_id = keys[i]
-                out[i] = Prediction(source, index, image_id, classes[j], probs[j])
-            scored = len(ok) - int(np.count_nonzero(invalid))
-            self._scored.inc(scored)
-            self._log_progress(scored)
-        yield out
+                    failed.append(_failure(keys[ok[j]], STAGE_OUTPUT, error))
+                else:
+                    invalid[j] = False
+            scored = [ok[j] for j in np.flatnonzero(~invalid)]
+            classes, probs = topk(probabilities[~invalid], self._topk)
+            for confidence in (probs[:, 0] * 1000).astype(int):
+                self._confidence.update(int(confidence))
+            self._scored.inc(len(scored))
+            self._log_progress(len(scored))
+        tables = [predictions.to_table(failed)] if failed else []
+        if scored:
+            sources, indexes, image_ids = zip(*(keys[i] for i in scored))
+            tables.append(predictions.scored_table(image_ids, sources, indexes, classes, probs))
+        if tables:
+            yield pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
     def _log_progress(self, scored: int) -> None:
         self._count += scored
@@ -219,7 +226,7 @@ class _ToPredictions(beam.DoFn):
 
 
 class TeacherInference(beam.PTransform):
-    """[RawImage] → [Prediction]: one prediction per image, scored or failed.
+    """[RawImage] batches → tables of predictions rows: one row per image, scored or failed.
 
     Decodes and resizes each image to the teacher's input (`decoder`, a name of
     `ns_data.images.DECODERS`; `runtime` is the teacher's device settings, which a `tf` decoder
@@ -227,7 +234,7 @@ class TeacherInference(beam.PTransform):
     `RunInference` on the batches as read (see `TeacherOnBatches`; the model is loaded once per
     worker process, or once per machine when the handler shares it), and keeps the `topk` most
     probable classes. An undecodable image, a teacher batch that raises a data error and an
-    image whose output is NaN or not a probability vector each become a failed Prediction (a
+    image whose output is NaN or not a probability vector each become a failed row (a
     dead letter later) instead of failing the job; a batch that fails for another reason than
     its data (`TEACHER_DATA_ERRORS`), e.g. the device running out of memory, fails the bundle.
     """
@@ -251,8 +258,7 @@ class TeacherInference(beam.PTransform):
     def expand(self, images):
         decode = _Decode(self._image_spec, self._max_pixels, self._decoder, self._runtime)
         decoded = images | "Decode" >> beam.ParDo(decode).with_outputs(_FAILED, main="decoded")
-        predictions = (decoded["decoded"]
-                       | "RunInference" >> RunInference(TeacherOnBatches(self._handler))
-                       | "ToPredictions" >> beam.ParDo(_ToPredictions(self._outputs,
-                                                                      self._topk)))
-        return (decoded[_FAILED], predictions) | "AllPredictions" >> beam.Flatten()
+        scored = (decoded["decoded"]
+                  | "RunInference" >> RunInference(TeacherOnBatches(self._handler))
+                  | "ToPredictions" >> beam.ParDo(_ToPredictions(self._outputs, self._topk)))
+        return (decoded[_FAILED], scored) | "AllPredictions" >> beam.Flatten()

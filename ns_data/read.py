@@ -14,7 +14,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from ns_data import schema
+from ns_data import predictions, schema
 from ns_data.records import STAGE_PARSE, Prediction, RawImage
 from ns_data.tfrecord import iter_records
 
@@ -67,8 +67,8 @@ def parse_image_record(serialized: bytes) -> tuple[bytes, bytes]:
 
 
 class _ReadTFRecordFile(beam.DoFn):
-    """TFRecord file path → [RawImage] batches of consecutive records, and [Prediction] batches
-    of the records that do not parse (tagged `failed`)."""
+    """TFRecord file path → [RawImage] batches of consecutive records, and tables of failed
+    predictions rows for the records that do not parse (tagged `failed`)."""
 
     def __init__(self, batch_size: int):
         self._batch_size = batch_size
@@ -102,7 +102,7 @@ class _ReadTFRecordFile(beam.DoFn):
 
     def _failures(self, failed: list[Prediction]):
         self._failed.inc(len(failed))
-        return beam.pvalue.TaggedOutput(FAILED, failed)
+        return beam.pvalue.TaggedOutput(FAILED, predictions.to_table(failed))
 
 
 def _read_image_files(paths: list[str]) -> list[RawImage]:
@@ -118,8 +118,8 @@ FAILED = "failed"
 
 
 class ReadResult(NamedTuple):
-    """ReadImages' outputs, in batches: [RawImage] and the records that did not parse
-    ([Prediction])."""
+    """ReadImages' outputs, in batches: [RawImage], and the records that did not parse as
+    tables of failed predictions rows (`predictions.SCHEMA`)."""
 
     images: beam.PCollection
     failed: beam.PCollection
@@ -130,7 +130,7 @@ class ReadImages(beam.PTransform):
 
     `tfrecord`: a glob of TFRecord files of tf.train.Example with `image/encoded` (required) and
     `image/id` (optional; default: a content hash of the bytes). A record that does not parse is
-    a failed `Prediction` (stage "parse") named by a content hash of the whole record.
+    a failed predictions row (stage "parse") named by a content hash of the whole record.
     `images`: a glob of image files; the id is the file path.
 
     File names are reshuffled before reading so that workers share the files; no image bytes

@@ -28,6 +28,10 @@ class RawImage:
     source: str = ""
     index: int = 0
 
+    def __reduce__(self):
+        # Beam's coder pickles each one; the dataclass default looks its fields up every time.
+        return RawImage, (self.image_id, self.encoded, self.source, self.index)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Prediction:

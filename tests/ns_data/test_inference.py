@@ -10,6 +10,7 @@ from PIL import Image
 
 from ns_data import devices, inference
 from ns_data.images import ImageSpec, decode_and_resize
+from ns_data.predictions import ERROR_MESSAGE, ERROR_STAGE, INDEX, LABEL
 from ns_data.records import STAGE_DECODE, RawImage
 
 SPEC = ImageSpec(12, 10, 1)
@@ -35,7 +36,7 @@ def decode(decoder: str, images: list[RawImage], runtime=None):
     decoded, failed = None, []
     for out in fn.process(images):
         if isinstance(out, TaggedOutput):
-            failed.extend(out.value)
+            failed.extend(out.value.to_pylist())  # rows of the predictions table
         else:
             decoded = out
     return decoded, failed
@@ -60,10 +61,11 @@ def test_decode_batches_good_images_and_fails_bad_ones_per_image(decoder, gpu_se
     if decoder == "tf":  # the trainer's own pixels
         np.testing.assert_array_equal(pixels[0], want)
     assert np.abs(pixels[0].astype(int) - want.astype(int)).max() <= 1
-    assert [(f.index, f.stage) for f in failed] == [(1, STAGE_DECODE), (3, STAGE_DECODE),
-                                                    (4, STAGE_DECODE)]
-    assert failed[1].message == "ValueError: empty image bytes"
-    assert "100x200, over the limit of 10000 pixels (--max_image_pixels)" in failed[2].message
+    assert [(f[INDEX], f[ERROR_STAGE], f[LABEL]) for f in failed] == [
+        (1, STAGE_DECODE, None), (3, STAGE_DECODE, None), (4, STAGE_DECODE, None)]
+    assert failed[1][ERROR_MESSAGE] == "ValueError: empty image bytes"
+    assert ("100x200, over the limit of 10000 pixels (--max_image_pixels)"
+            in failed[2][ERROR_MESSAGE])
 
 
 def test_pillow_decodes_gif_for_a_grayscale_teacher_where_tf_fails(gpu_settings):
@@ -72,7 +74,8 @@ def test_pillow_decodes_gif_for_a_grayscale_teacher_where_tf_fails(gpu_settings)
     assert len(keys) == 1 and not failed
     decoded, failed = decode("tf", images)
     assert decoded is None
-    assert failed[0].message.startswith("InvalidArgumentError: channels must be 0 or 3 for GIF")
+    assert failed[0][ERROR_MESSAGE].startswith(
+        "InvalidArgumentError: channels must be 0 or 3 for GIF")
 
 
 def test_only_the_tf_decoder_sets_the_gpu_memory_policy(gpu_settings):

@@ -106,7 +106,8 @@ def test_write_predictions_one_sorted_file_per_input_whatever_the_pieces(
     shuffled = [rows[i] for i in rng.permutation(len(rows))]
     out = str(tmp_path / "table")
     with TestPipeline() as p:
-        batches = [shuffled[i:i + 4] for i in range(0, len(shuffled), 4)]
+        # Batches of rows of both files, as tables: the step splits them by input file.
+        batches = [table.to_table(shuffled[i:i + 4]) for i in range(0, len(shuffled), 4)]
         paths = (p | beam.Create(batches, reshuffle=False)
                  | table.WritePredictions(out, META))
         assert_that(paths, equal_to([table.table_file(out, "f1"), table.table_file(out, "f2")]))
@@ -116,3 +117,36 @@ def test_write_predictions_one_sorted_file_per_input_whatever_the_pieces(
         assert got[table.INDEX] == [r.index for r in want]
         assert got[table.ID] == [r.image_id for r in want]
         assert got[table.LABEL] == [int(r.classes[0]) if r.ok else None for r in want]
+
+
+def test_scored_table_equals_rows_made_one_by_one():
+    rng = np.random.default_rng(1)
+    rows = [ok(source, index, rng.dirichlet(np.ones(4)), k=3)
+            for source, index in (("b", 4), ("a", 1), ("a", 0))]
+    columns = table.scored_table([r.image_id for r in rows], [r.source for r in rows],
+                                 [r.index for r in rows], np.stack([r.classes for r in rows]),
+                                 np.stack([r.probs for r in rows]))
+    assert columns.schema.equals(table.SCHEMA)
+    want = table.to_table(rows)
+    assert columns.sort_by([(table.SOURCE, "ascending"), (table.INDEX, "ascending")]).equals(want)
+
+
+def test_write_predictions_groups_image_files_into_buckets(tmp_path):
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    meta = table.TableMetadata(input="/img/*", input_format="images", num_classes=4, topk=2)
+    rows = [ok(f"/img/{i}.png", 0, [0.4, 0.3, 0.2, 0.1]) for i in range(12)]
+    buckets = {table.image_bucket(r.source, 3) for r in rows}
+    out = str(tmp_path / "table")
+    with TestPipeline() as p:
+        paths = (p | beam.Create([table.to_table(rows[:7]), table.to_table(rows[7:])],
+                                 reshuffle=False)
+                 | table.WritePredictions(out, meta, image_buckets=3))
+        assert_that(paths, equal_to([table.table_file(out, b) for b in buckets]))
+    written = {}
+    for bucket in buckets:
+        for source in table.read_table_file(table.table_file(out, bucket))[table.SOURCE]:
+            written[source.as_py()] = bucket
+    assert written == {r.source: table.image_bucket(r.source, 3) for r in rows}
