@@ -1,0 +1,132 @@
+"""What the job costs over a bare loop: label_and_balance end to end vs decode + predict alone.
+
+    python -m bench.overhead [--work_dir /tmp/ns-bench-e2e] [--limit 0] [--decoders pillow,tf]
+
+On the 50,000 unlabeled Fashion-MNIST images of `bench.end_to_end` (8 TFRecord files, 28x28
+PNGs) with its tiny CNN teacher (a light teacher, so framework overhead is not hidden behind
+model time), each in a fresh process, one after the other:
+
+- **bare loop**: what a user would write by hand with the same teacher and images —
+  `tf.data` reads the files, parses and decodes (`decode_and_resize`, parallel map), batches of
+  `--batch_size`, the teacher's fixed-shape function (`ns_data.teacher.LoadedTeacher`), softmax
+  and argmax. Nothing is written.
+- **job**: `python -m beam_jobs.label_and_balance` on DirectRunner, keeping about every image
+  without duplication (`--min_confidence=0`, K = the largest class, `--no_duplicate`), so it
+  does everything the bare loop does plus the predictions table, the selection and the shards;
+  once per `--decoders` entry.
+
+Both walls include Python and TensorFlow start-up and loading the teacher; the bare loop also
+prints its loop alone. Ratios are images/s of the job over images/s of the bare loop.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bare_loop(pattern: str, teacher_path: str, batch_size: int) -> None:
+    """Decode + predict every image in a plain loop; prints a JSON line of counts and times."""
+    start = time.perf_counter()
+    import numpy as np
+    import tensorflow as tf
+
+    from ns_data import schema, teacher
+    from ns_data.images import decode_and_resize
+
+    spec = teacher.inspect_teacher(teacher_path, batch_size=batch_size)
+    model = teacher.LoadedTeacher(spec)
+    features = schema.tf_feature_spec()
+
+    def decode(serialized):
+        parsed = tf.io.parse_single_example(serialized, features)
+        return decode_and_resize(parsed[schema.IMAGE_ENCODED], spec.image)
+
+    files = sorted(tf.io.gfile.glob(pattern))
+    images = (tf.data.TFRecordDataset(files)
+              .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+              .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    loop_start = time.perf_counter()
+    count, labels = 0, np.zeros(spec.num_classes, np.int64)
+    for batch in images:
+        batch = batch.numpy()
+        n = len(batch)
+        padded = np.zeros((batch_size, *spec.image.shape), np.uint8)
+        padded[:n] = batch
+        probs = teacher.to_probabilities(model(teacher.scale_pixels(padded, spec))[:n],
+                                         spec.outputs, spec.temperature)
+        labels += np.bincount(probs.argmax(axis=1), minlength=spec.num_classes)
+        count += n
+    end = time.perf_counter()
+    print(json.dumps({"images": count, "loop_s": end - loop_start, "in_process_s": end - start,
+                      "per_class": labels.tolist()}))
+
+
+def _run(argv: list[str]) -> tuple[float, str]:
+    env = {**os.environ, "PYTHONPATH": _ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, *argv], cwd=_ROOT, env=env, capture_output=True,
+                         text=True)
+    seconds = time.perf_counter() - start
+    if run.returncode:
+        raise RuntimeError(f"{argv[:2]} failed:\n{run.stderr[-3000:]}")
+    return seconds, run.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work_dir", default="/tmp/ns-bench-e2e",
+                        help="Where the data, teacher and outputs go (shared with "
+                        "bench.end_to_end, reused).")
+    parser.add_argument("--limit", type=int, default=0,
+                        help="Use only the first LIMIT train images (0: all; 50,000 unlabeled).")
+    parser.add_argument("--batch_size", type=int, default=64, help="Teacher batch, both sides.")
+    parser.add_argument("--decoders", default="pillow,tf",
+                        help="Comma-separated --decoder values to run the job with.")
+    parser.add_argument("--bare", nargs=2, metavar=("PATTERN", "TEACHER"),
+                        help=argparse.SUPPRESS)  # the bare loop's own process
+    args = parser.parse_args()
+    if args.bare:
+        bare_loop(*args.bare, args.batch_size)
+        return
+    sys.path.insert(0, _ROOT)
+    from bench.end_to_end import prepare
+    pattern, teacher = prepare(args.work_dir, args.limit)
+
+    bare_s, out = _run(["-m", "bench.overhead", "--bare", pattern, teacher,
+                        f"--batch_size={args.batch_size}"])
+    bare = json.loads(out.strip().splitlines()[-1])
+    images = bare["images"]
+    rows = [("bare loop (tf.data, parallel decode)", bare_s, bare["per_class"])]
+    for decoder in args.decoders.split(","):
+        out_dir = os.path.join(args.work_dir, "runs", f"overhead-{decoder}")
+        seconds, _ = _run([
+            "-m", "beam_jobs.label_and_balance", f"--input={pattern}", f"--teacher={teacher}",
+            f"--output_dir={out_dir}", "--min_confidence=0", f"--images_per_class={images}",
+            "--no_duplicate", "--label_type=hard", "--num_shards=16",
+            f"--batch_size={args.batch_size}", f"--decoder={decoder}", "--overwrite",
+            "--runner=DirectRunner"])
+        with open(os.path.join(out_dir, "stats.json")) as f:
+            stats = json.load(f)
+        assert stats["totals"]["read"] == images, stats["totals"]
+        rows.append((f"label_and_balance --decoder={decoder}", seconds,
+                     [c["above_threshold"] for c in stats["classes"]]))
+    print(f"{images} images, teacher {teacher}, batch {args.batch_size}; bare loop alone "
+          f"{bare['loop_s']:.1f} s ({images / bare['loop_s']:.0f} images/s)\n")
+    print(f"{'':<40}{'wall s':>8}{'images/s':>10}{'vs bare':>9}")
+    for name, seconds, _ in rows:
+        print(f"{name:<40}{seconds:>8.1f}{images / seconds:>10.0f}{bare_s / seconds:>9.2f}")
+    labels = {name: per_class for name, _, per_class in rows}
+    print("\nimages per predicted class:")
+    for name, per_class in labels.items():
+        print(f"  {name:<40}{per_class}")
+
+
+if __name__ == "__main__":
+    main()
