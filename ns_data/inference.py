@@ -108,12 +108,13 @@ class TeacherOnBatches(ModelHandler):
     RunInference does no batching of its own (`should_skip_batching`); each element is cut into
     the teacher's batches (the wrapped handler's `max_batch_size`, so a fixed-shape function sees
     the shape it was built for). A teacher batch that raises a data error
-    (`TEACHER_DATA_ERRORS`) costs its own images, each with the error's first line; any other
-    error fails the bundle. Loading and sharing (`large_model`, `model_copies`) are the wrapped
-    handler's.
+    (`TEACHER_DATA_ERRORS`) is retried in halves, down to single images, so only the images
+    that fail on their own become dead letters, each with its error's first line (a batch with
+    one bad image costs about 2·log2(batch) extra calls). Any other error fails the bundle.
+    Loading and sharing (`large_model`, `model_copies`) are the wrapped handler's.
 
     The inference of each element is (rows, errors): per image its (raw output, probabilities)
-    or None, and None or why its batch failed.
+    or None, and None or why it failed.
     """
 
     def __init__(self, handler: ModelHandler):
@@ -144,16 +145,24 @@ class TeacherOnBatches(ModelHandler):
         rows: list[tuple[np.ndarray, np.ndarray] | None] = []
         errors: list[str | None] = []
         for start in range(0, len(keys), self._batch_size):
-            images = list(pixels[start:start + self._batch_size])
-            try:
-                results = self._handler.run_inference(images, model, inference_args)
-            except TEACHER_DATA_ERRORS as e:
-                rows.extend([None] * len(images))
-                errors.extend([f"{type(e).__name__}: {_first_line(e)}"] * len(images))
-                continue
-            rows.extend(result.inference for result in results)
-            errors.extend([None] * len(images))
+            batch_rows, batch_errors = self._score(list(pixels[start:start + self._batch_size]),
+                                                   model, inference_args)
+            rows.extend(batch_rows)
+            errors.extend(batch_errors)
         return [PredictionResult(keys, (rows, errors))]
+
+    def _score(self, images: list[np.ndarray], model, inference_args):
+        try:
+            results = self._handler.run_inference(images, model, inference_args)
+        except TEACHER_DATA_ERRORS as e:
+            if len(images) == 1:
+                return [None], [f"{type(e).__name__}: {_first_line(e)}"]
+            beam.metrics.Metrics.counter("ns_data", "teacher_batches_split").inc()
+            half = len(images) // 2
+            first_rows, first_errors = self._score(images[:half], model, inference_args)
+            rows, errors = self._score(images[half:], model, inference_args)
+            return first_rows + rows, first_errors + errors
+        return [result.inference for result in results], [None] * len(images)
 
 
 def _invalid_rows(raw: np.ndarray, probabilities: np.ndarray, outputs: str) -> np.ndarray:
@@ -233,8 +242,9 @@ class TeacherInference(beam.PTransform):
     respects on GPU workers), runs the model handler through Beam's
     `RunInference` on the batches as read (see `TeacherOnBatches`; the model is loaded once per
     worker process, or once per machine when the handler shares it), and keeps the `topk` most
-    probable classes. An undecodable image, a teacher batch that raises a data error and an
-    image whose output is NaN or not a probability vector each become a failed row (a
+    probable classes. An undecodable image, an image on which the teacher raises a data error
+    (found by retrying a failed batch in halves) and an image whose output is NaN or not a
+    probability vector each become a failed row (a
     dead letter later) instead of failing the job; a batch that fails for another reason than
     its data (`TEACHER_DATA_ERRORS`), e.g. the device running out of memory, fails the bundle.
     """

@@ -1,10 +1,12 @@
-"""Tests for the decode step of `ns_data/inference.py` (the teacher side runs in the job tests)."""
+"""Tests for `ns_data/inference.py`: decoding batches and retrying failed teacher batches."""
 from __future__ import annotations
 
 import io
 
 import numpy as np
 import pytest
+import tensorflow as tf
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.pvalue import TaggedOutput
 from PIL import Image
 
@@ -92,3 +94,62 @@ def test_unknown_decoder_is_refused_when_the_step_is_built():
     with pytest.raises(ValueError, match="unknown decoder 'cv2'"):
         inference.TeacherInference(model_handler=None, image_spec=SPEC, outputs="logits", topk=1,
                                    decoder="cv2")
+
+
+class _CountingTeacher(ModelHandler):
+    """Raises a data error on any batch holding an image whose first pixel is 255."""
+
+    def __init__(self, batch_size: int):
+        super().__init__()
+        self.calls: list[int] = []
+        self._batch_size = batch_size
+
+    def batch_elements_kwargs(self):
+        return {"max_batch_size": self._batch_size}
+
+    def load_model(self):
+        return None
+
+    def run_inference(self, batch, model, inference_args=None):
+        self.calls.append(len(batch))
+        if any(image.flat[0] == 255 for image in batch):
+            raise ValueError(f"bad pixel in a batch of {len(batch)}\nsecond line")
+        return [PredictionResult(image, (image.reshape(-1)[:2], image.reshape(-1)[:2]))
+                for image in batch]
+
+
+@pytest.mark.parametrize("bad", [[], [5], [0, 13], list(range(16))])
+def test_a_failing_teacher_batch_is_retried_in_halves_down_to_the_bad_images(bad):
+    pixels = np.arange(16, dtype=np.uint8).reshape(16, 1, 1, 1).repeat(2, axis=1)
+    pixels[bad, 0, 0, 0] = 255
+    keys = [("f", i, b"%d" % i) for i in range(16)]
+    teacher = _CountingTeacher(batch_size=8)
+    [result] = inference.TeacherOnBatches(teacher).run_inference((keys, pixels), None)
+    rows, errors = result.inference
+    assert result.example == keys
+    assert [i for i, e in enumerate(errors) if e] == bad
+    assert all(e == "ValueError: bad pixel in a batch of 1" for e in errors if e)
+    for i, row in enumerate(rows):
+        assert (row is None) == (i in bad)
+        if row is not None:
+            np.testing.assert_array_equal(row[0], [i, i])
+    # Two teacher batches of 8; each failing batch of n is split into n/2 + n/2, recursively.
+    if not bad:
+        assert teacher.calls == [8, 8]
+    if bad == [5]:  # 8 fails -> 4 ok, 4 fails -> 2 fails -> 1 ok, 1 fails; 2 ok; then 8 ok
+        assert teacher.calls == [8, 4, 4, 2, 1, 1, 2, 8]
+    if len(bad) == 16:
+        assert len(teacher.calls) == 2 * (2 * 8 - 1)
+
+
+def test_a_device_error_is_not_retried_and_fails_the_bundle():
+    class OutOfMemory(_CountingTeacher):
+        def run_inference(self, batch, model, inference_args=None):
+            self.calls.append(len(batch))
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+    teacher = OutOfMemory(batch_size=4)
+    with pytest.raises(tf.errors.ResourceExhaustedError):
+        inference.TeacherOnBatches(teacher).run_inference(
+            ([("f", i, b"") for i in range(8)], np.zeros((8, 1, 1, 1), np.uint8)), None)
+    assert teacher.calls == [4]
