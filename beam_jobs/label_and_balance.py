@@ -35,7 +35,8 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
                                                   WorkerOptions)
 from apache_beam.runners.runner import PipelineResult
 
-from ns_data import devices, predictions, schema, stats
+from beam_jobs import cli
+from ns_data import completion, devices, predictions, schema, stats
 from ns_data.balance import DEFAULT_COLLECT_LIMIT
 from ns_data.images import DECODERS, DEFAULT_DECODER, DEFAULT_MAX_PIXELS
 from ns_data.inference import TeacherInference
@@ -73,6 +74,13 @@ def _probability(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
 
 
@@ -119,6 +127,12 @@ def add_balance_args(parser) -> None:
     g.add_argument("--chunk_records", type=_positive_int, default=DEFAULT_CHUNK_RECORDS,
                    help="Records sorted in memory at once when writing shards; a worker "
                    "holds about this many encoded images (default: %(default)s).")
+    g.add_argument("--max_failure_fraction", type=_fraction,
+                   default=completion.DEFAULT_MAX_FAILURE_FRACTION,
+                   help="Largest share of the images read that may fail (dead letters) for the "
+                   "run to count as complete; above it the job exits with an error and the "
+                   f"counts per stage, and --output_dir gets no {completion.SUCCESS_FILE} "
+                   "marker (default: %(default)s).")
 
 
 class BalanceOptions(PipelineOptions):
@@ -304,10 +318,12 @@ def run_config(opts: LabelAndBalanceOptions, spec: TeacherSpec) -> dict[str, Any
 def check_output_dir(output_dir: str, overwrite: bool, delete: bool = False) -> None:
     """Refuses to mix a new run's shards with an old run's, unless told to replace them.
 
-    With `overwrite` and `delete`, removes the old shards and dead letters.
+    With `overwrite` and `delete`, removes the old completion marker first, then the old
+    shards, dead letters and stats.json, so an interrupted rerun never looks complete.
     """
     _check_clear(output_dir, [shard_pattern(output_dir, PSEUDO_LABEL_PREFIX),
-                              shard_pattern(output_dir, DEAD_LETTER_PREFIX)],
+                              shard_pattern(output_dir, DEAD_LETTER_PREFIX),
+                              posixpath.join(output_dir, stats.STATS_FILE)],
                  "pseudo_labels shards", overwrite, delete)
 
 
@@ -325,8 +341,24 @@ def _check_clear(directory: str, patterns: list[str], what: str, overwrite: bool
         raise ValueError(f"{directory} already holds {counted} {what}; pass --overwrite or pick "
                          "another directory")
     if delete:
+        completion.remove_marker(directory)
         for path in existing:
             tf.io.gfile.remove(path)
+
+
+def finish(output_dir: str, max_failure_fraction: float, job: str,
+           table_dir: str | None = None) -> dict[str, Any]:
+    """After the pipeline: marks the table (when this run wrote one) and then the output
+    complete, unless too many images failed (`TooManyFailuresError`). Returns the run's stats.
+    """
+    run_stats = stats.read_stats(output_dir)
+    stats.check_reconciles(run_stats)
+    summary = {"job": job, "config": run_stats["config"], "totals": run_stats["totals"]}
+    if table_dir:
+        completion.write_marker(table_dir, summary)
+    completion.check_failures(run_stats, max_failure_fraction, output_dir)
+    completion.write_marker(output_dir, summary)
+    return run_stats
 
 
 def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
@@ -472,8 +504,11 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     result = pipeline.run()
     result.wait_until_finish()
     if not dry_run:
+        balance = opts.view_as(BalanceOptions)
         class_names = read_metadata(opts.teacher).get("class_names")
-        print_summary(opts.view_as(BalanceOptions).output_dir, class_names)
+        print_summary(balance.output_dir, class_names)
+        finish(balance.output_dir, balance.max_failure_fraction, "label_and_balance",
+               predictions_dir(opts))
     return result
 
 
@@ -492,4 +527,4 @@ def configure_logging() -> None:
 
 if __name__ == "__main__":
     configure_logging()
-    run()
+    sys.exit(cli.main(run, "label_and_balance"))

@@ -19,9 +19,11 @@ import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from apache_beam.runners.runner import PipelineResult
 
+from beam_jobs import cli
 from beam_jobs.label_and_balance import (BalanceOptions, balance_config, check_output_dir,
-                                         configure_logging, pipeline_options, print_summary)
-from ns_data import predictions
+                                         configure_logging, finish, pipeline_options,
+                                         print_summary)
+from ns_data import completion, predictions
 from ns_data.pipeline import check_table_serves, select_and_write
 
 
@@ -34,6 +36,9 @@ class RebalanceOptions(PipelineOptions):
                             help="The predictions table of a label_and_balance run: its "
                             "directory (OUTPUT_DIR/predictions by default) or a glob of its "
                             "predictions-*.parquet files. Required.")
+        parser.add_argument("--allow_incomplete", action="store_true",
+                            help="Read a table whose run did not finish (its directory has no "
+                            f"{completion.SUCCESS_FILE} marker).")
 
 
 def table_pattern(opts: RebalanceOptions) -> str:
@@ -91,6 +96,9 @@ def run(argv: list[str] | None = None,
     if missing:
         raise ValueError(f"missing required flags: {', '.join(missing)} (see --help)")
     metadata = read_table_metadata(table_pattern(opts))
+    if not opts.allow_incomplete:
+        completion.require_complete(completion.directory_of(table_pattern(opts)),
+                                    "--predictions", "--allow_incomplete")
     check_table_serves(metadata, balance_config(balance))
     dry_run = options.view_as(TestOptions).dry_run
     if not dry_run:
@@ -101,9 +109,10 @@ def run(argv: list[str] | None = None,
     result.wait_until_finish()
     if not dry_run:
         print_summary(balance.output_dir)
+        finish(balance.output_dir, balance.max_failure_fraction, "rebalance")
     return result
 
 
 if __name__ == "__main__":
     configure_logging()
-    run()
+    sys.exit(cli.main(run, "rebalance"))

@@ -38,6 +38,9 @@ class TrainConfig:
     labeled: str = _field("", "Glob of labeled TFRecords (ns_data.schema; `label` is the class).")
     unlabeled: str = _field("", "Glob of pseudo-labeled TFRecords from label_and_balance (hard, "
                                 "soft or soft_topk). Empty: teacher mode, labeled data only.")
+    allow_incomplete: bool = _field(False, "Train on --unlabeled shards even when their "
+                                    "directory has no _SUCCESS marker (the label_and_balance "
+                                    "run that wrote them did not finish).")
     eval: str = _field("", "Glob of labeled TFRecords for top-1 evaluation (EMA weights). "
                            "Empty: no evaluation.")
     num_classes: int = _field(10, "Number of classes.")
@@ -187,8 +190,10 @@ def parser() -> argparse.ArgumentParser:
     for field in dataclasses.fields(TrainConfig):
         extra = {k: v for k, v in field.metadata.items() if k != "help"}
         text = f"{field.metadata['help']} (default: {field.default})".replace("%", "%%")
-        result.add_argument(f"--{field.name}", type=_flag_type(field), default=None, help=text,
-                            **extra)
+        kind = _flag_type(field)
+        typed = ({"action": argparse.BooleanOptionalAction} if kind is bool
+                 else {"type": kind})
+        result.add_argument(f"--{field.name}", default=None, help=text, **typed, **extra)
     return result
 
 

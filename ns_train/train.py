@@ -30,6 +30,7 @@ import keras
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from ns_data import completion
 from ns_data.teacher import write_metadata
 from ns_train import data, preprocess
 from ns_train.augment import RandAugmentConfig, augment_batch
@@ -42,7 +43,8 @@ logger = logging.getLogger("ns_train")
 RESULT_FILE = "result.json"
 CONFIG_FILE = "config.json"
 _MAY_CHANGE_ON_RESUME = {"workdir", "eval", "log_every", "eval_every", "checkpoint_every",
-                         "keep_checkpoints", "export_dir", "tpu", "class_names", "shuffle_buffer"}
+                         "keep_checkpoints", "export_dir", "tpu", "class_names", "shuffle_buffer",
+                         "allow_incomplete"}
 # Rows in which the un-normalised sums of a metric accumulate between log lines.
 _METRICS = ("loss", "labeled_loss", "labeled_correct", "labeled_count", "unlabeled_loss",
             "unlabeled_agree", "unlabeled_count")
@@ -349,7 +351,8 @@ class Trainer:
                     on_log(step, last)
             if step % config.checkpoint_every == 0 and step < self.total:
                 self.save()
-            if config.eval_every and step % config.eval_every == 0 and step < self.total and on_eval:
+            if (config.eval_every and step % config.eval_every == 0 and step < self.total
+                    and on_eval):
                 on_eval(step)
         self.save()
         return last
@@ -490,6 +493,9 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
     The result (also written to WORKDIR/result.json) holds the step reached, the last training
     metrics, the final evaluation and the export path.
     """
+    if config.student and not config.allow_incomplete:
+        completion.require_complete(completion.directory_of(config.unlabeled), "--unlabeled",
+                                    "--allow_incomplete")
     tf.io.gfile.makedirs(config.workdir)
     check_workdir_config(config)
     finished = _finished_result(config)

@@ -69,7 +69,8 @@ def run_fake(tmp_path, images, *flags, name="out", batch_size=8, input_records=N
     opts = PipelineOptions(argv).view_as(job.LabelAndBalanceOptions)
     with BeamTestPipeline(runner="DirectRunner") as p:
         job.build(p, opts, fakes.fake_spec(batch_size), fakes.FakeTeacherHandler(batch_size))
-    return output_dir, stats.read_stats(output_dir)
+    # As `run` does after the pipeline; the corpora hold bad records on purpose.
+    return output_dir, job.finish(output_dir, 1.0, "label_and_balance", job.predictions_dir(opts))
 
 
 def test_exact_counts_topk_and_copies_match_brute_force(tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -15,9 +16,10 @@ from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.dataflow.internal import apiclient
 
+from beam_jobs import cli
 from beam_jobs import label_and_balance as job
 from beam_jobs import rebalance
-from ns_data import schema, stats
+from ns_data import completion, schema, stats
 from ns_data.images import ImageDecoder, ImageSpec
 from ns_train.tiny_teacher import train_tiny_teacher
 
@@ -197,7 +199,8 @@ def test_two_processes_write_identical_bytes(teacher, unlabeled, tmp_path):
         [sys.executable, "-m", "beam_jobs.label_and_balance", f"--input={input_path}",
          f"--teacher={teacher}", "--output_dir=out", "--images_per_class=7",
          "--num_shards=3", "--label_type=soft_topk", "--topk=3", "--seed=5",
-         "--runner=DirectRunner"], env=env, cwd=str(tmp_path / f"run{i}"),
+         "--max_failure_fraction=0.05", "--runner=DirectRunner"],
+        env=env, cwd=str(tmp_path / f"run{i}"),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
     for run in runs:
         _, err = run.communicate(timeout=600)
@@ -214,7 +217,43 @@ def test_two_processes_write_identical_bytes(teacher, unlabeled, tmp_path):
 
     first, second = files(tmp_path / "run0" / "out"), files(tmp_path / "run1" / "out")
     assert sorted(first) == sorted(second)
-    assert {name.split("-")[0] for name in first} == {"pseudo_labels", "dead_letters",
-                                                      "stats.json", "predictions/predictions"}
+    assert {name.split("-")[0] for name in first} == {
+        "pseudo_labels", "dead_letters", "stats.json", "predictions/predictions", "_SUCCESS",
+        "predictions/_SUCCESS"}
     for name in first:
         assert first[name] == second[name], name
+
+
+@pytest.mark.slow
+def test_too_many_failures_exit_1_with_counts_and_leave_no_marker(teacher, unlabeled, tmp_path,
+                                                                   capsys):
+    records = unlabeled[1][:98] + [
+        schema.image_example(b"\x89PNG\r\n\x1a\n-not-really", b"corrupt"), b"not an Example"]
+    input_path = str(tmp_path / "input.tfrecord")
+    with tf.io.TFRecordWriter(input_path) as w:
+        for r in records:
+            w.write(r)
+    out = str(tmp_path / "out")
+    argv = [f"--input={input_path}", f"--teacher={teacher}", f"--output_dir={out}",
+            "--images_per_class=5", "--num_shards=2", "--runner=DirectRunner"]
+    assert cli.main(job.run, "label_and_balance", argv) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("label_and_balance: error: 2 of 100 images failed (2.0%; parse 1, "
+                            "decode 1, inference 0, invalid_output 0), more than "
+                            "--max_failure_fraction=0.01")
+    # Everything was written and counted, the table is complete, the output is not.
+    assert stats.read_stats(out)["totals"]["failed_total"] == 2
+    assert completion.is_complete(os.path.join(out, "predictions"))
+    assert not completion.is_complete(out)
+
+    assert cli.main(job.run, "label_and_balance",
+                    argv + ["--overwrite", "--max_failure_fraction=0.02"]) == 0
+    marker = json.loads(open(os.path.join(out, "_SUCCESS")).read())
+    assert marker["complete"] and marker["job"] == "label_and_balance"
+    assert marker["totals"] == stats.read_stats(out)["totals"]
+    assert marker["config"]["images_per_class"] == 5
+
+    # A bad flag value is one line naming it, exit status 2.
+    assert cli.main(job.run, "label_and_balance", argv + ["--temperature=-1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "label_and_balance: error: --temperature must be > 0, got -1.0")

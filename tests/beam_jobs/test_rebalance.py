@@ -7,11 +7,15 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+
+from beam_jobs import label_and_balance as job
 from beam_jobs import rebalance
-from ns_data import predictions, schema, stats
+from ns_data import completion, predictions, schema, stats
 from tests import fakes
-from tests.beam_jobs.test_label_and_balance import (SEED, corpus, expected_copies, read_records,
-                                                    run_fake)
+from tests.beam_jobs.test_label_and_balance import (K, SEED, corpus, expected_copies,
+                                                    read_records, run_fake)
 
 
 def corpus_records():
@@ -42,7 +46,7 @@ def test_rebalance_from_the_table_matches_a_fresh_run(tmp_path):
              "--label_type=soft_topk", "--topk=2"]
     rebalanced = str(tmp_path / "rebalanced")
     rebalance.run([f"--predictions={first}/predictions", f"--output_dir={rebalanced}",
-                   "--runner=DirectRunner", *flags])
+                   "--runner=DirectRunner", "--max_failure_fraction=1", *flags])
     fresh, fresh_stats = run_fake(tmp_path, images, *flags, "--predictions_topk=4",
                                   name="fresh", input_records=records)
 
@@ -89,3 +93,29 @@ def test_rebalance_refuses_a_changed_input(tmp_path):
 def test_rebalance_needs_its_flags():
     with pytest.raises(ValueError, match="missing required flags: --predictions, --output_dir"):
         rebalance.run(["--images_per_class=3"])
+
+
+def test_an_interrupted_overwrite_leaves_nothing_that_looks_complete(tmp_path):
+    first, _ = run_fake(tmp_path, corpus()[:20], "--label_type=hard", "--predictions_topk=4")
+    table_dir = os.path.join(first, "predictions")
+    assert completion.is_complete(first) and completion.is_complete(table_dir)
+    # A rerun with --overwrite clears the old run at launch, marker first ...
+    argv = [f"--input={tmp_path}/input.tfrecord", "--teacher=unused", f"--output_dir={first}",
+            f"--images_per_class={K}", "--num_shards=3", "--overwrite", "--label_type=hard",
+            "--predictions_topk=4"]
+    opts = PipelineOptions(argv).view_as(job.LabelAndBalanceOptions)
+    job.clear_outputs(opts)
+    assert not completion.is_complete(first) and not completion.is_complete(table_dir)
+    assert not os.path.exists(os.path.join(first, "stats.json"))
+    # ... then writes its table, shards and stats but dies before `finish`.
+    with BeamTestPipeline(runner="DirectRunner") as p:
+        job.build(p, opts, fakes.fake_spec(), fakes.FakeTeacherHandler())
+    assert os.path.exists(os.path.join(first, "stats.json"))
+    assert not completion.is_complete(first) and not completion.is_complete(table_dir)
+    rerun = [f"--predictions={table_dir}", "--runner=DirectRunner", "--max_failure_fraction=1"]
+    with pytest.raises(completion.IncompleteOutputError,
+                       match=f"--predictions: {table_dir} has no _SUCCESS marker"):
+        rebalance.run(rerun + [f"--output_dir={tmp_path}/r"])
+    assert not os.path.exists(tmp_path / "r")
+    rebalance.run(rerun + [f"--output_dir={tmp_path}/r", "--allow_incomplete"])
+    assert completion.is_complete(str(tmp_path / "r"))

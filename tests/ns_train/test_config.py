@@ -71,3 +71,11 @@ def test_workdir_and_labeled_are_required(capsys):
     with pytest.raises(SystemExit):
         cfg.parse_args(["--labeled=x"])
     assert "--workdir is required" in capsys.readouterr().err
+
+
+def test_allow_incomplete_is_a_boolean_flag():
+    from ns_train.config import parse_args
+    base = ["--workdir=w", "--labeled=l", "--unlabeled=u*"]
+    assert parse_args(base).allow_incomplete is False
+    assert parse_args(base + ["--allow_incomplete"]).allow_incomplete is True
+    assert parse_args(base + ["--no-allow_incomplete"]).allow_incomplete is False

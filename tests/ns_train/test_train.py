@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ns_data import schema
+from ns_data import completion, schema
 from ns_data.teacher import TeacherModelHandler, inspect_teacher, read_metadata
 from ns_train import train
 from ns_train.config import TrainConfig
@@ -34,7 +34,24 @@ def toy_files(tmp_path_factory):
     for label_type in schema.LabelType:
         pseudo[label_type] = str(root / f"pseudo-{label_type.value}.tfrecord")
         toy.write_pseudo_labeled(pseudo[label_type], 48, label_type)
+    completion.write_marker(str(root), {"job": "test fixture"})  # as label_and_balance does
     return {"labeled": labeled, "eval": evaluation, "pseudo": pseudo}
+
+
+def test_a_student_refuses_pseudo_labels_of_an_unfinished_run(toy_files, tmp_path):
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    shard = str(unfinished / "pseudo_labels-00000-of-00002.tfrecord")
+    toy.write_pseudo_labeled(shard, 16, schema.LabelType.HARD)
+    config = toy_config(tmp_path / "w", toy_files["labeled"], steps=2,
+                        unlabeled=str(unfinished / "pseudo_labels-*"))
+    with pytest.raises(completion.IncompleteOutputError,
+                       match=f"--unlabeled: {unfinished} has no _SUCCESS marker.*"
+                             "pass --allow_incomplete"):
+        train.train(config)
+    assert not (tmp_path / "w").exists()  # refused before any work
+    result = train.train(dataclasses.replace(config, allow_incomplete=True))
+    assert result["step"] == 2
 
 
 def toy_config(workdir, labeled, **overrides) -> TrainConfig:

@@ -1,0 +1,91 @@
+"""Completion markers: an output directory is finished only when its `_SUCCESS` file says so.
+
+A job writes its shards, dead letters and `stats.json` first and the marker last, once the
+counts reconcile and the share of failed images is within `--max_failure_fraction`; `--overwrite`
+removes the old marker before anything else. A directory without a marker is a run that was
+interrupted, crashed or failed its failure check, and every reader in the project
+(`rebalance`, `ns_train`, `iterate`) refuses it unless told otherwise. The marker is JSON: the
+job, its settings and its totals, with no timestamp, so reruns stay byte-identical.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Mapping
+from typing import Any
+
+import tensorflow as tf
+
+SUCCESS_FILE = "_SUCCESS"
+DEFAULT_MAX_FAILURE_FRACTION = 0.01
+
+
+class IncompleteOutputError(ValueError):
+    """A directory has no completion marker."""
+
+
+class TooManyFailuresError(RuntimeError):
+    """More images failed than `--max_failure_fraction` allows."""
+
+
+def marker_path(directory: str) -> str:
+    return posixpath.join(directory.rstrip("/"), SUCCESS_FILE)
+
+
+def check_failures(run_stats: Mapping[str, Any], max_fraction: float, where: str) -> None:
+    """Raises `TooManyFailuresError` when more than `max_fraction` of the images read failed.
+
+    The message gives the counts per stage and where the dead letters are.
+    """
+    totals = run_stats["totals"]
+    read, failed = totals["read"], totals["failed_total"]
+    if read and failed / read > max_fraction:
+        stages = ", ".join(f"{stage} {n}" for stage, n in totals["failed"].items())
+        raise TooManyFailuresError(
+            f"{failed} of {read} images failed ({failed / read:.1%}; {stages}), more than "
+            f"--max_failure_fraction={max_fraction:g}: the output in {where} is not marked "
+            f"complete. The dead letters (dead_letters-*.tfrecord) say why each image failed.")
+
+
+def write_marker(directory: str, contents: Mapping[str, Any]) -> str:
+    """Writes `directory/_SUCCESS` (temp name, then renamed); returns its path."""
+    path = marker_path(directory)
+    temp = path + ".incomplete"
+    with tf.io.gfile.GFile(temp, "w") as f:
+        json.dump({"complete": True, **contents}, f, indent=2, sort_keys=True)
+    tf.io.gfile.rename(temp, path, overwrite=True)
+    return path
+
+
+def remove_marker(directory: str) -> None:
+    path = marker_path(directory)
+    if tf.io.gfile.exists(path):
+        tf.io.gfile.remove(path)
+
+
+def is_complete(directory: str) -> bool:
+    return tf.io.gfile.exists(marker_path(directory))
+
+
+def require_complete(directory: str, what: str, override_flag: str) -> None:
+    """Refuses `directory` unless it holds a completion marker.
+
+    Args:
+      directory: the directory a reader is about to read.
+      what: what the reader reads there, for the message (e.g. "--unlabeled").
+      override_flag: the reader's flag that reads it anyway.
+    """
+    if not is_complete(directory):
+        raise IncompleteOutputError(
+            f"{what}: {directory} has no {SUCCESS_FILE} marker, so the run that wrote it did not "
+            f"finish (interrupted, failed, or over its --max_failure_fraction); rerun it, or "
+            f"pass {override_flag} to read what is there")
+
+
+def directory_of(pattern: str) -> str:
+    """The directory a glob's files are in: its parent up to the first wildcard (a directory
+    given without a wildcard is itself)."""
+    cuts = [pattern.find(c) for c in "*?[" if c in pattern]
+    if not cuts:
+        return pattern.rstrip("/") if tf.io.gfile.isdir(pattern) else posixpath.dirname(pattern)
+    return posixpath.dirname(pattern[:min(cuts)])

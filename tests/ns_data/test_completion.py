@@ -1,0 +1,61 @@
+"""Tests for `ns_data/completion.py`: markers and the failure check."""
+from __future__ import annotations
+
+import pytest
+
+from ns_data import completion
+
+
+def run_stats(read: int, **failed: int) -> dict:
+    stages = {"parse": 0, "decode": 0, "inference": 0, "invalid_output": 0, **failed}
+    return {"totals": {"read": read, "failed": stages, "failed_total": sum(stages.values())}}
+
+
+def test_failures_up_to_the_fraction_pass_and_above_fail_with_counts_per_stage():
+    completion.check_failures(run_stats(1000, decode=10), 0.01, "out")  # exactly 1%
+    completion.check_failures(run_stats(0), 0.0, "out")  # nothing read, nothing failed
+    with pytest.raises(completion.TooManyFailuresError) as e:
+        completion.check_failures(run_stats(1000, decode=10, parse=1), 0.01, "out")
+    assert str(e.value).startswith(
+        "11 of 1000 images failed (1.1%; parse 1, decode 10, inference 0, invalid_output 0), "
+        "more than --max_failure_fraction=0.01: the output in out is not marked complete.")
+    with pytest.raises(completion.TooManyFailuresError, match="1 of 5 images failed"):
+        completion.check_failures(run_stats(5, inference=1), 0.0, "out")
+
+
+def test_marker_is_written_last_with_the_same_bytes_and_removed(tmp_path):
+    assert not completion.is_complete(str(tmp_path))
+    path = completion.write_marker(str(tmp_path), {"job": "j", "totals": {"b": 2, "a": 1}})
+    first = open(path, "rb").read()
+    assert completion.is_complete(str(tmp_path)) and path == str(tmp_path / "_SUCCESS")
+    assert completion.write_marker(str(tmp_path), {"totals": {"a": 1, "b": 2}, "job": "j"}) == path
+    assert open(path, "rb").read() == first  # sorted keys, no timestamp
+    assert b'"complete": true' in first
+    assert not (tmp_path / "_SUCCESS.incomplete").exists()
+    completion.remove_marker(str(tmp_path))
+    completion.remove_marker(str(tmp_path))  # nothing to remove is fine
+    assert not completion.is_complete(str(tmp_path))
+
+
+def test_require_complete_names_the_flag_and_the_override(tmp_path):
+    with pytest.raises(completion.IncompleteOutputError,
+                       match=f"^--unlabeled: {tmp_path} has no _SUCCESS marker.*pass "
+                             "--allow_incomplete to read what is there$"):
+        completion.require_complete(str(tmp_path), "--unlabeled", "--allow_incomplete")
+    completion.write_marker(str(tmp_path), {})
+    completion.require_complete(str(tmp_path), "--unlabeled", "--allow_incomplete")
+
+
+@pytest.mark.parametrize("pattern, directory", [
+    ("out/pl/pseudo_labels-*", "out/pl"),
+    ("out/pl/*.tfrecord", "out/pl"),
+    ("out/pl/pseudo_labels-0000[0-3]-of-00004.tfrecord", "out/pl"),
+    ("gs://b/run/predictions/predictions-*.parquet", "gs://b/run/predictions"),
+    ("out/pl/one.tfrecord", "out/pl"),
+])
+def test_directory_of_a_glob(pattern, directory):
+    assert completion.directory_of(pattern) == directory
+
+
+def test_directory_of_a_directory_is_itself(tmp_path):
+    assert completion.directory_of(str(tmp_path) + "/") == str(tmp_path)
