@@ -44,6 +44,9 @@ bench: venv
 	$(PY) -m bench.end_to_end
 	$(PY) -m bench.balance_memory
 	$(PY) -m bench.input_pipeline
+	$(PY) -m bench.decode
+	$(PY) -m bench.teacher
+	$(PY) -m bench.overhead
 
 clean:
 	rm -rf out .pytest_cache
