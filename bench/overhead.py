@@ -16,13 +16,15 @@ model time), each in a fresh process, one after the other:
   once per `--decoders` entry.
 
 Both walls include Python and TensorFlow start-up and loading the teacher; the bare loop also
-prints its loop alone. Ratios are images/s of the job over images/s of the bare loop.
+prints its loop alone. Every command runs `--repeats` times, interleaved; ratios are median
+images/s of the job over median images/s of the bare loop.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -87,6 +89,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0,
                         help="Use only the first LIMIT train images (0: all; 50,000 unlabeled).")
     parser.add_argument("--batch_size", type=int, default=64, help="Teacher batch, both sides.")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="Runs of every command, interleaved; medians are reported.")
     parser.add_argument("--decoders", default="pillow,tf",
                         help="Comma-separated --decoder values to run the job with.")
     parser.add_argument("--bare", nargs=2, metavar=("PATTERN", "TEACHER"),
@@ -99,32 +103,41 @@ def main() -> None:
     from bench.end_to_end import prepare
     pattern, teacher = prepare(args.work_dir, args.limit)
 
-    bare_s, out = _run(["-m", "bench.overhead", "--bare", pattern, teacher,
-                        f"--batch_size={args.batch_size}"])
-    bare = json.loads(out.strip().splitlines()[-1])
-    images = bare["images"]
-    rows = [("bare loop (tf.data, parallel decode)", bare_s, bare["per_class"])]
-    for decoder in args.decoders.split(","):
-        out_dir = os.path.join(args.work_dir, "runs", f"overhead-{decoder}")
-        seconds, _ = _run([
-            "-m", "beam_jobs.label_and_balance", f"--input={pattern}", f"--teacher={teacher}",
-            f"--output_dir={out_dir}", "--min_confidence=0", f"--images_per_class={images}",
-            "--no_duplicate", "--label_type=hard", "--num_shards=16",
-            f"--batch_size={args.batch_size}", f"--decoder={decoder}", "--overwrite",
-            "--runner=DirectRunner"])
-        with open(os.path.join(out_dir, "stats.json")) as f:
-            stats = json.load(f)
-        assert stats["totals"]["read"] == images, stats["totals"]
-        rows.append((f"label_and_balance --decoder={decoder}", seconds,
-                     [c["above_threshold"] for c in stats["classes"]]))
-    print(f"{images} images, teacher {teacher}, batch {args.batch_size}; bare loop alone "
-          f"{bare['loop_s']:.1f} s ({images / bare['loop_s']:.0f} images/s)\n")
-    print(f"{'':<40}{'wall s':>8}{'images/s':>10}{'vs bare':>9}")
-    for name, seconds, _ in rows:
-        print(f"{name:<40}{seconds:>8.1f}{images / seconds:>10.0f}{bare_s / seconds:>9.2f}")
-    labels = {name: per_class for name, _, per_class in rows}
+    bare_walls, job_walls, rows = [], {d: [] for d in args.decoders.split(",")}, {}
+    for _ in range(args.repeats):  # interleaved: drift on a shared machine hits every command
+        seconds, out = _run(["-m", "bench.overhead", "--bare", pattern, teacher,
+                             f"--batch_size={args.batch_size}"])
+        bare = json.loads(out.strip().splitlines()[-1])
+        bare_walls.append(seconds)
+        images = bare["images"]
+        rows["bare loop (tf.data, parallel decode)"] = bare["per_class"]
+        for decoder in job_walls:
+            out_dir = os.path.join(args.work_dir, "runs", f"overhead-{decoder}")
+            seconds, _ = _run([
+                "-m", "beam_jobs.label_and_balance", f"--input={pattern}",
+                f"--teacher={teacher}", f"--output_dir={out_dir}", "--min_confidence=0",
+                f"--images_per_class={images}", "--no_duplicate", "--label_type=hard",
+                "--num_shards=16", f"--batch_size={args.batch_size}", f"--decoder={decoder}",
+                "--overwrite", "--runner=DirectRunner"])
+            job_walls[decoder].append(seconds)
+            with open(os.path.join(out_dir, "stats.json")) as f:
+                stats = json.load(f)
+            assert stats["totals"]["read"] == images, stats["totals"]
+            rows[f"label_and_balance --decoder={decoder}"] = [c["above_threshold"]
+                                                             for c in stats["classes"]]
+    bare_s = statistics.median(bare_walls)
+    print(f"{images} images, teacher {teacher}, batch {args.batch_size}; median of "
+          f"{args.repeats} interleaved runs; bare loop alone {bare['loop_s']:.1f} s "
+          f"({images / bare['loop_s']:.0f} images/s) in its last run\n")
+    print(f"{'':<40}{'wall s':>8}{'images/s':>10}{'vs bare':>9}   all walls")
+    walls = {"bare loop (tf.data, parallel decode)": bare_walls,
+             **{f"label_and_balance --decoder={d}": w for d, w in job_walls.items()}}
+    for name, seconds in walls.items():
+        median = statistics.median(seconds)
+        print(f"{name:<40}{median:>8.1f}{images / median:>10.0f}{bare_s / median:>9.2f}   "
+              + " ".join(f"{s:.1f}" for s in seconds))
     print("\nimages per predicted class:")
-    for name, per_class in labels.items():
+    for name, per_class in rows.items():
         print(f"  {name:<40}{per_class}")
 
 

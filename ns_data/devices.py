@@ -16,7 +16,10 @@ device's memory in every process that touches TensorFlow. `place` resolves a `Te
 An explicit `--device=gpu|tpu` that finds no such device fails loudly instead of running on the
 CPU while the job pays for the accelerator. `--precision=mixed` turns on TensorFlow's automatic
 mixed precision graph rewrite where the device has fast reduced-precision math (float16 on GPU,
-bfloat16 with oneDNN on CPU; TPUs already multiply in bfloat16 under XLA).
+bfloat16 with oneDNN on CPUs with avx512_bf16 or AMX; TPUs already multiply in bfloat16 under
+XLA). The rewrite is a process-wide TensorFlow option, so every graph the process optimizes
+afterwards is rewritten too (a worker process runs one teacher, so that is the teacher), and
+XLA-compiled functions (`jit_compile`) do not go through it.
 
 The TensorFlow calls go through `Backend` so tests can take every path with a fake.
 """

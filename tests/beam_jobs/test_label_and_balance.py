@@ -279,6 +279,16 @@ def test_device_flags_reach_the_teacher_runtime():
         job.run(["--input=x", "--device=npu"])
 
 
+def test_mixed_precision_under_jit_is_warned_about(tmp_path, caplog):
+    corpus_path = tmp_path / "input.tfrecord"
+    corpus_path.write_bytes(b"")
+    argv = [f"--input={corpus_path}", "--teacher=t", f"--output_dir={tmp_path}/o"]
+    job.validate(_options(*argv, "--precision=mixed"))
+    assert "does nothing with --jit_compile" not in caplog.text
+    job.validate(_options(*argv, "--precision=mixed", "--jit_compile"))
+    assert "--precision=mixed does nothing with --jit_compile" in caplog.text
+
+
 def test_contradicting_sharing_flags_are_refused(tmp_path):
     corpus_path = tmp_path / "input.tfrecord"
     corpus_path.write_bytes(b"")
