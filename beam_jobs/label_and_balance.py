@@ -38,12 +38,14 @@ from apache_beam.runners.runner import PipelineResult
 from beam_jobs import cli
 from ns_data import completion, devices, predictions, schema, stats
 from ns_data.balance import DEFAULT_COLLECT_LIMIT
-from ns_data.images import DECODERS, DEFAULT_DECODER, DEFAULT_MAX_PIXELS
+from ns_data.images import DECODERS, DEFAULT_DECODER, DEFAULT_MAX_PIXELS, make_decoder
 from ns_data.inference import TeacherInference
 from ns_data.pipeline import BalanceConfig, check_table_serves, select_and_write
-from ns_data.read import DEFAULT_READ_BATCH, INPUT_FORMATS, ReadImages, check_input_pattern
+from ns_data.read import (DEFAULT_READ_BATCH, INPUT_FORMATS, ParseFailure, ReadImages,
+                          check_input_pattern, parse_image_record)
 from ns_data.teacher import (OUTPUT_KINDS, TeacherModelHandler, TeacherSpec, inspect_teacher,
-                             output_error, read_metadata)
+                             output_error, read_metadata, sample_problem)
+from ns_data.tfrecord import iter_records
 from ns_data.write import (DEAD_LETTER_PREFIX, DEFAULT_CHUNK_RECORDS, PSEUDO_LABEL_PREFIX,
                            shard_pattern)
 
@@ -210,7 +212,9 @@ class LabelAndBalanceOptions(PipelineOptions):
         g.add_argument("--gpu_memory_limit_mb", type=_positive_int, default=None,
                        help="Memory each process may take on a GPU (default: grow as needed).")
         g.add_argument("--skip_teacher_check", action="store_true",
-                       help="Do not load the teacher at launch to check it on one image.")
+                       help="Do not load the teacher at launch to check it on a blank image and "
+                       "on the first 64 input images (refused: logits read from a softmax "
+                       "teacher, one class for every image, near-uniform probabilities).")
         g = parser.add_argument_group("predictions table")
         g.add_argument("--predictions_dir", "--scores_dir", dest="predictions_dir", default=None,
                        help="Where the Parquet predictions table goes: per image its id, input "
@@ -261,17 +265,56 @@ def shares_model(opts: LabelAndBalanceOptions) -> bool:
 
 
 def check_teacher(spec: TeacherSpec,
-                  runtime: devices.TeacherRuntime = devices.TeacherRuntime()) -> None:
-    """Loads the teacher and runs one blank image, so a wrong model fails at launch, not later.
+                  runtime: devices.TeacherRuntime = devices.TeacherRuntime(),
+                  sample: np.ndarray | None = None) -> None:
+    """Loads the teacher and runs it on a blank image and on a `sample` of the input [n, H, W, C]
+    (`launch_sample`), so a wrong model or set-up fails at launch, not after the whole corpus:
+    see `teacher.sample_problem`.
 
     It runs on whatever device the launching machine has, with the workers' compile settings.
     """
-    handler = TeacherModelHandler(dataclasses.replace(spec, batch_size=1),
+    images = [np.zeros(spec.image.shape, np.uint8), *([] if sample is None else sample)]
+    handler = TeacherModelHandler(dataclasses.replace(spec, batch_size=len(images)),
                                   runtime=dataclasses.replace(runtime, device="auto"))
-    results = handler.run_inference([np.zeros(spec.image.shape, np.uint8)], handler.load_model())
+    results = handler.run_inference(images, handler.load_model())
     error = output_error(*results[0].inference, spec.outputs)
     if error:
         raise ValueError(f"teacher {spec.path} fails its launch check on a blank image: {error}")
+    if len(results) > 1:
+        raw = np.stack([r.inference[0] for r in results[1:]])
+        probabilities = np.stack([r.inference[1] for r in results[1:]])
+        problem = sample_problem(raw, probabilities, spec)
+        if problem:
+            raise ValueError(f"teacher {spec.path} fails its launch check: {problem} "
+                             "(--skip_teacher_check runs anyway)")
+
+
+def launch_sample(opts: LabelAndBalanceOptions, spec: TeacherSpec, limit: int = 64) -> np.ndarray:
+    """Up to `limit` decodable images from the start of the input, for the launch check."""
+    decoder = make_decoder(opts.decoder, spec.image, opts.max_image_pixels)
+    pixels = []
+    for encoded in _input_images(opts.input, opts.input_format):
+        try:
+            pixels.append(decoder(encoded))
+        except Exception:  # noqa: BLE001 - the job counts bad images; the check skips them
+            continue
+        if len(pixels) == limit:
+            break
+    return np.stack(pixels) if pixels else np.zeros((0, *spec.image.shape), np.uint8)
+
+
+def _input_images(pattern: str, input_format: str):
+    """The input's encoded images in file order, skipping records that do not parse."""
+    for path in sorted(tf.io.gfile.glob(pattern)):
+        if input_format == "images":
+            with tf.io.gfile.GFile(path, "rb") as f:
+                yield f.read()
+            continue
+        for serialized in iter_records(path):
+            try:
+                yield parse_image_record(serialized)[1]
+            except ParseFailure:
+                continue
 
 
 def balance_config(opts: BalanceOptions) -> BalanceConfig:
@@ -500,7 +543,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     spec = teacher_spec(opts)
     check_table_serves(table_metadata(opts, spec), balance_config(opts.view_as(BalanceOptions)))
     if model_handler is None and not opts.skip_teacher_check:
-        check_teacher(spec, teacher_runtime(opts))
+        check_teacher(spec, teacher_runtime(opts), launch_sample(opts, spec))
     if not dry_run:
         clear_outputs(opts)  # only once every setting is known to be good
     logging.info("Teacher %s: input %s %s in %s, %d classes (%s)", spec.path, spec.image.shape,

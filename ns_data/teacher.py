@@ -212,6 +212,52 @@ def output_error(raw: np.ndarray, probabilities: np.ndarray, kind: str) -> str |
     return None
 
 
+# The launch check's sample: enough images that one class for all of them is not chance.
+MIN_SAMPLE_FOR_CLASS_CHECK = 32
+
+
+def sample_problem(raw: np.ndarray, probabilities: np.ndarray, spec: TeacherSpec) -> str | None:
+    """What is wrong with the teacher's outputs on a sample of real input images, or None.
+
+    Catches the set-ups that give garbage without any per-image error: a softmax teacher read as
+    logits (every row already a probability vector), and a teacher that sees nothing in these
+    images (all one class, or near-uniform probabilities), most often from the wrong pixel
+    range.
+
+    Args:
+      raw: the teacher's outputs [n, C].
+      probabilities: after `to_probabilities` [n, C].
+      spec: the teacher's settings, for the message.
+    """
+    n, classes = probabilities.shape
+    if n == 0:
+        return None
+    settings = (f"(--input_range={spec.input_range[0]:g},{spec.input_range[1]:g}, "
+                f"--teacher_outputs={spec.outputs})")
+    with np.errstate(invalid="ignore"):
+        as_probabilities = ((raw >= 0).all(axis=1) & (raw <= 1).all(axis=1)
+                            & (np.abs(raw.sum(axis=1) - 1.0) <= PROBABILITY_TOLERANCE))
+    if spec.outputs == "logits" and n >= 2 and as_probabilities.all():
+        return (f"every output row on {n} input images is already a probability vector, but "
+                "the teacher is read as returning logits, which would flatten every label; pass "
+                "--teacher_outputs=probabilities")
+    if n < MIN_SAMPLE_FOR_CLASS_CHECK or classes < 3:
+        return None
+    labels = probabilities.argmax(axis=1)
+    if (labels == labels[0]).all():
+        return (f"the teacher labels all {n} sampled input images as class {labels[0]} "
+                f"{settings}: check --input_range and --teacher_outputs against how it was "
+                "trained, and that it was trained on images like these")
+    median_top = float(np.median(probabilities.max(axis=1)))
+    # Within 10% of uniform: a weak but working teacher (a quick one in tests gives 1.28 / C)
+    # is not refused, a blind one is.
+    if median_top < 1.1 / classes and spec.temperature <= 1:
+        return (f"the teacher's probabilities on {n} sampled input images are near uniform "
+                f"(median top-1 {median_top:.3f} for {classes} classes) {settings}: check "
+                "--input_range and --teacher_outputs against how it was trained")
+    return None
+
+
 def scale_pixels(images: np.ndarray, spec: TeacherSpec) -> np.ndarray:
     """uint8 pixels → what the teacher's input expects (dtype and value range)."""
     if spec.input_dtype == "uint8":

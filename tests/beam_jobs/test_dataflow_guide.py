@@ -27,7 +27,7 @@ from packaging.requirements import Requirement
 
 from beam_jobs import label_and_balance as job
 from beam_jobs import rebalance
-from ns_data import predictions
+from ns_data import completion, predictions
 from ns_data.records import Prediction
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,6 +107,7 @@ def stand_ins(tmp_path_factory):
     classes, probs = predictions.topk(np.full(NUM_CLASSES, 0.1, np.float32), NUM_CLASSES)
     predictions.write_table_file(predictions.table_file(table_dir, SAMPLE_INPUT),
                                  [Prediction(SAMPLE_INPUT, 0, b"id-0", classes, probs)], metadata)
+    completion.write_marker(table_dir, {"job": "label_and_balance"})  # a finished run's table
     return {"--input": SAMPLE_INPUT, "--teacher": teacher_dir, "--predictions": table_dir}
 
 

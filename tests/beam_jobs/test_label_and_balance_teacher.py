@@ -22,6 +22,7 @@ from beam_jobs import rebalance
 from ns_data import completion, schema, stats
 from ns_data.images import ImageDecoder, ImageSpec
 from ns_train.tiny_teacher import train_tiny_teacher
+from tests import fakes
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "ns_data", "sample")
 N_IMAGES = 300
@@ -45,6 +46,12 @@ def unlabeled(tmp_path_factory):
         for r in records:
             w.write(r)
     return path, records
+
+
+def input_with_two_bad_records(records: list[bytes], tmp_path) -> str:
+    """An input file of `records` plus one undecodable image and one non-Example record."""
+    return fakes.write_tfrecord(str(tmp_path / "input.tfrecord"), records + [
+        schema.image_example(b"\x89PNG\r\n\x1a\n-not-really", b"corrupt"), b"not an Example"])
 
 
 def keras_probabilities(teacher: str, records: list[bytes]) -> dict[bytes, np.ndarray]:
@@ -183,12 +190,7 @@ def test_two_processes_write_identical_bytes(teacher, unlabeled, tmp_path):
     (Protobuf map order, hash seeds and TF function counters differ between processes, so two
     runs in one process prove less.)
     """
-    records = unlabeled[1][:120] + [
-        schema.image_example(b"\x89PNG\r\n\x1a\n-not-really", b"corrupt"), b"not an Example"]
-    input_path = str(tmp_path / "input.tfrecord")
-    with tf.io.TFRecordWriter(input_path) as w:
-        for r in records:
-            w.write(r)
+    input_path = input_with_two_bad_records(unlabeled[1][:120], tmp_path)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "3",
            "PYTHONHASHSEED": "random"}
@@ -227,12 +229,7 @@ def test_two_processes_write_identical_bytes(teacher, unlabeled, tmp_path):
 @pytest.mark.slow
 def test_too_many_failures_exit_1_with_counts_and_leave_no_marker(teacher, unlabeled, tmp_path,
                                                                    capsys):
-    records = unlabeled[1][:98] + [
-        schema.image_example(b"\x89PNG\r\n\x1a\n-not-really", b"corrupt"), b"not an Example"]
-    input_path = str(tmp_path / "input.tfrecord")
-    with tf.io.TFRecordWriter(input_path) as w:
-        for r in records:
-            w.write(r)
+    input_path = input_with_two_bad_records(unlabeled[1][:98], tmp_path)
     out = str(tmp_path / "out")
     argv = [f"--input={input_path}", f"--teacher={teacher}", f"--output_dir={out}",
             "--images_per_class=5", "--num_shards=2", "--runner=DirectRunner"]
@@ -257,3 +254,45 @@ def test_too_many_failures_exit_1_with_counts_and_leave_no_marker(teacher, unlab
     assert cli.main(job.run, "label_and_balance", argv + ["--temperature=-1"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "label_and_balance: error: --temperature must be > 0, got -1.0")
+
+
+def test_launch_check_refuses_a_softmax_teacher_read_as_logits(teacher, unlabeled, tmp_path):
+    loaded = tf.saved_model.load(teacher)
+
+    class Softmax(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = loaded
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)])
+        def serve(self, images):
+            return tf.nn.softmax(self.inner.serve(images))
+
+    softmax = Softmax()
+    softmax_dir = str(tmp_path / "softmax")
+    tf.saved_model.save(softmax, softmax_dir, signatures={"serving_default": softmax.serve})
+    input_path, _ = unlabeled
+    out = str(tmp_path / "out")
+    argv = [f"--input={input_path}", f"--teacher={softmax_dir}", f"--output_dir={out}",
+            "--runner=DirectRunner"]
+    with pytest.raises(ValueError, match="fails its launch check: every output row on 64 input "
+                                         "images is already a probability vector.*pass "
+                                         "--teacher_outputs=probabilities"):
+        job.run(argv)
+    assert not os.path.exists(out)  # refused before any work
+    spec = job.teacher_spec(job.pipeline_options(argv + ["--teacher_outputs=probabilities"])
+                            .view_as(job.LabelAndBalanceOptions))
+    job.check_teacher(spec)  # the right flag passes
+
+
+def test_launch_sample_is_the_first_decodable_images(unlabeled, tmp_path):
+    _, records = unlabeled
+    input_path = fakes.write_tfrecord(str(tmp_path / "input.tfrecord"), [
+        b"not an Example", schema.image_example(b"junk", b"bad")] + records[:80])
+    argv = [f"--input={input_path}", "--teacher=t", "--output_dir=o"]
+    opts = job.pipeline_options(argv).view_as(job.LabelAndBalanceOptions)
+    spec = type("Spec", (), {"image": ImageSpec(28, 28, 1)})()
+    sample = job.launch_sample(opts, spec)
+    decoder = ImageDecoder(ImageSpec(28, 28, 1))
+    want = [decoder(schema.parse_example(r)[schema.IMAGE_ENCODED][0]) for r in records[:64]]
+    np.testing.assert_array_equal(sample, np.stack(want))

@@ -417,3 +417,54 @@ def test_handler_batching_knobs():
     assert handler.model_copies() == 2
     assert handler.get_num_bytes([np.zeros((2, 2, 3), np.uint8)] * 3) == 36
     assert handler.get_metrics_namespace() == "ns_data_teacher"
+
+
+# --------------------------------------------------------------------------------------------
+# sample_problem: the launch check on real input images
+# --------------------------------------------------------------------------------------------
+
+def _sample(logits: np.ndarray, **spec):
+    spec = make_spec(num_classes=logits.shape[1], **spec)
+    return teacher.sample_problem(
+        logits, teacher.to_probabilities(logits, spec.outputs, spec.temperature), spec)
+
+
+def _healthy_logits(n: int = 64, classes: int = 10, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1, (n, classes))
+    logits[np.arange(n), rng.integers(0, classes, n)] += 4.0
+    return logits
+
+
+def test_a_healthy_sample_passes():
+    assert _sample(_healthy_logits()) is None
+    assert _sample(np_softmax(_healthy_logits()), outputs="probabilities") is None
+
+
+def test_softmax_outputs_read_as_logits_are_refused():
+    problem = _sample(np_softmax(_healthy_logits()))
+    assert problem.startswith("every output row on 64 input images is already a probability "
+                              "vector, but the teacher is read as returning logits")
+    assert problem.endswith("pass --teacher_outputs=probabilities")
+    # One row that is not a probability vector: logits after all.
+    mixed = np_softmax(_healthy_logits())
+    mixed[3] = [5.0] + [0.0] * 9
+    assert _sample(mixed) is None
+
+
+def test_one_class_for_every_image_is_refused_with_the_likely_causes():
+    logits = _healthy_logits()
+    logits[:, 1] += 50.0
+    problem = _sample(logits, input_range=(0.0, 255.0))
+    assert problem.startswith("the teacher labels all 64 sampled input images as class 1 "
+                              "(--input_range=0,255, --teacher_outputs=logits)")
+    # Too few images to tell a bias from a corpus of one class.
+    assert _sample(logits[:teacher.MIN_SAMPLE_FOR_CLASS_CHECK - 1]) is None
+
+
+def test_near_uniform_probabilities_are_refused():
+    logits = _healthy_logits() * 0.01
+    problem = _sample(logits)
+    assert problem.startswith("the teacher's probabilities on 64 sampled input images are near "
+                              "uniform (median top-1 0.10")
+    assert _sample(logits, temperature=5.0) is None  # flattened on purpose
