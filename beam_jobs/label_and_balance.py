@@ -416,8 +416,12 @@ def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
                                                ("output_dir", balance.output_dir)) if not value]
     if missing:
         raise ValueError(f"missing required flags: {', '.join(missing)} (see --help)")
-    if not opts.temperature > 0:
-        raise ValueError(f"--temperature must be > 0, got {opts.temperature}")
+    if not (opts.temperature > 0 and math.isfinite(opts.temperature)):
+        raise ValueError(f"--temperature must be a finite number > 0, got {opts.temperature}")
+    for flag, directory in (("--output_dir", balance.output_dir),
+                            ("--predictions_dir", opts.predictions_dir)):
+        if directory and tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(directory):
+            raise ValueError(f"{flag}={directory} is a file, not a directory")
     if opts.no_large_model and (opts.large_model or opts.model_copies):
         raise ValueError("--no_large_model contradicts --large_model/--model_copies; pick one")
     if opts.precision == "mixed" and opts.jit_compile and opts.device != "tpu":

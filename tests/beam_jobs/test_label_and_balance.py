@@ -289,6 +289,23 @@ def test_mixed_precision_under_jit_is_warned_about(tmp_path, caplog):
     assert "--precision=mixed does nothing with --jit_compile" in caplog.text
 
 
+@pytest.mark.parametrize("flag, match", [
+    ("--temperature=inf", "--temperature must be a finite number > 0, got inf"),
+    ("--temperature=nan", "--temperature must be a finite number > 0, got nan"),
+    ("--temperature=0", "--temperature must be a finite number > 0, got 0.0"),
+    ("--output_dir={tmp}/a_file", "--output_dir=.*/a_file is a file, not a directory"),
+    ("--predictions_dir={tmp}/a_file", "--predictions_dir=.*/a_file is a file, not a directory"),
+])
+def test_impossible_settings_are_refused_before_any_work(tmp_path, flag, match):
+    corpus_path = tmp_path / "input.tfrecord"
+    corpus_path.write_bytes(b"")
+    (tmp_path / "a_file").write_text("x")
+    argv = [f"--input={corpus_path}", "--teacher=t", f"--output_dir={tmp_path}/o",
+            flag.format(tmp=tmp_path)]
+    with pytest.raises(ValueError, match=match):
+        job.validate(_options(*argv))
+
+
 def test_contradicting_sharing_flags_are_refused(tmp_path):
     corpus_path = tmp_path / "input.tfrecord"
     corpus_path.write_bytes(b"")

@@ -253,7 +253,7 @@ def test_too_many_failures_exit_1_with_counts_and_leave_no_marker(teacher, unlab
     # A bad flag value is one line naming it, exit status 2.
     assert cli.main(job.run, "label_and_balance", argv + ["--temperature=-1"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "label_and_balance: error: --temperature must be > 0, got -1.0")
+        "label_and_balance: error: --temperature must be a finite number > 0, got -1.0")
 
 
 def test_launch_check_refuses_a_softmax_teacher_read_as_logits(teacher, unlabeled, tmp_path):
