@@ -418,10 +418,6 @@ def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
         raise ValueError(f"missing required flags: {', '.join(missing)} (see --help)")
     if not (opts.temperature > 0 and math.isfinite(opts.temperature)):
         raise ValueError(f"--temperature must be a finite number > 0, got {opts.temperature}")
-    for flag, directory in (("--output_dir", balance.output_dir),
-                            ("--predictions_dir", opts.predictions_dir)):
-        if directory and tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(directory):
-            raise ValueError(f"{flag}={directory} is a file, not a directory")
     if opts.no_large_model and (opts.large_model or opts.model_copies):
         raise ValueError("--no_large_model contradicts --large_model/--model_copies; pick one")
     if opts.precision == "mixed" and opts.jit_compile and opts.device != "tpu":
@@ -437,6 +433,10 @@ def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
         opts.input = os.path.abspath(opts.input)
     check_input_pattern(opts.input)
     if check_output:
+        for flag, directory in (("--output_dir", balance.output_dir),
+                                ("--predictions_dir", opts.predictions_dir)):
+            if directory and tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(directory):
+                raise ValueError(f"{flag}={directory} is a file, not a directory")
         check_output_dir(balance.output_dir, balance.overwrite)
         check_table_dir(predictions_dir(opts), balance.overwrite)
 
