@@ -79,6 +79,13 @@ def _probability(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -135,6 +142,10 @@ def add_balance_args(parser) -> None:
                    "run to count as complete; above it the job exits with an error and the "
                    f"counts per stage, and --output_dir gets no {completion.SUCCESS_FILE} "
                    "marker (default: %(default)s).")
+    g.add_argument("--max_copies", type=_non_negative_int, default=0,
+                   help="Most records one image may become when small classes are duplicated; "
+                   "above it the job exits with an error and no completion marker (default: "
+                   "0, no limit; the summary always reports the most copies).")
 
 
 class BalanceOptions(PipelineOptions):
@@ -392,9 +403,10 @@ def _check_clear(directory: str, patterns: list[str], what: str, overwrite: bool
 
 
 def finish(output_dir: str, max_failure_fraction: float, job: str,
-           table_dir: str | None = None) -> dict[str, Any]:
+           table_dir: str | None = None, max_copies: int = 0) -> dict[str, Any]:
     """After the pipeline: marks the table (when this run wrote one) and then the output
-    complete, unless too many images failed (`TooManyFailuresError`). Returns the run's stats.
+    complete, unless too many images failed (`TooManyFailuresError`) or one image is written
+    more than `max_copies` times (`TooManyCopiesError`). Returns the run's stats.
     """
     run_stats = stats.read_stats(output_dir)
     stats.check_reconciles(run_stats)
@@ -402,6 +414,7 @@ def finish(output_dir: str, max_failure_fraction: float, job: str,
     if table_dir:
         completion.write_marker(table_dir, summary)
     completion.check_failures(run_stats, max_failure_fraction, output_dir)
+    completion.check_copies(run_stats, max_copies, output_dir)
     completion.write_marker(output_dir, summary)
     return run_stats
 
@@ -561,7 +574,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         class_names = read_metadata(opts.teacher).get("class_names")
         print_summary(balance.output_dir, class_names)
         finish(balance.output_dir, balance.max_failure_fraction, "label_and_balance",
-               predictions_dir(opts))
+               predictions_dir(opts), balance.max_copies)
     return result
 
 

@@ -109,7 +109,8 @@ def run(argv: list[str] | None = None,
     result.wait_until_finish()
     if not dry_run:
         print_summary(balance.output_dir)
-        finish(balance.output_dir, balance.max_failure_fraction, "rebalance")
+        finish(balance.output_dir, balance.max_failure_fraction, "rebalance",
+               max_copies=balance.max_copies)
     return result
 
 

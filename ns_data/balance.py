@@ -83,6 +83,11 @@ class Quota:
         return self.base_copies * self.count + self.extra
 
     @property
+    def max_copies(self) -> int:
+        """The most records any one image of the class gets."""
+        return self.base_copies + (1 if self.extra else 0)
+
+    @property
     def kept(self) -> int:
         """Distinct images written at least once."""
         return self.count if self.base_copies > 0 else self.extra

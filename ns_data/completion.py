@@ -24,8 +24,16 @@ class IncompleteOutputError(ValueError):
     """A directory has no completion marker."""
 
 
-class TooManyFailuresError(RuntimeError):
+class RunCheckError(RuntimeError):
+    """A run finished but fails a check of its counts: its output is not marked complete."""
+
+
+class TooManyFailuresError(RunCheckError):
     """More images failed than `--max_failure_fraction` allows."""
+
+
+class TooManyCopiesError(RunCheckError):
+    """An image is written more times than `--max_copies` allows."""
 
 
 def marker_path(directory: str) -> str:
@@ -45,6 +53,18 @@ def check_failures(run_stats: Mapping[str, Any], max_fraction: float, where: str
             f"{failed} of {read} images failed ({failed / read:.1%}; {stages}), more than "
             f"--max_failure_fraction={max_fraction:g}: the output in {where} is not marked "
             f"complete. The dead letters (dead_letters-*.tfrecord) say why each image failed.")
+
+
+def check_copies(run_stats: Mapping[str, Any], max_copies: int, where: str) -> None:
+    """Raises `TooManyCopiesError` when a class writes one image more than `max_copies` times
+    (0: no limit)."""
+    worst = max(run_stats["classes"], key=lambda c: c.get("max_copies", 0), default=None)
+    if max_copies and worst and worst["max_copies"] > max_copies:
+        raise TooManyCopiesError(
+            f"class {worst['class']} writes {worst['written']} records from {worst['kept']} "
+            f"images, up to {worst['max_copies']} copies of one image, more than "
+            f"--max_copies={max_copies}: the output in {where} is not marked complete. Lower "
+            "--images_per_class or --min_confidence, or pass --no_duplicate.")
 
 
 def write_marker(directory: str, contents: Mapping[str, Any]) -> str:

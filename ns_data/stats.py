@@ -60,6 +60,7 @@ def build_stats(
             "dropped_by_cap": (quota.count - kept) if quota else 0,
             "duplicated": written - kept,
             "written": written,
+            "max_copies": quota.max_copies if quota else 0,
             "threshold": capped if capped is not None else min_confidence,
             "capped": capped is not None,
         })
@@ -81,6 +82,7 @@ def build_stats(
         "dropped_by_cap": sum(c["dropped_by_cap"] for c in classes),
         "duplicated": sum(c["duplicated"] for c in classes),
         "written": sum(counts),
+        "max_copies": max((c["max_copies"] for c in classes), default=0),
     }
     return {
         "config": dict(config),
@@ -139,6 +141,10 @@ def format_summary(stats: Mapping[str, Any], class_names: list[str] | None = Non
         f"written {t['written']} records in {stats['shards']['count']} shards "
         f"({stats['shards']['min_records']}..{stats['shards']['max_records']} per shard)",
     ]
+    if t.get("max_copies", 0) > 1:
+        most = max(stats["classes"], key=lambda c: c["max_copies"])
+        lines.append(f"most copies of one image: {t['max_copies']} (class {most['class']}, "
+                     f"{most['kept']} images for {most['written']} records)")
     if stats["empty_classes"]:
         lines.append(f"classes with no image above the threshold: {stats['empty_classes']}")
     return "\n".join(lines)

@@ -12,7 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
 from beam_jobs import label_and_balance as job
-from ns_data import devices, predictions, schema, stats
+from ns_data import completion, devices, predictions, schema, stats
 from ns_data.balance import id_hash
 from tests import fakes
 
@@ -96,6 +96,21 @@ def test_exact_counts_topk_and_copies_match_brute_force(tmp_path):
     assert all(sorted(c) == list(range(len(c))) for c in copies_seen.values())
 
     rows = {c["class"]: c for c in run_stats["classes"]}
+    most = collections.defaultdict(int)
+    for image_id, n in got.items():
+        most[by_id[image_id].label] = max(most[by_id[image_id].label], n)
+    assert [rows[c]["max_copies"] for c in range(4)] == [most[c] for c in range(4)] == [1, 2, 1, 0]
+    assert run_stats["totals"]["max_copies"] == 2
+    assert "most copies of one image: 2 (class 1, 7 images for 10 records)" in (
+        stats.format_summary(run_stats))
+    completion.remove_marker(output_dir)  # as a new run's launch does
+    with pytest.raises(completion.TooManyCopiesError,
+                       match="class 1 writes 10 records from 7 images, up to 2 copies of one "
+                             "image, more than --max_copies=1"):
+        job.finish(output_dir, 1.0, "label_and_balance", max_copies=1)
+    assert not completion.is_complete(output_dir)
+    job.finish(output_dir, 1.0, "label_and_balance", max_copies=2)
+    assert completion.is_complete(output_dir)
     assert [rows[c]["read"] for c in range(4)] == [34, 7, K, 5]
     assert [rows[c]["above_threshold"] for c in range(4)] == [30, 7, K, 0]
     assert [rows[c]["kept"] for c in range(4)] == [K, 7, K, 0]

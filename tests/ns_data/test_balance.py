@@ -603,3 +603,13 @@ def test_copies_for_rows_match_the_plan_per_key(k, duplicate):
     assert copies.tolist() == expected
     threshold_conf = plan.cut.threshold >> 64
     assert all(keys[p] >> 64 == threshold_conf for p in hashed)  # only the boundary is hashed
+
+
+@pytest.mark.parametrize("quota, most", [
+    (balance.Quota(count=3, base_copies=4, extra=1), 5),   # duplicated, one extra copy
+    (balance.Quota(count=4, base_copies=3, extra=0), 3),   # K a multiple of n
+    (balance.Quota(count=10, base_copies=0, extra=5), 1),  # capped
+    (balance.Quota(count=0, base_copies=0, extra=0), 0),
+])
+def test_max_copies_of_one_image(quota, most):
+    assert quota.max_copies == most

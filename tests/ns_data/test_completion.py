@@ -59,3 +59,15 @@ def test_directory_of_a_glob(pattern, directory):
 
 def test_directory_of_a_directory_is_itself(tmp_path):
     assert completion.directory_of(str(tmp_path) + "/") == str(tmp_path)
+
+
+def test_copies_above_the_limit_fail_and_zero_means_no_limit():
+    classes = {"classes": [{"class": 0, "kept": 40, "written": 100, "max_copies": 3},
+                           {"class": 1, "kept": 2, "written": 100, "max_copies": 50}]}
+    completion.check_copies(classes, 0, "out")
+    completion.check_copies(classes, 50, "out")
+    with pytest.raises(completion.TooManyCopiesError,
+                       match="class 1 writes 100 records from 2 images, up to 50 copies of one "
+                             "image, more than --max_copies=49"):
+        completion.check_copies(classes, 49, "out")
+    assert issubclass(completion.TooManyCopiesError, completion.RunCheckError)

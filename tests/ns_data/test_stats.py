@@ -76,21 +76,22 @@ def test_totals(run_stats):
         "dropped_by_cap": 2,
         "duplicated": 1,
         "written": 9,
+        "max_copies": 2,
     }
 
 
 def test_per_class_rows(run_stats):
-    def row(label, read, above, kept, dropped, duplicated, written, threshold, capped):
+    def row(label, read, above, kept, dropped, duplicated, written, most, threshold, capped):
         return {"class": label, "read": read, "above_threshold": above, "kept": kept,
                 "dropped_by_cap": dropped, "duplicated": duplicated, "written": written,
-                "threshold": threshold, "capped": capped}
+                "max_copies": most, "threshold": threshold, "capped": capped}
 
     assert run_stats["classes"] == [
-        row(0, 6, 5, 3, 2, 0, 3, float(np.float32(0.9)), True),
-        row(1, 4, 2, 2, 0, 1, 3, 0.5, False),
-        row(2, 2, 0, 0, 0, 0, 0, 0.5, False),
-        row(3, 0, 0, 0, 0, 0, 0, 0.5, False),
-        row(4, 3, 3, 3, 0, 0, 3, 0.5, False),
+        row(0, 6, 5, 3, 2, 0, 3, 1, float(np.float32(0.9)), True),
+        row(1, 4, 2, 2, 0, 1, 3, 2, 0.5, False),
+        row(2, 2, 0, 0, 0, 0, 0, 0, 0.5, False),
+        row(3, 0, 0, 0, 0, 0, 0, 0, 0.5, False),
+        row(4, 3, 3, 3, 0, 0, 3, 1, 0.5, False),
     ]
 
 
