@@ -65,31 +65,24 @@ def _pair(kind: type, name: str):
     return parse
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    parse.__name__ = "int"  # argparse's "invalid int value: 'x'"
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _probability(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
 
 
@@ -136,7 +129,7 @@ def add_balance_args(parser) -> None:
     g.add_argument("--chunk_records", type=_positive_int, default=DEFAULT_CHUNK_RECORDS,
                    help="Records sorted in memory at once when writing shards; a worker "
                    "holds about this many encoded images (default: %(default)s).")
-    g.add_argument("--max_failure_fraction", type=_fraction,
+    g.add_argument("--max_failure_fraction", type=_probability,
                    default=completion.DEFAULT_MAX_FAILURE_FRACTION,
                    help="Largest share of the images read that may fail (dead letters) for the "
                    "run to count as complete; above it the job exits with an error and the "
