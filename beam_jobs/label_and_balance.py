@@ -41,11 +41,10 @@ from ns_data.balance import DEFAULT_COLLECT_LIMIT
 from ns_data.images import DECODERS, DEFAULT_DECODER, DEFAULT_MAX_PIXELS, make_decoder
 from ns_data.inference import TeacherInference
 from ns_data.pipeline import BalanceConfig, check_table_serves, select_and_write
-from ns_data.read import (DEFAULT_READ_BATCH, INPUT_FORMATS, ParseFailure, ReadImages,
-                          check_input_pattern, parse_image_record)
+from ns_data.read import (DEFAULT_READ_BATCH, INPUT_FORMATS, ReadImages, check_input_pattern,
+                          encoded_images)
 from ns_data.teacher import (OUTPUT_KINDS, TeacherModelHandler, TeacherSpec, inspect_teacher,
                              output_error, read_metadata, sample_problem)
-from ns_data.tfrecord import iter_records
 from ns_data.write import (DEAD_LETTER_PREFIX, DEFAULT_CHUNK_RECORDS, PSEUDO_LABEL_PREFIX,
                            shard_pattern)
 
@@ -297,7 +296,7 @@ def launch_sample(opts: LabelAndBalanceOptions, spec: TeacherSpec, limit: int = 
     """Up to `limit` decodable images from the start of the input, for the launch check."""
     decoder = make_decoder(opts.decoder, spec.image, opts.max_image_pixels)
     pixels = []
-    for encoded in _input_images(opts.input, opts.input_format):
+    for encoded in encoded_images(opts.input, opts.input_format):
         try:
             pixels.append(decoder(encoded))
         except Exception:  # noqa: BLE001 - the job counts bad images; the check skips them
@@ -305,20 +304,6 @@ def launch_sample(opts: LabelAndBalanceOptions, spec: TeacherSpec, limit: int = 
         if len(pixels) == limit:
             break
     return np.stack(pixels) if pixels else np.zeros((0, *spec.image.shape), np.uint8)
-
-
-def _input_images(pattern: str, input_format: str):
-    """The input's encoded images in file order, skipping records that do not parse."""
-    for path in sorted(tf.io.gfile.glob(pattern)):
-        if input_format == "images":
-            with tf.io.gfile.GFile(path, "rb") as f:
-                yield f.read()
-            continue
-        for serialized in iter_records(path):
-            try:
-                yield parse_image_record(serialized)[1]
-            except ParseFailure:
-                continue
 
 
 def balance_config(opts: BalanceOptions) -> BalanceConfig:
@@ -393,23 +378,6 @@ def _check_clear(directory: str, patterns: list[str], what: str, overwrite: bool
         completion.remove_marker(directory)
         for path in existing:
             tf.io.gfile.remove(path)
-
-
-def finish(output_dir: str, max_failure_fraction: float, job: str,
-           table_dir: str | None = None, max_copies: int = 0) -> dict[str, Any]:
-    """After the pipeline: marks the table (when this run wrote one) and then the output
-    complete, unless too many images failed (`TooManyFailuresError`) or one image is written
-    more than `max_copies` times (`TooManyCopiesError`). Returns the run's stats.
-    """
-    run_stats = stats.read_stats(output_dir)
-    stats.check_reconciles(run_stats)
-    summary = {"job": job, "config": run_stats["config"], "totals": run_stats["totals"]}
-    if table_dir:
-        completion.write_marker(table_dir, summary)
-    completion.check_failures(run_stats, max_failure_fraction, output_dir)
-    completion.check_copies(run_stats, max_copies, output_dir)
-    completion.write_marker(output_dir, summary)
-    return run_stats
 
 
 def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
@@ -566,8 +534,9 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         balance = opts.view_as(BalanceOptions)
         class_names = read_metadata(opts.teacher).get("class_names")
         print_summary(balance.output_dir, class_names)
-        finish(balance.output_dir, balance.max_failure_fraction, "label_and_balance",
-               predictions_dir(opts), balance.max_copies)
+        completion.finish_run(balance.output_dir, "label_and_balance",
+                              balance.max_failure_fraction, balance.max_copies,
+                              predictions_dir(opts))
     return result
 
 

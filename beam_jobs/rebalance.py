@@ -21,8 +21,7 @@ from apache_beam.runners.runner import PipelineResult
 
 from beam_jobs import cli
 from beam_jobs.label_and_balance import (BalanceOptions, balance_config, check_output_dir,
-                                         configure_logging, finish, pipeline_options,
-                                         print_summary)
+                                         configure_logging, pipeline_options, print_summary)
 from ns_data import completion, predictions
 from ns_data.pipeline import check_table_serves, select_and_write
 
@@ -109,8 +108,8 @@ def run(argv: list[str] | None = None,
     result.wait_until_finish()
     if not dry_run:
         print_summary(balance.output_dir)
-        finish(balance.output_dir, balance.max_failure_fraction, "rebalance",
-               max_copies=balance.max_copies)
+        completion.finish_run(balance.output_dir, "rebalance", balance.max_failure_fraction,
+                              balance.max_copies)
     return result
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from ns_data import stats
+
 SUCCESS_FILE = "_SUCCESS"
 DEFAULT_MAX_FAILURE_FRACTION = 0.01
 
@@ -65,6 +67,23 @@ def check_copies(run_stats: Mapping[str, Any], max_copies: int, where: str) -> N
             f"images, up to {worst['max_copies']} copies of one image, more than "
             f"--max_copies={max_copies}: the output in {where} is not marked complete. Lower "
             "--images_per_class or --min_confidence, or pass --no_duplicate.")
+
+
+def finish_run(output_dir: str, job: str, max_failure_fraction: float, max_copies: int = 0,
+               table_dir: str | None = None) -> dict[str, Any]:
+    """After a job's pipeline: marks the table (when the run wrote one) and then the output
+    complete, unless too many images failed (`TooManyFailuresError`) or one image is written
+    more than `max_copies` times (`TooManyCopiesError`). Returns the run's stats.
+    """
+    run_stats = stats.read_stats(output_dir)
+    stats.check_reconciles(run_stats)
+    summary = {"job": job, "config": run_stats["config"], "totals": run_stats["totals"]}
+    if table_dir:
+        write_marker(table_dir, summary)
+    check_failures(run_stats, max_failure_fraction, output_dir)
+    check_copies(run_stats, max_copies, output_dir)
+    write_marker(output_dir, summary)
+    return run_stats
 
 
 def write_marker(directory: str, contents: Mapping[str, Any]) -> str:

@@ -81,25 +81,20 @@ class _Decode(beam.DoFn):
     def process(self, images: Sequence[RawImage]):
         keys, pixels, failed = [], [], []
         with self._device():
-            for key, decoded, error in self._decode(images):
-                if error is None:
-                    keys.append(key)
-                    pixels.append(decoded)
-                else:
-                    failed.append(_failure(key, STAGE_DECODE, error))
+            for image in images:
+                key = (image.source, image.index, image.image_id)
+                try:
+                    pixels.append(self._decoder(image.encoded))
+                except Exception as e:  # noqa: BLE001 - an undecodable image is a dead letter
+                    failed.append(_failure(key, STAGE_DECODE,
+                                           f"{type(e).__name__}: {_first_line(e)}"))
+                    continue
+                keys.append(key)
         if failed:
             self._failed.inc(len(failed))
             yield beam.pvalue.TaggedOutput(_FAILED, predictions.to_table(failed))
         if keys:
             yield keys, np.stack(pixels)
-
-    def _decode(self, images: Sequence[RawImage]):
-        for image in images:
-            key = (image.source, image.index, image.image_id)
-            try:
-                yield key, self._decoder(image.encoded), None
-            except Exception as e:  # noqa: BLE001 - any undecodable image becomes a dead letter
-                yield key, None, f"{type(e).__name__}: {_first_line(e)}"
 
 
 class TeacherOnBatches(ModelHandler):

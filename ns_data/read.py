@@ -114,6 +114,21 @@ def _read_image_files(paths: list[str]) -> list[RawImage]:
     return images
 
 
+def encoded_images(pattern: str, input_format: str):
+    """The encoded images of an input, in file order, skipping records that do not parse (the
+    launch check's sample; the pipeline reads with `ReadImages`)."""
+    for path in sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list):
+        if input_format == "images":
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                yield f.read()
+            continue
+        for serialized in iter_records(path):
+            try:
+                yield parse_image_record(serialized)[1]
+            except ParseFailure:
+                continue
+
+
 FAILED = "failed"
 
 

@@ -70,7 +70,8 @@ def run_fake(tmp_path, images, *flags, name="out", batch_size=8, input_records=N
     with BeamTestPipeline(runner="DirectRunner") as p:
         job.build(p, opts, fakes.fake_spec(batch_size), fakes.FakeTeacherHandler(batch_size))
     # As `run` does after the pipeline; the corpora hold bad records on purpose.
-    return output_dir, job.finish(output_dir, 1.0, "label_and_balance", job.predictions_dir(opts))
+    return output_dir, completion.finish_run(output_dir, "label_and_balance", 1.0,
+                                             table_dir=job.predictions_dir(opts))
 
 
 def test_exact_counts_topk_and_copies_match_brute_force(tmp_path):
@@ -107,9 +108,9 @@ def test_exact_counts_topk_and_copies_match_brute_force(tmp_path):
     with pytest.raises(completion.TooManyCopiesError,
                        match="class 1 writes 10 records from 7 images, up to 2 copies of one "
                              "image, more than --max_copies=1"):
-        job.finish(output_dir, 1.0, "label_and_balance", max_copies=1)
+        completion.finish_run(output_dir, "label_and_balance", 1.0, max_copies=1)
     assert not completion.is_complete(output_dir)
-    job.finish(output_dir, 1.0, "label_and_balance", max_copies=2)
+    completion.finish_run(output_dir, "label_and_balance", 1.0, max_copies=2)
     assert completion.is_complete(output_dir)
     assert [rows[c]["read"] for c in range(4)] == [34, 7, K, 5]
     assert [rows[c]["above_threshold"] for c in range(4)] == [30, 7, K, 0]
