@@ -12,6 +12,8 @@ baked into the table's probabilities; `--label_type=soft` needs a table of every
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import posixpath
 import sys
 
 import apache_beam as beam
@@ -72,11 +74,34 @@ def _help_parser() -> argparse.ArgumentParser:
 
 
 def read_table_metadata(pattern: str) -> predictions.TableMetadata:
-    """The settings of the table's first file (the pipeline checks every file against them)."""
+    """The settings of the table's files, refusing a glob that mixes tables.
+
+    Every file's footer is read (in parallel threads: a footer is one small read) so that a
+    glob over two runs — other teachers, class counts, inputs, or the same input twice — is
+    refused before any work, naming the files.
+    """
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
         raise ValueError(f"--predictions={pattern} matches no predictions table files")
-    return predictions.read_metadata(files[0])
+    seen: dict[str, str] = {}
+    for path in files:
+        name = posixpath.basename(path)
+        if name in seen:
+            raise ValueError(f"--predictions={pattern} holds the predictions of one input twice "
+                             f"({seen[name]} and {path}): select from one run's table at a time")
+        seen[name] = path
+    with concurrent.futures.ThreadPoolExecutor(_FOOTER_THREADS) as pool:
+        found = list(pool.map(predictions.read_metadata, files))
+    for path, metadata in zip(files, found):
+        if metadata != found[0]:
+            raise ValueError(f"--predictions={pattern} mixes tables: {path} was written with "
+                             f"other settings than {files[0]} "
+                             f"({predictions.describe_difference(found[0], metadata)}); select "
+                             "from one run's table at a time")
+    return found[0]
+
+
+_FOOTER_THREADS = 32
 
 
 def run(argv: list[str] | None = None,
@@ -96,8 +121,8 @@ def run(argv: list[str] | None = None,
         raise ValueError(f"missing required flags: {', '.join(missing)} (see --help)")
     metadata = read_table_metadata(table_pattern(opts))
     if not opts.allow_incomplete:
-        completion.require_complete(completion.directory_of(table_pattern(opts)),
-                                    "--predictions", "--allow_incomplete")
+        completion.require_complete_inputs(table_pattern(opts), "--predictions",
+                                           "--allow_incomplete")
     check_table_serves(metadata, balance_config(balance))
     dry_run = options.view_as(TestOptions).dry_run
     if not dry_run:

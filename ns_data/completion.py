@@ -121,10 +121,22 @@ def require_complete(directory: str, what: str, override_flag: str) -> None:
             f"pass {override_flag} to read what is there")
 
 
-def directory_of(pattern: str) -> str:
-    """The directory a glob's files are in: its parent up to the first wildcard (a directory
-    given without a wildcard is itself)."""
+def directories_of(pattern: str) -> list[str]:
+    """The directories a reader of `pattern` reads from: a directory given as itself, else the
+    distinct parents of the files the glob matches (a glob may span several runs, e.g.
+    `out-*/pseudo_labels-*`), or the glob's parent up to its first wildcard when it matches
+    nothing."""
+    if tf.io.gfile.isdir(pattern):
+        return [pattern.rstrip("/") or "/"]
+    parents = sorted({posixpath.dirname(path) for path in tf.io.gfile.glob(pattern)})
+    if parents:
+        return parents
     cuts = [pattern.find(c) for c in "*?[" if c in pattern]
-    if not cuts:
-        return pattern.rstrip("/") if tf.io.gfile.isdir(pattern) else posixpath.dirname(pattern)
-    return posixpath.dirname(pattern[:min(cuts)])
+    return [posixpath.dirname(pattern[:min(cuts)] if cuts else pattern)]
+
+
+def require_complete_inputs(pattern: str, what: str, override_flag: str) -> None:
+    """Refuses an input glob unless every directory it reads holds a completion marker
+    (`require_complete` on each of `directories_of(pattern)`)."""
+    for directory in directories_of(pattern):
+        require_complete(directory, what, override_flag)

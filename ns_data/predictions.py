@@ -43,7 +43,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from ns_data.records import Prediction
+from ns_data.records import STAGE_OUTPUT, Prediction
 
 PREDICTIONS_PREFIX = "predictions"
 METADATA_KEY = b"ns_data.predictions"
@@ -224,12 +224,93 @@ def write_arrow_table(path: str, table: pa.Table, metadata: TableMetadata) -> in
 
 
 def read_table_file(path: str, columns: Iterable[str] | None = None) -> pa.Table:
-    """Reads the given columns of one table file (all when None); only their bytes are read."""
+    """Reads the given columns of one table file (all when None); only their bytes are read.
+
+    A row that says it scored but is not a prediction of the file's teacher — a label outside
+    0..num_classes-1, a confidence that is NaN, infinite or outside [0, 1] — comes back as a
+    failed row (stage `invalid_output`, label, confidence and top classes null, the reason in
+    the message), whatever columns are asked for, so every reader counts, selects and writes it
+    the same way: one dead letter, never a selected image or a crash. Our own teacher pass
+    writes such outputs as failures already; this guards tables made or edited elsewhere.
+    """
+    wanted = list(columns) if columns else list(SCHEMA.names)
+    read = wanted + [c for c in (LABEL, CONFIDENCE) if c not in wanted]
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         try:
-            return pq.read_table(f, columns=list(columns) if columns else None)
+            rows = pq.read_table(f, columns=read)
         except (pa.ArrowException, ValueError) as e:
             raise ValueError(f"{path} is not a predictions table file: {e}") from e
+    invalid, messages = _invalid_rows(rows, path)
+    if TOPK_PROBS in wanted and TOPK_CLASSES in wanted:
+        _check_topk(rows, invalid, path)
+    rows = rows.select(wanted)
+    return _as_failed(rows, invalid, messages) if len(messages) else rows
+
+
+def _invalid_rows(rows: pa.Table, path: str) -> tuple[np.ndarray, list[str]]:
+    """The rows that scored with a label or confidence no teacher gives: a mask, and why each
+    one is invalid (in row order)."""
+    text = (rows.schema.metadata or {}).get(METADATA_KEY)
+    if text is None:
+        raise ValueError(f"{path} has no {METADATA_KEY.decode()} metadata; was it written by "
+                         "beam_jobs.label_and_balance?")
+    num_classes = TableMetadata.from_json(text).num_classes
+    labels = rows.column(LABEL)
+    scored = labels.is_valid().to_numpy(zero_copy_only=False)
+    label = labels.fill_null(0).to_numpy().astype(np.int64)
+    confidence = rows.column(CONFIDENCE).to_numpy(zero_copy_only=False).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        good = (label >= 0) & (label < num_classes) & (confidence >= 0) & (confidence <= 1)
+    invalid = scored & ~good
+    messages = [f"predictions table {path} row {i}: label {label[i]}, confidence "
+                f"{confidence[i]} is not a prediction of a {num_classes}-class teacher"
+                for i in np.flatnonzero(invalid)]
+    return invalid, messages
+
+
+def _check_topk(rows: pa.Table, invalid: np.ndarray, path: str) -> None:
+    """Refuses a file whose top classes of a valid row disagree with its label and confidence
+    (the selection trusted those) or are not probabilities: the file is corrupt or was not
+    made by a teacher pass."""
+    n = rows.num_rows
+    probs = rows.column(TOPK_PROBS).combine_chunks()
+    offsets = probs.offsets.to_numpy()
+    values = probs.values.to_numpy(zero_copy_only=False)
+    owner = np.repeat(np.arange(n), np.diff(offsets))
+    with np.errstate(invalid="ignore"):
+        bad = np.zeros(n, dtype=bool)
+        bad[owner[~((values >= 0) & (values <= 1))]] = True
+    first = offsets[:-1]
+    empty = np.diff(offsets) == 0
+    bad |= empty
+    classes = rows.column(TOPK_CLASSES).combine_chunks().values.to_numpy()
+    at = np.where(empty, 0, first)[~empty]
+    labels = rows.column(LABEL).fill_null(-1).to_numpy()[~empty]
+    confidence = rows.column(CONFIDENCE).fill_null(np.nan).to_numpy()[~empty]
+    bad[~empty] |= (classes[at] != labels) | (values[at] != confidence)
+    bad &= rows.column(LABEL).is_valid().to_numpy(zero_copy_only=False) & ~invalid
+    if bad.any():
+        raise ValueError(f"predictions table {path} row {int(np.flatnonzero(bad)[0])}: its top "
+                         "classes and probabilities disagree with its label and confidence, or "
+                         f"are not probabilities ({int(bad.sum())} such rows); the file is "
+                         "corrupt or was not written by beam_jobs.label_and_balance")
+
+
+def _as_failed(rows: pa.Table, invalid: np.ndarray, messages: list[str]) -> pa.Table:
+    """`rows` with the `invalid` ones turned into `invalid_output` failures."""
+    mask = pa.array(invalid)
+    columns = []
+    for name, column in zip(rows.column_names, rows.columns):
+        if name in (LABEL, CONFIDENCE, TOPK_CLASSES, TOPK_PROBS):
+            column = pc.if_else(mask, pa.nulls(len(rows), column.type), column)
+        elif name == ERROR_STAGE:
+            column = pc.if_else(mask, STAGE_OUTPUT, column)
+        elif name == ERROR_MESSAGE:
+            full = np.array(column.to_pylist(), dtype=object)
+            full[invalid] = messages
+            column = pa.array(full, pa.string())
+        columns.append(column)
+    return pa.table(columns, schema=rows.schema)
 
 
 def read_metadata(path: str) -> TableMetadata:
@@ -254,7 +335,8 @@ def check_metadata(rows: pa.Table, path: str, expected: TableMetadata) -> None:
     actual = TableMetadata.from_json(text)
     if actual != expected:
         raise ValueError(f"{path} was written with other settings than the rest of the table "
-                         f"({_diff(expected, actual)}); select from one run's table at a time")
+                         f"({describe_difference(expected, actual)}); select from one run's table "
+                         "at a time")
 
 
 class _TablePieces(beam.DoFn):
@@ -353,7 +435,8 @@ class WritePredictions(beam.PTransform):
                                                                   self._metadata)))
 
 
-def _diff(a: TableMetadata, b: TableMetadata) -> str:
+def describe_difference(a: TableMetadata, b: TableMetadata) -> str:
+    """The settings two tables differ in, e.g. `num_classes 10 vs 5`."""
     return ", ".join(f"{f.name} {getattr(a, f.name)!r} vs {getattr(b, f.name)!r}"
                      for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name))
 

@@ -494,8 +494,8 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
     metrics, the final evaluation and the export path.
     """
     if config.student and not config.allow_incomplete:
-        completion.require_complete(completion.directory_of(config.unlabeled), "--unlabeled",
-                                    "--allow_incomplete")
+        completion.require_complete_inputs(config.unlabeled, "--unlabeled",
+                                           "--allow_incomplete")
     tf.io.gfile.makedirs(config.workdir)
     check_workdir_config(config)
     finished = _finished_result(config)

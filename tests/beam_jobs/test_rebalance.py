@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -119,3 +122,75 @@ def test_an_interrupted_overwrite_leaves_nothing_that_looks_complete(tmp_path):
     assert not os.path.exists(tmp_path / "r")
     rebalance.run(rerun + [f"--output_dir={tmp_path}/r", "--allow_incomplete"])
     assert completion.is_complete(str(tmp_path / "r"))
+
+
+def edit_table(table_dir: str, **columns) -> str:
+    """Rewrites the (one) table file of `table_dir` with some columns replaced, metadata kept."""
+    path, = [os.path.join(table_dir, n) for n in os.listdir(table_dir) if n.endswith(".parquet")]
+    rows = pq.read_table(path)
+    for name, values in columns.items():
+        rows = rows.set_column(rows.schema.get_field_index(name), rows.schema.field(name),
+                               pa.array(values, rows.schema.field(name).type))
+    pq.write_table(rows, path)
+    return path
+
+
+def test_rows_no_teacher_gives_become_dead_letters_not_selections(tmp_path):
+    images = corpus()[:30]
+    first, _ = run_fake(tmp_path, images, "--label_type=hard", "--predictions_topk=4")
+    rows = pq.read_table(os.path.join(first, "predictions"))
+    ids = rows.column(predictions.ID).to_pylist()
+    confidence = rows.column(predictions.CONFIDENCE).to_numpy().copy()
+    label = rows.column(predictions.LABEL).to_numpy().copy()
+    confidence[0], confidence[1], confidence[2], confidence[4] = 7.0, np.nan, np.inf, -0.5
+    label[3] = 9
+    edit_table(os.path.join(first, "predictions"), confidence=confidence, label=label)
+    out = str(tmp_path / "re")
+    rebalance.run([f"--predictions={first}/predictions", f"--output_dir={out}",
+                   "--runner=DirectRunner", "--images_per_class=4", "--label_type=hard",
+                   "--max_failure_fraction=1"])
+    run_stats = stats.read_stats(out)
+    assert run_stats["totals"]["failed"]["invalid_output"] == 5
+    assert run_stats["totals"]["scored"] == len(images) - 5
+    stats.check_reconciles(run_stats)
+    letters = {d[schema.IMAGE_ID][0]: d[schema.ERROR_MESSAGE][0].decode() for d in
+               map(schema.parse_example, read_records(out, "dead_letters"))}
+    assert set(letters) == set(ids[:5])
+    assert "label 0, confidence 7.0 is not a prediction of a 4-class teacher" in letters[ids[0]]
+    assert "confidence nan" in letters[ids[1]] and "confidence inf" in letters[ids[2]]
+    assert f"label 9, confidence {confidence[3]}" in letters[ids[3]]
+    written = {schema.parse_pseudo_label(r).image_id for r in read_records(out)}
+    assert written and not written & set(ids[:5])
+
+
+def test_a_table_whose_top_classes_disagree_with_its_labels_is_refused(tmp_path):
+    first, _ = run_fake(tmp_path, corpus()[:20], "--label_type=hard", "--predictions_topk=4")
+    rows = pq.read_table(os.path.join(first, "predictions"))
+    label = rows.column(predictions.LABEL).to_numpy().copy()
+    label[5] = (label[5] + 1) % fakes.NUM_CLASSES
+    edit_table(os.path.join(first, "predictions"), label=label)
+    with pytest.raises(ValueError, match="row 5: its top classes and probabilities disagree"):
+        rebalance.run([f"--predictions={first}/predictions", f"--output_dir={tmp_path}/re",
+                       "--runner=DirectRunner", "--images_per_class=4",
+                       "--max_failure_fraction=1"])
+    assert not completion.is_complete(str(tmp_path / "re"))
+
+
+def test_a_glob_over_two_tables_is_refused_before_any_work(tmp_path):
+    images = corpus()[:12]
+    run_fake(tmp_path, images, "--predictions_topk=4", name="a")
+    run_fake(tmp_path, images, "--predictions_topk=4", name="b")
+    (tmp_path / "other").mkdir()
+    other, _ = run_fake(tmp_path / "other", images, "--predictions_topk=2", "--label_type=hard")
+    shutil.move(other, tmp_path / "c")
+    argv = [f"--output_dir={tmp_path}/re", "--runner=DirectRunner", "--label_type=hard"]
+    with pytest.raises(ValueError, match="holds the predictions of one input twice"):
+        rebalance.run([f"--predictions={tmp_path}/[ab]/predictions/*.parquet", *argv])
+    mixed = r"mixes tables: .* \(input .* vs .*other/input.tfrecord.*, topk 4 vs 2\)"
+    with pytest.raises(ValueError, match=mixed):
+        rebalance.run([f"--predictions={tmp_path}/[ac]/predictions/*.parquet", *argv])
+    # Pseudo-label shards given as the table are named as what they are not.
+    with pytest.raises(ValueError, match="pseudo_labels-00000-of-00003.tfrecord is not a "
+                                         "predictions table file"):
+        rebalance.run([f"--predictions={tmp_path}/a/pseudo_labels-*", *argv])
+    assert not os.path.exists(tmp_path / "re")

@@ -48,17 +48,25 @@ def test_require_complete_names_the_flag_and_the_override(tmp_path):
 
 @pytest.mark.parametrize("pattern, directory", [
     ("out/pl/pseudo_labels-*", "out/pl"),
-    ("out/pl/*.tfrecord", "out/pl"),
     ("out/pl/pseudo_labels-0000[0-3]-of-00004.tfrecord", "out/pl"),
-    ("gs://b/run/predictions/predictions-*.parquet", "gs://b/run/predictions"),
     ("out/pl/one.tfrecord", "out/pl"),
 ])
-def test_directory_of_a_glob(pattern, directory):
-    assert completion.directory_of(pattern) == directory
+def test_the_directory_of_a_glob_that_matches_nothing_is_its_parent(pattern, directory):
+    assert completion.directories_of(pattern) == [directory]
 
 
-def test_directory_of_a_directory_is_itself(tmp_path):
-    assert completion.directory_of(str(tmp_path) + "/") == str(tmp_path)
+def test_a_glob_over_several_runs_needs_every_run_complete(tmp_path):
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "pseudo_labels-0.tfrecord").write_bytes(b"")
+    pattern = f"{tmp_path}/*/pseudo_labels-*"
+    assert completion.directories_of(pattern) == [f"{tmp_path}/a", f"{tmp_path}/b"]
+    assert completion.directories_of(str(tmp_path / "a") + "/") == [f"{tmp_path}/a"]
+    completion.write_marker(str(tmp_path / "a"), {})
+    with pytest.raises(completion.IncompleteOutputError, match=f"--unlabeled: {tmp_path}/b has"):
+        completion.require_complete_inputs(pattern, "--unlabeled", "--allow_incomplete")
+    completion.write_marker(str(tmp_path / "b"), {})
+    completion.require_complete_inputs(pattern, "--unlabeled", "--allow_incomplete")
 
 
 def test_copies_above_the_limit_fail_and_zero_means_no_limit():
