@@ -22,7 +22,26 @@ _MASK_DELTA = 0xA282EAD8
 
 
 class CorruptRecordError(ValueError):
-    """A TFRecord frame that cannot be read: truncated, or its checksum does not match."""
+    """A TFRecord frame that cannot be read: truncated, or its checksum does not match.
+
+    Nothing after it can be read either (the next frame's position is unknown), so a reader that
+    keeps going keeps the `index` records before it and reports the rest of the file as lost.
+
+    Attributes:
+      path: the file.
+      index: the damaged record's position, = the number of records read before it.
+      offset: its byte offset.
+    """
+
+    def __init__(self, path: str, index: int, offset: int, problem: str):
+        super().__init__(f"{path}: record {index} at byte {offset} {problem}")
+        self.path = path
+        self.index = index
+        self.offset = offset
+        self.problem = problem
+
+    def __reduce__(self):  # pickled by Beam with its own arguments, not the message
+        return CorruptRecordError, (self.path, self.index, self.offset, self.problem)
 
 
 def masked_crc(data: bytes) -> int:
@@ -45,20 +64,19 @@ def iter_records(path: str) -> Iterator[bytes]:
             if not header:
                 return
             if len(header) < _HEADER.size:
-                raise CorruptRecordError(f"{path}: record {index} at byte {offset} is truncated "
-                                         "(incomplete header)")
+                raise CorruptRecordError(path, index, offset, "is truncated (incomplete header)")
             length, length_crc = _HEADER.unpack(header)
             if masked_crc(header[:8]) != length_crc:
-                raise CorruptRecordError(f"{path}: record {index} at byte {offset} has a corrupt "
-                                         "length (checksum mismatch); is this a TFRecord file?")
+                raise CorruptRecordError(path, index, offset, "has a corrupt length (checksum "
+                                         "mismatch); is this a TFRecord file?")
             data = f.read(length)
             footer = f.read(_FOOTER.size)
             if len(data) < length or len(footer) < _FOOTER.size:
-                raise CorruptRecordError(f"{path}: record {index} at byte {offset} is truncated "
-                                         f"({len(data)} of {length} bytes)")
+                raise CorruptRecordError(path, index, offset,
+                                         f"is truncated ({len(data)} of {length} bytes)")
             if masked_crc(data) != _FOOTER.unpack(footer)[0]:
-                raise CorruptRecordError(f"{path}: record {index} at byte {offset} is corrupt "
-                                         "(data checksum mismatch)")
+                raise CorruptRecordError(path, index, offset,
+                                         "is corrupt (data checksum mismatch)")
             yield data
             index += 1
             offset += _HEADER.size + length + _FOOTER.size
