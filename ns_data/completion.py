@@ -16,7 +16,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from ns_data import stats
+from ns_data import read, stats
 
 SUCCESS_FILE = "_SUCCESS"
 DEFAULT_MAX_FAILURE_FRACTION = 0.01
@@ -50,7 +50,7 @@ def check_failures(run_stats: Mapping[str, Any], max_fraction: float, where: str
     totals = run_stats["totals"]
     read, failed = totals["read"], totals["failed_total"]
     if read and failed / read > max_fraction:
-        stages = ", ".join(f"{stage} {n}" for stage, n in totals["failed"].items())
+        stages = ", ".join(f"{stage} {n}" for stage, n in totals["failed"].items() if n)
         raise TooManyFailuresError(
             f"{failed} of {read} images failed ({failed / read:.1%}; {stages}), more than "
             f"--max_failure_fraction={max_fraction:g}: the output in {where} is not marked "
@@ -129,10 +129,7 @@ def directories_of(pattern: str) -> list[str]:
     if tf.io.gfile.isdir(pattern):
         return [pattern.rstrip("/") or "/"]
     parents = sorted({posixpath.dirname(path) for path in tf.io.gfile.glob(pattern)})
-    if parents:
-        return parents
-    cuts = [pattern.find(c) for c in "*?[" if c in pattern]
-    return [posixpath.dirname(pattern[:min(cuts)] if cuts else pattern)]
+    return parents or [read.glob_root(pattern)]
 
 
 def require_complete_inputs(pattern: str, what: str, override_flag: str) -> None:

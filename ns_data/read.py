@@ -7,6 +7,9 @@ by both passes so they agree on every id.
 """
 from __future__ import annotations
 
+import logging
+import os
+import posixpath
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -15,8 +18,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from ns_data import predictions, schema
-from ns_data.records import STAGE_PARSE, Prediction, RawImage
-from ns_data.tfrecord import iter_records
+from ns_data.records import STAGE_FILE, STAGE_PARSE, Prediction, RawImage
+from ns_data.tfrecord import CorruptRecordError, iter_records
 
 INPUT_FORMATS = ("tfrecord", "images")
 # Images per element between reading and the teacher: Beam's per-element cost is paid once per
@@ -25,11 +28,21 @@ DEFAULT_READ_BATCH = 256
 
 
 def check_input_pattern(pattern: str) -> int:
-    """Number of files matching `pattern`; raises a clear error when there are none."""
+    """Number of files matching `pattern`; raises a clear error when there are none, or when
+    it names a directory (which would match itself, not its files)."""
+    if "://" not in pattern and os.path.isdir(pattern):
+        raise ValueError(f"--input={pattern} is a directory; give a glob of its files, e.g. "
+                         f"--input='{posixpath.join(pattern, '*')}'")
     matched = FileSystems.match([pattern])[0].metadata_list
     if not matched:
         raise ValueError(f"--input={pattern} matches no files")
     return len(matched)
+
+
+def glob_root(pattern: str) -> str:
+    """The folder a glob reads from: its path up to the first wildcard's folder."""
+    cuts = [pattern.find(c) for c in "*?[" if c in pattern]
+    return posixpath.dirname(pattern[:min(cuts)] if cuts else pattern)
 
 
 class ParseFailure(ValueError):
@@ -53,48 +66,108 @@ def parse_image_record(serialized: bytes) -> tuple[bytes, bytes]:
     except Exception as e:  # noqa: BLE001 - any bad record becomes a dead letter
         raise ParseFailure(schema.content_id(serialized),
                            f"not a tf.train.Example: {type(e).__name__}: {e}") from e
-    ids = features.get(schema.IMAGE_ID) or [b""]
-    encoded = features.get(schema.IMAGE_ENCODED) or [b""]
-    image_id = ids[0] if isinstance(ids[0], bytes) and ids[0] else None
-    if not isinstance(encoded[0], bytes) or not encoded[0]:
+    ids = features.get(schema.IMAGE_ID, [])
+    encoded = features.get(schema.IMAGE_ENCODED, [])
+    image_id = ids[0] if len(ids) == 1 and isinstance(ids[0], bytes) and ids[0] else None
+    if len(encoded) != 1 or not isinstance(encoded[0], bytes) or not encoded[0]:
+        problem = (f"{len(encoded)} {schema.IMAGE_ENCODED!r} values (one image per record)"
+                   if len(encoded) > 1 else f"no {schema.IMAGE_ENCODED!r} bytes")
         raise ParseFailure(image_id or schema.content_id(serialized),
-                           f"record has no {schema.IMAGE_ENCODED!r} bytes "
-                           f"(features: {sorted(features)})")
-    if ids[0] and image_id is None:
+                           f"record has {problem} (features: {sorted(features)})")
+    if image_id is None and ids not in ([], [b""]):  # an empty id is no id: hash the bytes
         raise ParseFailure(schema.content_id(serialized),
-                           f"{schema.IMAGE_ID!r} must be bytes, got {type(ids[0]).__name__}")
+                           f"{schema.IMAGE_ID!r} must be one bytes value, got {ids!r:.80}")
     return image_id or schema.content_id(encoded[0]), encoded[0]
 
 
-class _ReadTFRecordFile(beam.DoFn):
-    """TFRecord file path → [RawImage] batches of consecutive records, and tables of failed
-    predictions rows for the records that do not parse (tagged `failed`)."""
+def damaged_file(error: CorruptRecordError | OSError, path: str, index: int = 0) -> Prediction:
+    """The failed row that stands for the unreadable rest of an input file, from `index` on."""
+    problem = str(error) if isinstance(error, CorruptRecordError) else (
+        f"{path} cannot be read at record {index}: {type(error).__name__}: {error}")
+    message = (f"{problem}. Its first {index} records are read; the rest of the file is lost."
+               if index else f"{problem}. Nothing in the file can be read.")
+    logging.warning("damaged input file: %s", message)
+    return Prediction(path, index, b"%s#%d" % (path.encode(), index), stage=STAGE_FILE,
+                      message=message)
 
-    def __init__(self, batch_size: int):
+
+class _ReadFiles(beam.DoFn):
+    """Input file paths → [RawImage] batches, and tables of failed predictions rows (tagged
+    `failed`) for what cannot be used: records that do not parse, and the unreadable part of a
+    damaged file (`damaged_file`; the records before the damage are kept).
+
+    TFRecord files are read one path per element, in batches of consecutive records; image
+    files come as batches of paths, one image each.
+    """
+
+    def __init__(self, input_format: str, batch_size: int, root: str = ""):
+        self._format = input_format
         self._batch_size = batch_size
+        self._root = os.path.realpath(root) if root and "://" not in root else ""
         self._read = beam.metrics.Metrics.counter("ns_data", "images_read")
         self._failed = beam.metrics.Metrics.counter("ns_data", "failed_parse")
+        self._damaged = beam.metrics.Metrics.counter("ns_data", "damaged_files")
 
-    def process(self, path: str):
+    def process(self, element):
         images, failed = [], []
-        for index, serialized in enumerate(iter_records(path)):
-            try:
-                image_id, encoded = parse_image_record(serialized)
-            except ParseFailure as e:
-                failed.append(Prediction(path, index, e.image_id, stage=STAGE_PARSE,
-                                         message=str(e)))
-                if len(failed) == self._batch_size:
-                    yield self._failures(failed)
-                    failed = []
-                continue
-            images.append(RawImage(image_id, encoded, path, index))
+        records = (self._image_files(element, failed) if self._format == "images"
+                   else self._tfrecord_file(element, failed))
+        for image in records:
+            images.append(image)
             if len(images) == self._batch_size:
                 yield self._images(images)
                 images = []
+            if len(failed) == self._batch_size:
+                yield self._failures(failed)
+                failed = []
         if images:
             yield self._images(images)
         if failed:
             yield self._failures(failed)
+
+    def _tfrecord_file(self, path: str, failed: list[Prediction]):
+        index = 0
+        try:
+            for serialized in iter_records(path):
+                try:
+                    image_id, encoded = parse_image_record(serialized)
+                except ParseFailure as e:
+                    failed.append(Prediction(path, index, e.image_id, stage=STAGE_PARSE,
+                                             message=str(e)))
+                else:
+                    yield RawImage(image_id, encoded, path, index)
+                index += 1
+        except (CorruptRecordError, OSError) as e:
+            self._damaged.inc()
+            failed.append(damaged_file(e, path, index))
+
+    def _image_files(self, paths: list[str], failed: list[Prediction]):
+        for path in paths:
+            outside = self._outside_root(path)
+            if outside:
+                failed.append(Prediction(path, 0, path.encode(), stage=STAGE_FILE,
+                                         message=outside))
+                continue
+            try:
+                with FileSystems.open(path,
+                                      compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                    encoded = f.read()
+            except OSError as e:
+                self._damaged.inc()
+                failed.append(damaged_file(e, path))
+                continue
+            yield RawImage(path.encode(), encoded, path, 0)
+
+    def _outside_root(self, path: str) -> str | None:
+        """Why a local image file is not read: a symlink (itself, or a folder on its way) that
+        leads out of the input's folder. None for every other file."""
+        if not self._root:
+            return None
+        real = os.path.realpath(path)
+        if real == self._root or real.startswith(self._root.rstrip(os.sep) + os.sep):
+            return None
+        return (f"{path} is a symlink to {real}, outside the input folder {self._root}; not "
+                "followed")
 
     def _images(self, images: list[RawImage]) -> list[RawImage]:
         self._read.inc(len(images))
@@ -105,28 +178,24 @@ class _ReadTFRecordFile(beam.DoFn):
         return beam.pvalue.TaggedOutput(FAILED, predictions.to_table(failed))
 
 
-def _read_image_files(paths: list[str]) -> list[RawImage]:
-    beam.metrics.Metrics.counter("ns_data", "images_read").inc(len(paths))
-    images = []
-    for path in paths:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            images.append(RawImage(path.encode(), f.read(), path, 0))
-    return images
-
-
 def encoded_images(pattern: str, input_format: str):
-    """The encoded images of an input, in file order, skipping records that do not parse (the
-    launch check's sample; the pipeline reads with `ReadImages`)."""
+    """The encoded images of an input, in file order, skipping records that do not parse and
+    the unreadable rest of damaged files (the launch check's sample; the pipeline reads with
+    `ReadImages`)."""
     for path in sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list):
-        if input_format == "images":
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                yield f.read()
-            continue
-        for serialized in iter_records(path):
-            try:
-                yield parse_image_record(serialized)[1]
-            except ParseFailure:
+        try:
+            if input_format == "images":
+                with FileSystems.open(path,
+                                      compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                    yield f.read()
                 continue
+            for serialized in iter_records(path):
+                try:
+                    yield parse_image_record(serialized)[1]
+                except ParseFailure:
+                    continue
+        except (CorruptRecordError, OSError):
+            continue
 
 
 FAILED = "failed"
@@ -147,6 +216,11 @@ class ReadImages(beam.PTransform):
     `image/id` (optional; default: a content hash of the bytes). A record that does not parse is
     a failed predictions row (stage "parse") named by a content hash of the whole record.
     `images`: a glob of image files; the id is the file path.
+
+    A damaged file costs only what cannot be read from it: the records of a TFRecord file before
+    a truncated or corrupt frame are read, and one failed row (stage "damaged_file", the file's
+    path and the byte where it breaks in the message) stands for the rest; so does an image file
+    that cannot be opened, or a local one reached by a symlink out of the glob's folder.
 
     File names are reshuffled before reading so that workers share the files; no image bytes
     cross that shuffle. Images come in batches of up to `batch_size`: consecutive records of one
@@ -170,12 +244,9 @@ class ReadImages(beam.PTransform):
                  | "Paths" >> beam.Map(lambda metadata: metadata.path)
                  | "SpreadFiles" >> beam.Reshuffle())
         if self._format == "images":
-            images = (paths
-                      | "BatchPaths" >> beam.BatchElements(min_batch_size=self._batch_size,
-                                                           max_batch_size=self._batch_size)
-                      | "ReadImageFiles" >> beam.Map(_read_image_files))
-            failed = pbegin | "NoParseFailures" >> beam.Create([])
-            return ReadResult(images, failed)
-        read = paths | "ReadTFRecordFiles" >> beam.ParDo(
-            _ReadTFRecordFile(self._batch_size)).with_outputs(FAILED, main="images")
+            paths = paths | "BatchPaths" >> beam.BatchElements(
+                min_batch_size=self._batch_size, max_batch_size=self._batch_size)
+        read = paths | "ReadFiles" >> beam.ParDo(
+            _ReadFiles(self._format, self._batch_size, glob_root(self._pattern))).with_outputs(
+                FAILED, main="images")
         return ReadResult(read["images"], read[FAILED])

@@ -65,3 +65,7 @@ STAGE_PARSE = "parse"
 STAGE_DECODE = "decode"
 STAGE_INFERENCE = "inference"
 STAGE_OUTPUT = "invalid_output"
+# The part of an input file that cannot be read (a truncated or corrupt TFRecord from the damaged
+# record on, an image file that cannot be opened): one row per damaged file, whose index is the
+# first record lost; the records before it are read as usual.
+STAGE_FILE = "damaged_file"

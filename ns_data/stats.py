@@ -16,11 +16,12 @@ import apache_beam as beam
 import tensorflow as tf
 
 from ns_data.balance import ClassPlan
-from ns_data.records import STAGE_DECODE, STAGE_INFERENCE, STAGE_OUTPUT, STAGE_PARSE
+from ns_data.records import (STAGE_DECODE, STAGE_FILE, STAGE_INFERENCE, STAGE_OUTPUT,
+                             STAGE_PARSE)
 from ns_data.write import PSEUDO_LABEL_PREFIX
 
 STATS_FILE = "stats.json"
-FAILURE_STAGES = (STAGE_PARSE, STAGE_DECODE, STAGE_INFERENCE, STAGE_OUTPUT)
+FAILURE_STAGES = (STAGE_FILE, STAGE_PARSE, STAGE_DECODE, STAGE_INFERENCE, STAGE_OUTPUT)
 
 
 def build_stats(

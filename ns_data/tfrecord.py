@@ -68,7 +68,7 @@ def iter_records(path: str) -> Iterator[bytes]:
             length, length_crc = _HEADER.unpack(header)
             if masked_crc(header[:8]) != length_crc:
                 raise CorruptRecordError(path, index, offset, "has a corrupt length (checksum "
-                                         "mismatch); is this a TFRecord file?")
+                                         "mismatch: damaged, or not a TFRecord file)")
             data = f.read(length)
             footer = f.read(_FOOTER.size)
             if len(data) < length or len(footer) < _FOOTER.size:

@@ -40,7 +40,7 @@ from ns_data import schema
 from ns_data import predictions as table
 from ns_data.balance import ClassPlan, id_hash
 from ns_data.read import ParseFailure, parse_image_record
-from ns_data.records import STAGE_PARSE
+from ns_data.records import STAGE_FILE, STAGE_PARSE
 from ns_data.select import file_copies
 from ns_data.tfrecord import iter_records
 
@@ -299,9 +299,12 @@ class _PairWithImages(beam.DoFn):
                   for prefix, n in self._spec.num_shards_by_prefix.items()}
         picked = _Rows(rows.take(wanted))
         by_source: dict[str, dict[int, int]] = {}
-        for i, (source, index) in enumerate(zip(picked.sources, picked.indices)):
-            by_source.setdefault(source, {})[index] = i
         batches = _KeyedBatches()
+        for i, (source, index) in enumerate(zip(picked.sources, picked.indices)):
+            if picked.stages[i] == STAGE_FILE:  # no bytes to read: the file breaks there
+                yield from batches.add(*self._dead_letter(picked, i, None, chunks))
+            else:
+                by_source.setdefault(source, {})[index] = i
         for source, rows_at in by_source.items():
             for index, serialized in self._read(source, rows_at, path):
                 i = rows_at[index]
@@ -358,10 +361,12 @@ class _PairWithImages(beam.DoFn):
             yield shard_key(PSEUDO_LABEL_PREFIX, order, spec.num_shards,
                             chunks[PSEUDO_LABEL_PREFIX]), (order, record)
 
-    def _dead_letter(self, rows: _Rows, i: int, serialized: bytes, chunks: Mapping[str, int]):
+    def _dead_letter(self, rows: _Rows, i: int, serialized: bytes | None,
+                     chunks: Mapping[str, int]):
         image_id, stage, message = rows.ids[i], rows.stages[i], rows.messages[i] or ""
         encoded = serialized
-        if stage != STAGE_PARSE and self._metadata.input_format != "images":
+        if (serialized is not None and stage != STAGE_PARSE
+                and self._metadata.input_format != "images"):
             try:
                 _, encoded = parse_image_record(serialized)
             except ParseFailure:

@@ -189,6 +189,35 @@ def test_records_are_spread_across_shards(tmp_path):
     assert run_stats["shards"]["count"] == 3
 
 
+def test_a_damaged_file_costs_only_what_cannot_be_read_from_it(tmp_path):
+    images = corpus()[:30]
+    records = [schema.image_example(im.encoded, im.image_id) for im in images]
+    (tmp_path / "in").mkdir()
+    fakes.write_tfrecord(tmp_path / "in" / "a-good.tfrecord", records[:10])
+    flipped = fakes.write_tfrecord(tmp_path / "in" / "b-flipped.tfrecord", records[10:20])
+    data = bytearray(open(flipped, "rb").read())
+    frame = len(data) // 10  # the fake records are all one size: record 6 starts here
+    data[6 * frame + 40] ^= 0x10  # one bit of record 6's bytes
+    open(flipped, "wb").write(data)
+    (tmp_path / "in" / "c-text.tfrecord").write_text("id,path\n1,a.png\n" * 20)
+    output_dir, run_stats = run_fake(tmp_path, images, "--images_per_class=1000",
+                                     "--min_confidence=0", f"--input={tmp_path}/in/*",
+                                     "--max_copies=1", "--label_type=hard")
+    totals = run_stats["totals"]
+    assert totals["failed"]["damaged_file"] == 2
+    assert totals["scored"] == 10 + 6  # the good file, and the flipped one before record 6
+    written = {schema.parse_pseudo_label(r).image_id for r in read_records(output_dir)}
+    assert written == {im.image_id for im in images[:16]}
+    letters = {d[schema.ERROR_MESSAGE][0].decode() for d in
+               map(schema.parse_example, read_records(output_dir, "dead_letters"))}
+    assert letters == {
+        f"{flipped}: record 6 at byte {6 * frame} is corrupt (data checksum mismatch). Its "
+        "first 6 records are read; the rest of the file is lost.",
+        f"{tmp_path}/in/c-text.tfrecord: record 0 at byte 0 has a corrupt length (checksum "
+        "mismatch: damaged, or not a TFRecord file). Nothing in the file can be read."}
+    stats.check_reconciles(run_stats)
+
+
 def test_bad_records_become_dead_letters_and_are_counted(tmp_path):
     good = corpus()[:20]
     nan_image = fakes.fake_image(900, fakes.CLASS_NAN, 100)
@@ -230,7 +259,8 @@ def test_bad_records_become_dead_letters_and_are_counted(tmp_path):
     assert by_id[b"corrupt-png"][schema.IMAGE_ENCODED][0] == b"\x89PNG\r\n\x1a\n-not-really"
     totals = run_stats["totals"]
     assert totals["read"] == len(records)
-    assert totals["failed"] == {"parse": 3, "decode": 2, "inference": 1, "invalid_output": 1}
+    assert totals["failed"] == {"damaged_file": 0, "parse": 3, "decode": 2, "inference": 1,
+                                "invalid_output": 1}
     assert totals["scored"] == len(good)
     stats.check_reconciles(run_stats)
 

@@ -124,7 +124,7 @@ def test_dataflow_dry_run_builds_the_job_graph(teacher, unlabeled, accelerator, 
 
 # Leaf transforms whose main output carries image bytes (encoded or decoded), and those that take
 # such elements and emit none (their outputs are small: predictions, file names).
-_BYTE_SOURCES = ("ReadImages/ReadTFRecordFiles", "ReadImages/ReadImageFiles",
+_BYTE_SOURCES = ("ReadImages/ReadFiles",
                  "WriteLabeledShards/PairWithImages")
 _BYTE_SINKS = ("TeacherInference/ToPredictions",
                "WriteLabeledShards/Write/WriteChunks")
@@ -236,7 +236,7 @@ def test_too_many_failures_exit_1_with_counts_and_leave_no_marker(teacher, unlab
     assert cli.main(job.run, "label_and_balance", argv) == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("label_and_balance: error: 2 of 100 images failed (2.0%; parse 1, "
-                            "decode 1, inference 0, invalid_output 0), more than "
+                            "decode 1), more than "
                             "--max_failure_fraction=0.01")
     # Everything was written and counted, the table is complete, the output is not.
     assert stats.read_stats(out)["totals"]["failed_total"] == 2

@@ -36,14 +36,35 @@ def output_files(directory: str) -> dict[str, bytes]:
             for name in sorted(os.listdir(directory)) if name.endswith(".tfrecord")}
 
 
+def truncate_last_record(path) -> int:
+    """Cuts the file in the middle of its last record; returns that record's byte offset."""
+    data = open(path, "rb").read()
+    offset = 0
+    while True:
+        size = 16 + int.from_bytes(data[offset:offset + 8], "little")
+        if offset + size == len(data):
+            break
+        offset += size
+    open(path, "wb").write(data[:offset + 20])
+    return offset
+
+
 def test_rebalance_from_the_table_matches_a_fresh_run(tmp_path):
     images, records = corpus_records()
-    first, first_stats = run_fake(tmp_path, images, "--predictions_topk=4", name="first",
-                                  input_records=records)
+    # The input file is damaged in its last record: the records before it are used, the rest of
+    # the file is one dead letter.
+    fakes.write_tfrecord(tmp_path / "input.tfrecord", records + [records[0]])
+    offset = truncate_last_record(tmp_path / "input.tfrecord")
+    first, first_stats = run_fake(tmp_path, images, "--predictions_topk=4", name="first")
     table = pq.read_table(os.path.join(first, "predictions"))
-    assert table.num_rows == len(records)  # every record, failed ones included
-    assert sorted(table.column(predictions.INDEX).to_pylist()) == list(range(len(records)))
+    assert table.num_rows == len(records) + 1  # every record, failed ones included
+    assert sorted(table.column(predictions.INDEX).to_pylist()) == list(range(len(records) + 1))
     assert table.column(predictions.ERROR_STAGE).drop_null().to_pylist().count("parse") == 1
+    damaged, = [m for m in table.column(predictions.ERROR_MESSAGE).to_pylist()
+                if m and "truncated" in m]
+    assert damaged == (f"{tmp_path}/input.tfrecord: record {len(records)} at byte {offset} is "
+                       f"truncated (8 of {len(records[0])} bytes). Its first {len(records)} "
+                       "records are read; the rest of the file is lost.")
 
     flags = ["--images_per_class=5", "--min_confidence=0.5", "--num_shards=3", f"--seed={SEED}",
              "--label_type=soft_topk", "--topk=2"]
@@ -62,9 +83,12 @@ def test_rebalance_from_the_table_matches_a_fresh_run(tmp_path):
     run_stats = stats.read_stats(rebalanced)
     assert run_stats["totals"] == fresh_stats["totals"]
     assert run_stats["classes"] == fresh_stats["classes"]
-    assert run_stats["totals"]["read"] == len(records)
-    assert run_stats["totals"]["failed"] == {"parse": 1, "decode": 1, "inference": 0,
-                                             "invalid_output": 1}
+    assert run_stats["totals"]["read"] == len(records) + 1
+    assert run_stats["totals"]["failed"] == {"damaged_file": 1, "parse": 1, "decode": 1,
+                                             "inference": 0, "invalid_output": 1}
+    letters = [schema.parse_example(r) for r in read_records(rebalanced, "dead_letters")]
+    assert [d[schema.ERROR_MESSAGE][0].decode() for d in letters
+            if d[schema.ERROR_STAGE] == [b"damaged_file"]] == [damaged]
     assert run_stats["num_classes"] == 4
     assert run_stats["config"]["images_per_class"] == 5
     stats.check_reconciles(run_stats)

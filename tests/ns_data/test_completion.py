@@ -7,7 +7,8 @@ from ns_data import completion
 
 
 def run_stats(read: int, **failed: int) -> dict:
-    stages = {"parse": 0, "decode": 0, "inference": 0, "invalid_output": 0, **failed}
+    stages = {"damaged_file": 0, "parse": 0, "decode": 0, "inference": 0, "invalid_output": 0,
+              **failed}
     return {"totals": {"read": read, "failed": stages, "failed_total": sum(stages.values())}}
 
 
@@ -17,7 +18,7 @@ def test_failures_up_to_the_fraction_pass_and_above_fail_with_counts_per_stage()
     with pytest.raises(completion.TooManyFailuresError) as e:
         completion.check_failures(run_stats(1000, decode=10, parse=1), 0.01, "out")
     assert str(e.value).startswith(
-        "11 of 1000 images failed (1.1%; parse 1, decode 10, inference 0, invalid_output 0), "
+        "11 of 1000 images failed (1.1%; parse 1, decode 10), "
         "more than --max_failure_fraction=0.01: the output in out is not marked complete.")
     with pytest.raises(completion.TooManyFailuresError, match="1 of 5 images failed"):
         completion.check_failures(run_stats(5, inference=1), 0.0, "out")

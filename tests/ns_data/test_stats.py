@@ -67,7 +67,8 @@ def test_plans_are_what_the_docstring_says():
 def test_totals(run_stats):
     assert run_stats["totals"] == {
         "read": 19,
-        "failed": {"parse": 1, "decode": 2, "inference": 0, "invalid_output": 1},
+        "failed": {"damaged_file": 0, "parse": 1, "decode": 2, "inference": 0,
+                   "invalid_output": 1},
         "failed_total": 4,
         "scored": 15,
         "below_threshold": 5,
@@ -173,7 +174,8 @@ def test_format_summary_with_class_names(run_stats):
     assert rows["3"].split() == ["3", "dress", "0", "0", "0", "0", "0", "0.500"]
     # Long names are cut to fit the column.
     assert rows["4"].startswith("4 a-very-long-c ")
-    assert ("read 19  failed 4 (parse 1, decode 2, inference 0, invalid_output 1)  scored 15"
+    assert ("read 19  failed 4 (damaged_file 0, parse 1, decode 2, inference 0, "
+            "invalid_output 1)  scored 15"
             in lines)
     assert "below threshold 5  above 10  kept 8  dropped by cap 2  duplicated 1" in lines
     assert "written 9 records in 4 shards (0..4 per shard)" in lines

@@ -1,0 +1,83 @@
+"""ns_data.read: what an input record or file becomes — an image with its id, or a counted
+failure naming why."""
+from __future__ import annotations
+
+import os
+
+import apache_beam as beam
+import pytest
+import tensorflow as tf
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that
+
+from ns_data import predictions, read, schema
+from tests import fakes
+
+PNG = fakes.fake_image(1, 0, 10).encoded
+
+
+def example(**features) -> bytes:
+    def feature(value):
+        if isinstance(value[0], bytes):
+            return tf.train.Feature(bytes_list=tf.train.BytesList(value=value))
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=value))
+    return tf.train.Example(features=tf.train.Features(
+        feature={name.replace("_", "/"): feature(v) for name, v in features.items()}
+    )).SerializeToString()
+
+
+def test_a_record_gives_its_id_or_a_content_hash_of_its_image():
+    assert read.parse_image_record(example(image_encoded=[PNG], image_id=[b"a"])) == (b"a", PNG)
+    hashed = (schema.content_id(PNG), PNG)
+    assert read.parse_image_record(example(image_encoded=[PNG])) == hashed
+    assert read.parse_image_record(example(image_encoded=[PNG], image_id=[b""])) == hashed
+
+
+@pytest.mark.parametrize("features, message", [
+    (dict(image_encoded=[PNG], image_id=[7]), r"'image/id' must be one bytes value, got \[7\]"),
+    (dict(image_encoded=[PNG], image_id=[0]), r"'image/id' must be one bytes value, got \[0\]"),
+    (dict(image_encoded=[PNG], image_id=[b"a", b"b"]), "must be one bytes value"),
+    (dict(image_encoded=[PNG, PNG], image_id=[b"a"]),
+     r"record has 2 'image/encoded' values \(one image per record\)"),
+    (dict(image_id=[b"a"]), "record has no 'image/encoded' bytes"),
+    (dict(image_encoded=[3]), "record has no 'image/encoded' bytes"),
+])
+def test_a_record_that_is_not_one_image_is_a_parse_failure(features, message):
+    with pytest.raises(read.ParseFailure, match=message):
+        read.parse_image_record(example(**features))
+
+
+def test_a_directory_as_input_is_refused_with_the_glob_to_use(tmp_path):
+    with pytest.raises(ValueError, match=f"--input={tmp_path} is a directory; give a glob of "
+                                         f"its files, e.g. --input='{tmp_path}/\\*'"):
+        read.check_input_pattern(str(tmp_path))
+
+
+def test_symlinks_out_of_the_image_folder_are_not_followed(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "secret.png").write_bytes(PNG)
+    (tmp_path / "in" / "a.png").write_bytes(PNG)
+    os.symlink(tmp_path / "in" / "a.png", tmp_path / "in" / "inside.png")
+    os.symlink(tmp_path / "secret.png", tmp_path / "in" / "outside.png")
+    pattern = f"{tmp_path}/in/*.png"
+    with TestPipeline(runner="DirectRunner") as p:
+        result = p | read.ReadImages(pattern, "images", batch_size=2)
+        images = (result.images
+                  | "Sources" >> beam.FlatMap(lambda batch: [im.source for im in batch])
+                  | "AllRead" >> beam.combiners.ToList())
+        failed = (result.failed | "Rows" >> beam.FlatMap(lambda t: zip(
+            t.column(predictions.SOURCE).to_pylist(),
+            t.column(predictions.ERROR_STAGE).to_pylist(),
+            t.column(predictions.ERROR_MESSAGE).to_pylist()))
+                  | "AllFailed" >> beam.combiners.ToList())
+        assert_that(images, lambda got: _equal(
+            sorted(got[0]), [f"{tmp_path}/in/a.png", f"{tmp_path}/in/inside.png"]),
+            label="read")
+        assert_that(failed, lambda got: _equal(sorted(got[0]), [
+            (f"{tmp_path}/in/outside.png", "damaged_file",
+             f"{tmp_path}/in/outside.png is a symlink to {tmp_path}/secret.png, outside the "
+             f"input folder {tmp_path}/in; not followed")]), label="failed")
+
+
+def _equal(got, want):
+    assert got == want
