@@ -36,15 +36,16 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 from apache_beam.runners.runner import PipelineResult
 
 from beam_jobs import cli
-from ns_data import completion, devices, predictions, schema, stats
+from ns_data import completion, devices, predictions, schema, stats, teacher_flags
 from ns_data.balance import DEFAULT_COLLECT_LIMIT
 from ns_data.images import DECODERS, DEFAULT_DECODER, DEFAULT_MAX_PIXELS, make_decoder
 from ns_data.inference import TeacherInference
 from ns_data.pipeline import BalanceConfig, check_table_serves, select_and_write
 from ns_data.read import (DEFAULT_READ_BATCH, INPUT_FORMATS, ReadImages, check_input_pattern,
                           encoded_images)
-from ns_data.teacher import (OUTPUT_KINDS, TeacherModelHandler, TeacherSpec, inspect_teacher,
-                             output_error, read_metadata, sample_problem)
+from ns_data.teacher import (TeacherModelHandler, TeacherSpec, output_error, read_metadata,
+                             sample_problem)
+from ns_data.teacher_flags import teacher_runtime, teacher_spec
 from ns_data.write import (DEAD_LETTER_PREFIX, DEFAULT_CHUNK_RECORDS, PSEUDO_LABEL_PREFIX,
                            shard_pattern)
 
@@ -52,30 +53,8 @@ from ns_data.write import (DEAD_LETTER_PREFIX, DEFAULT_CHUNK_RECORDS, PSEUDO_LAB
 IMAGES_PER_TABLE_FILE = 4096
 
 
-def _pair(kind: type, name: str):
-    def parse(text: str):
-        parts = text.replace("x", ",").split(",")
-        if len(parts) != 2:
-            raise argparse.ArgumentTypeError(f"{name} takes two values like 224,224, got {text!r}")
-        try:
-            return tuple(kind(p) for p in parts)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(f"bad {name} {text!r}: {e}") from e
-    return parse
-
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-    parse.__name__ = "int"  # argparse's "invalid int value: 'x'"
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
+_positive_int = teacher_flags.positive_int
+_non_negative_int = teacher_flags.int_at_least(0)
 
 
 def _probability(text: str) -> float:
@@ -167,30 +146,7 @@ class LabelAndBalanceOptions(PipelineOptions):
                        "Pillow/libjpeg with DCT scaling of large JPEGs, several times faster "
                        "and within a few levels of the trainer's pixels; tf = the trainer's "
                        "own TensorFlow ops, pixel for pixel (default: %(default)s).")
-        g = parser.add_argument_group("teacher")
-        g.add_argument("--teacher", help="SavedModel directory of the teacher whose signature "
-                       "maps images [N,H,W,C] to [N,num_classes] logits or probabilities. "
-                       "Required.")
-        g.add_argument("--teacher_signature", default="serving_default",
-                       help="Serving signature to call (default: %(default)s).")
-        g.add_argument("--teacher_outputs", choices=OUTPUT_KINDS, default=None,
-                       help="Whether the teacher returns logits or probabilities (default: the "
-                       "teacher's ns_teacher.json, else logits).")
-        g.add_argument("--output_key", default=None,
-                       help="Signature output to read when it has several.")
-        g.add_argument("--image_size", type=_pair(int, "--image_size"), default=None,
-                       help="Teacher input HEIGHT,WIDTH (default: from the signature or "
-                       "metadata). Images are resized to it.")
-        g.add_argument("--channels", type=int, choices=(1, 3), default=None,
-                       help="Teacher input channels (default: from the signature).")
-        g.add_argument("--input_range", type=_pair(float, "--input_range"), default=None,
-                       help="LOW,HIGH that pixel values 0 and 255 map to for a float input "
-                       "(default: the teacher's metadata, else 0,1).")
-        g.add_argument("--temperature", type=float, default=1.0,
-                       help="Logits are divided by this before the softmax (default: 1).")
-        g.add_argument("--batch_size", type=_positive_int, default=64,
-                       help="Fixed inference batch; the last batch is padded so compiled "
-                       "(XLA/TPU) functions never recompile (default: %(default)s).")
+        g = teacher_flags.add_teacher_args(parser)
         g.add_argument("--large_model", action="store_true",
                        help="Load one model per worker machine, shared by its SDK processes "
                        "(default when the workers have an accelerator: --device=gpu|tpu or a "
@@ -199,21 +155,7 @@ class LabelAndBalanceOptions(PipelineOptions):
                        help="Load one model per SDK process even on accelerator workers.")
         g.add_argument("--model_copies", type=_positive_int, default=None,
                        help="Exact number of model copies per worker machine (implies sharing).")
-        g = parser.add_argument_group("device")
-        g.add_argument("--device", choices=devices.DEVICES, default="auto",
-                       help="Where each worker runs the teacher: auto = a TPU if the worker is "
-                       "a TPU VM, else a GPU if TensorFlow sees one, else the CPU; gpu/tpu fail "
-                       "the job when the worker has none (default: %(default)s).")
-        g.add_argument("--jit_compile", action="store_true",
-                       help="XLA-compile the teacher's batch function (always compiled on TPU; "
-                       "measured 0.6-0.95x as fast on CPU, see bench/teacher.py).")
-        g.add_argument("--precision", choices=devices.PRECISIONS, default="float32",
-                       help="mixed: TensorFlow's automatic mixed precision rewrite of the "
-                       "teacher's graph, float16 on GPU, bfloat16 on CPUs that have it "
-                       "(avx512_bf16/AMX); outputs stay float32. Not applied under "
-                       "--jit_compile (default: %(default)s).")
-        g.add_argument("--gpu_memory_limit_mb", type=_positive_int, default=None,
-                       help="Memory each process may take on a GPU (default: grow as needed).")
+        g = teacher_flags.add_device_args(parser)
         g.add_argument("--skip_teacher_check", action="store_true",
                        help="Do not load the teacher at launch to check it on a blank image and "
                        "on the first 64 input images (refused: logits read from a softmax "
@@ -227,28 +169,6 @@ class LabelAndBalanceOptions(PipelineOptions):
         g.add_argument("--predictions_topk", type=_positive_int, default=None,
                        help="Classes kept per image in the table (default: all classes with "
                        "--label_type=soft, else max(--topk, 10)).")
-
-
-def teacher_spec(opts: LabelAndBalanceOptions) -> TeacherSpec:
-    """The teacher's spec from its SavedModel, metadata and the flags."""
-    return inspect_teacher(
-        opts.teacher,
-        signature=opts.teacher_signature,
-        image_size=opts.image_size,
-        channels=opts.channels,
-        input_range=opts.input_range,
-        outputs=opts.teacher_outputs,
-        output_name=opts.output_key,
-        temperature=opts.temperature,
-        batch_size=opts.batch_size,
-    )
-
-
-def teacher_runtime(opts: LabelAndBalanceOptions) -> devices.TeacherRuntime:
-    """Where and how workers run the teacher, from the flags."""
-    return devices.TeacherRuntime(device=opts.device, jit_compile=opts.jit_compile,
-                                  precision=opts.precision,
-                                  gpu_memory_limit_mb=opts.gpu_memory_limit_mb)
 
 
 def shares_model(opts: LabelAndBalanceOptions) -> bool:
