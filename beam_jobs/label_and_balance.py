@@ -310,8 +310,7 @@ def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
                                                ("output_dir", balance.output_dir)) if not value]
     if missing:
         raise ValueError(f"missing required flags: {', '.join(missing)} (see --help)")
-    if not (opts.temperature > 0 and math.isfinite(opts.temperature)):
-        raise ValueError(f"--temperature must be a finite number > 0, got {opts.temperature}")
+    teacher_flags.check_temperature(opts.temperature)  # before the teacher is even opened
     if opts.no_large_model and (opts.large_model or opts.model_copies):
         raise ValueError("--no_large_model contradicts --large_model/--model_copies; pick one")
     if opts.precision == "mixed" and opts.jit_compile and opts.device != "tpu":

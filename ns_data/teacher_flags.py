@@ -101,14 +101,19 @@ def add_device_args(parser: argparse.ArgumentParser) -> Any:
     return g
 
 
+def check_temperature(temperature: float) -> None:
+    """Refuses a --temperature that is not a finite number > 0."""
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"--temperature must be a finite number > 0, got {temperature}")
+
+
 def teacher_spec(opts: Any) -> TeacherSpec:
     """The teacher's spec from its SavedModel, its ns_teacher.json and the `teacher` flags.
 
     Raises:
       ValueError: naming the flag, for a bad --temperature or a model that cannot serve.
     """
-    if not (opts.temperature > 0 and math.isfinite(opts.temperature)):
-        raise ValueError(f"--temperature must be a finite number > 0, got {opts.temperature}")
+    check_temperature(opts.temperature)
     return inspect_teacher(
         opts.teacher,
         signature=opts.teacher_signature,
