@@ -32,7 +32,9 @@ import tensorflow as tf
 
 from beam_jobs import label_and_balance, prepare_fashion_mnist, rebalance
 from ns_data import fashion_mnist, report, round_report, stats
+from ns_data.teacher_flags import int_at_least
 from ns_train import train as trainer
+from ns_train.augment import RandAugmentConfig
 from ns_train.config import TrainConfig
 from ns_train.evaluate import evaluate_export
 
@@ -101,7 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(teacher 16 32 64, default 24 48 96; --quick: both 8 16).")
     parser.add_argument("--randaugment_magnitude", type=float, default=10.0,
                         help="RandAugment magnitude of noised models (default: %(default)s).")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=int_at_least(0), default=0,
                         help="Seed of the splits, training and shard placement "
                              "(default: %(default)s).")
     args = parser.parse_args(argv)
@@ -172,10 +174,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     return dataclasses.replace(base, **changes)
 
 
-def _train(workdir: str, data_dir: str, settings: Settings, args: argparse.Namespace, *,
-           widths: tuple[int, ...], steps: int, unlabeled: str = "", noise: bool = True) -> str:
-    """Trains (or resumes) one model; returns its export directory."""
-    config = TrainConfig(
+def _train_config(workdir: str, data_dir: str, settings: Settings, args: argparse.Namespace, *,
+                  widths: tuple[int, ...], steps: int, unlabeled: str = "",
+                  noise: bool = True) -> TrainConfig:
+    """The settings of one model's training (a `ValueError` names a bad one)."""
+    return TrainConfig(
         workdir=workdir, labeled=posixpath.join(data_dir, "labeled-*.tfrecord"),
         unlabeled=unlabeled, eval=posixpath.join(data_dir, "holdout-*.tfrecord"),
         num_classes=10, class_names=",".join(fashion_mnist.CLASS_NAMES), image_size=(28, 28),
@@ -186,29 +189,59 @@ def _train(workdir: str, data_dir: str, settings: Settings, args: argparse.Names
         dropout=0.2 if noise else 0.0, stochastic_depth=0.8 if noise else 1.0,
         ema_decay=0.99, normalization="tft", log_every=max(1, steps // 10),
         checkpoint_every=max(1, steps // 4), seed=args.seed)
-    return trainer.train(config)["export_dir"]
+
+
+def _train(workdir: str, data_dir: str, settings: Settings, args: argparse.Namespace,
+           **model) -> str:
+    """Trains (or resumes) one model; returns its export directory."""
+    return trainer.train(_train_config(workdir, data_dir, settings, args, **model))["export_dir"]
+
+
+def _label_argv(teacher: str, data_dir: str, output_dir: str, table_dir: str, k: int,
+                args: argparse.Namespace) -> list[str]:
+    return [f"--input={posixpath.join(data_dir, 'unlabeled-*.tfrecord')}", f"--teacher={teacher}",
+            f"--output_dir={output_dir}", f"--predictions_dir={table_dir}",
+            f"--images_per_class={k}", f"--min_confidence={args.min_confidence}",
+            "--label_type=soft", "--num_shards=8", "--batch_size=256", f"--seed={args.seed}",
+            "--overwrite"]
+
+
+def _rebalance_argv(table_dir: str, output_dir: str, k: int, label_type: str, duplicate: bool,
+                    args: argparse.Namespace) -> list[str]:
+    return ([f"--predictions={table_dir}", f"--output_dir={output_dir}",
+             f"--images_per_class={k}", f"--min_confidence={args.min_confidence}",
+             f"--label_type={label_type}", "--num_shards=8", f"--seed={args.seed}", "--overwrite"]
+            + ([] if duplicate else ["--no_duplicate"]))
 
 
 def _pseudo_label(teacher: str, data_dir: str, output_dir: str, table_dir: str, k: int,
                   args: argparse.Namespace) -> None:
     if tf.io.gfile.exists(posixpath.join(output_dir, stats.STATS_FILE)):
         return
-    label_and_balance.run([
-        f"--input={posixpath.join(data_dir, 'unlabeled-*.tfrecord')}", f"--teacher={teacher}",
-        f"--output_dir={output_dir}", f"--predictions_dir={table_dir}", f"--images_per_class={k}",
-        f"--min_confidence={args.min_confidence}", "--label_type=soft", "--num_shards=8",
-        "--batch_size=256", f"--seed={args.seed}", "--overwrite"])
+    label_and_balance.run(_label_argv(teacher, data_dir, output_dir, table_dir, k, args))
 
 
 def _rebalance(table_dir: str, output_dir: str, k: int, label_type: str, duplicate: bool,
                args: argparse.Namespace) -> None:
     if tf.io.gfile.exists(posixpath.join(output_dir, stats.STATS_FILE)):
         return
-    rebalance.run([f"--predictions={table_dir}",
-                   f"--output_dir={output_dir}", f"--images_per_class={k}",
-                   f"--min_confidence={args.min_confidence}", f"--label_type={label_type}",
-                   "--num_shards=8", f"--seed={args.seed}", "--overwrite"]
-                  + ([] if duplicate else ["--no_duplicate"]))
+    rebalance.run(_rebalance_argv(table_dir, output_dir, k, label_type, duplicate, args))
+
+
+def check_settings(args: argparse.Namespace, settings: Settings) -> None:
+    """Refuses, before any work, a setting that a step of the loop would refuse later: every
+    model's training settings (RandAugment's included) and the flags of every label_and_balance
+    and rebalance run, with the messages those steps give."""
+    here = args.workdir
+    for widths, steps, noise in ((settings.teacher_widths, settings.teacher_steps, False),
+                                 (settings.student_widths, settings.student_steps, True)):
+        config = _train_config(here, here, settings, args, widths=widths, steps=steps,
+                               unlabeled=here if noise else "", noise=noise)
+        if config.randaugment_ops:
+            RandAugmentConfig(config.randaugment_ops, config.randaugment_magnitude)
+    k = args.images_per_class or 1  # 0 means "from the data", known once it is prepared
+    label_and_balance.check_flags(_label_argv(here, here, here, here, k, args))
+    rebalance.check_flags(_rebalance_argv(here, here, k, "hard", False, args))
 
 
 def _read_truth(data_dir: str) -> dict[bytes, int]:
@@ -226,6 +259,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs (or resumes) the loop; returns what results.json holds."""
     args = parse_args(argv)
     settings = _settings(args)
+    try:
+        check_settings(args, settings)
+    except ValueError as e:
+        raise ValueError(f"{e} (a setting of the loop's steps; nothing was run)") from e
     check_workdir(args, settings)
     workdir = args.workdir
     data_dir = posixpath.join(workdir, "data")

@@ -375,6 +375,13 @@ def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSp
                             run_config(opts, spec))
 
 
+def check_flags(argv: list[str]) -> None:
+    """Refuses (`ValueError`, naming the flag) a flag of this job that `run` would refuse at
+    parse time: an unknown flag or a bad value. Reads no input and no model."""
+    cli.check_flags(_help_parser(), argv)
+    pipeline_options(argv)
+
+
 def _help_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m beam_jobs.label_and_balance", description=__doc__, allow_abbrev=False,

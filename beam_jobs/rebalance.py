@@ -63,6 +63,13 @@ def build(pipeline: beam.Pipeline, opts: RebalanceOptions,
     return select_and_write(paths, balance.output_dir, config, metadata, recorded)
 
 
+def check_flags(argv: list[str]) -> None:
+    """Refuses (`ValueError`, naming the flag) a flag of this job that `run` would refuse at
+    parse time: an unknown flag or a bad value. Reads no input and no model."""
+    cli.check_flags(_help_parser(), argv)
+    pipeline_options(argv)
+
+
 def _help_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m beam_jobs.rebalance", description=__doc__,
                                      allow_abbrev=False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import re
 
 import pytest
 import tensorflow as tf
@@ -122,8 +123,22 @@ def test_a_failed_start_does_not_lock_the_workdir(tmp_path):
     (["--student_steps=-5"], "--student_steps must be >= 0"),
     (["--student_widths", "24", "32", "48"], "equal to or larger than the teacher"),
     (["--quick", "--student_widths", "8"], "equal to or larger than the teacher"),
+    (["--seed=-3"], "argument --seed: must be >= 0, got -3"),
 ])
 def test_impossible_flags_are_refused(flags, message, capsys):
     with pytest.raises(SystemExit):
         iterate.parse_args(["--workdir=x"] + flags)
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--min_confidence=1.5", "argument --min_confidence: must be in [0, 1], got 1.5"),
+    ("--unlabeled_ratio=-2", "unlabeled_ratio must be > 0, got -2.0"),
+    ("--randaugment_magnitude=99", "magnitude must be in [0, 30.0], got 99.0"),
+])
+def test_a_bad_setting_of_any_step_is_refused_before_any_work(tmp_path, flag, message):
+    with pytest.raises(ValueError, match=re.escape(message) + r" \(a setting of the loop's "
+                                         r"steps; nothing was run\)"):
+        iterate.run([f"--workdir={tmp_path}/run", "--quick", flag,
+                     f"--fashion_mnist_dir={tmp_path}/idx"])
+    assert not (tmp_path / "run").exists()
