@@ -63,7 +63,17 @@ def bar_chart(path: str, title: str, categories: Sequence[str],
 def histogram(path: str, title: str, values: np.ndarray, bins: int = 20,
               value_range: tuple[float, float] = (0.0, 1.0), marker: float | None = None) -> None:
     """A histogram of `values` to a PNG, with an optional vertical marker (the threshold)."""
-    counts, edges = np.histogram(values, bins=bins, range=value_range)
+    counts, _ = np.histogram(values, bins=bins, range=value_range)
+    _histogram_of_counts(path, title, counts, value_range, marker, bins=bins)
+
+
+def _histogram_of_counts(path: str, title: str, counts: np.ndarray,
+                         value_range: tuple[float, float] = (0.0, 1.0),
+                         marker: float | None = None, bins: int = 20) -> None:
+    """Draws `counts` (any multiple of `bins` equal-width bins over `value_range`) in `bins`."""
+    if len(counts) != bins:
+        counts = counts.reshape(bins, -1).sum(axis=1)
+    edges = np.linspace(value_range[0], value_range[1], bins + 1)
     width, height, left, bottom, top = 560, 320, 60, 40, 40
     image, draw = _canvas(width, height, title)
     plot_w, plot_h = width - left - 20, height - top - bottom
@@ -86,9 +96,14 @@ def histogram(path: str, title: str, values: np.ndarray, bins: int = 20,
 
 
 def sample_grid(path: str, title: str, rows: Sequence[tuple[str, Sequence[tuple]]],
-                scale: int = 2) -> None:
-    """Rows of (row label, [(uint8 image [H, W, C], caption), ...]) to a PNG grid."""
-    cell = max((img.shape[0] for _, items in rows for img, _ in items), default=28) * scale
+                scale: int = 2, max_cell: int = 96) -> None:
+    """Rows of (row label, [(uint8 image [H, W, C], caption), ...]) to a PNG grid.
+
+    Small images are enlarged `scale` times (pixelated, as they are); every tile fits a square
+    cell of at most `max_cell` pixels, keeping its aspect ratio.
+    """
+    tallest = max((max(img.shape[:2]) for _, items in rows for img, _ in items), default=28)
+    cell = min(tallest * scale, max_cell)
     columns = max((len(items) for _, items in rows), default=1)
     label_w, caption_h = 100, 14
     width, height = label_w + columns * (cell + 6), 30 + len(rows) * (cell + caption_h + 6)
@@ -98,8 +113,11 @@ def sample_grid(path: str, title: str, rows: Sequence[tuple[str, Sequence[tuple]
         draw.text((4, y + cell // 2 - 6), label[:16], fill="black")
         for c, (pixels, caption) in enumerate(items):
             tile = Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels)
+            fit = cell / max(tile.size)
+            tile = tile.resize((max(1, round(tile.width * fit)), max(1, round(tile.height * fit))),
+                               Image.NEAREST if fit >= 1 else Image.BILINEAR)
             x = label_w + c * (cell + 6)
-            image.paste(tile.resize((cell, cell), Image.NEAREST).convert("RGB"), (x, y))
+            image.paste(tile.convert("RGB"), (x, y))
             draw.text((x, y + cell + 1), caption, fill="black")
     image.save(path)
 
@@ -110,21 +128,45 @@ def _records(pattern: str):
         yield schema.parse_pseudo_label(serialized)
 
 
-def write_label_report(run_dir: str, table_dir: str | None, report_dir: str,
+# The confidence histogram is accumulated file by file in this many bins, so a table of any
+# size is read one column of one file at a time; its quantiles are exact to 1 / _FINE_BINS.
+_FINE_BINS = 10_000
+
+
+def _confidence_counts(table: str) -> np.ndarray:
+    """Counts of the scored images' top-1 confidence in `_FINE_BINS` bins over [0, 1]."""
+    pattern = table if any(c in table for c in "*?[") else predictions.table_pattern(table)
+    counts = np.zeros(_FINE_BINS, np.int64)
+    for path in sorted(tf.io.gfile.glob(pattern)):
+        values = predictions.read_table_file(path, [predictions.CONFIDENCE]).column(
+            predictions.CONFIDENCE).drop_null().to_numpy()
+        counts += np.histogram(values, bins=_FINE_BINS, range=(0.0, 1.0))[0]
+    return counts
+
+
+def _quantile(counts: np.ndarray, q: float) -> float:
+    """The value below which a fraction `q` of the counted values lie (its bin's middle)."""
+    position = np.searchsorted(np.cumsum(counts), q * counts.sum(), side="left")
+    return float((min(position, len(counts) - 1) + 0.5) / len(counts))
+
+
+def write_label_report(run_dir: str, table: str | None, report_dir: str,
                        class_names: Sequence[str], samples_per_class: int = 8,
                        truth: dict[bytes, int] | None = None) -> dict:
-    """Draws the three PNGs of a label_and_balance run into `report_dir`.
+    """Draws the three PNGs of a label_and_balance or rebalance run into `report_dir`.
 
     Args:
       run_dir: the run's --output_dir (stats.json and pseudo_labels shards).
-      table_dir: the run's predictions table, for the confidence histogram (None: skip it).
+      table: the run's predictions table (its directory or a glob of its files), for the
+        confidence histogram (None: skip it).
       report_dir: where the PNGs go.
       class_names: names of the classes, for axes and rows.
-      samples_per_class: images per row of the sample grid.
+      samples_per_class: images per row of the sample grid (first copies only).
       truth: true label by image id, to report pseudo-label accuracy (optional).
 
     Returns:
-      Per-class counts, the confidence quantiles and (with `truth`) pseudo-label accuracy.
+      Per-class counts, the confidence quantiles (to 5e-5) and (with `truth`) pseudo-label
+      accuracy.
     """
     tf.io.gfile.makedirs(report_dir)
     run = stats_lib.read_stats(run_dir)
@@ -137,16 +179,13 @@ def write_label_report(run_dir: str, table_dir: str | None, report_dir: str,
     summary: dict = {"above_threshold": [c["above_threshold"] for c in classes],
                      "written": [c["written"] for c in classes],
                      "duplicated": [c["duplicated"] for c in classes]}
-    if table_dir:
-        files = sorted(tf.io.gfile.glob(predictions.table_pattern(table_dir)))
-        confidences = np.concatenate(
-            [predictions.read_table_file(f, [predictions.CONFIDENCE]).column(
-                predictions.CONFIDENCE).drop_null().to_numpy() for f in files]).astype(np.float32)
-        histogram(posixpath.join(report_dir, "confidence.png"),
-                  f"Teacher top-1 confidence over {len(confidences):,} scored images",
-                  confidences, marker=float(run["config"]["min_confidence"]))
-        summary["confidence_quantiles"] = {
-            q: float(np.quantile(confidences, float(q))) for q in ("0.1", "0.5", "0.9")}
+    if table:
+        counts = _confidence_counts(table)
+        _histogram_of_counts(posixpath.join(report_dir, "confidence.png"),
+                             f"Teacher top-1 confidence over {int(counts.sum()):,} scored images",
+                             counts, marker=float(run["config"]["min_confidence"]))
+        summary["confidence_quantiles"] = {q: _quantile(counts, float(q))
+                                           for q in ("0.1", "0.5", "0.9")}
     rows: dict[int, list] = {c: [] for c in range(len(class_names))}
     correct = total = 0
     for record in _records(posixpath.join(run_dir, "pseudo_labels-*")):
@@ -155,12 +194,15 @@ def write_label_report(run_dir: str, table_dir: str | None, report_dir: str,
         if truth is not None and record.image_id in truth:
             total += 1
             correct += truth[record.image_id] == record.label
-        if len(rows[record.label]) < samples_per_class:
+        elif truth is None and all(len(r) >= samples_per_class for r in rows.values()):
+            break  # the grid is full and there is no accuracy to count
+        if len(rows.setdefault(record.label, [])) < samples_per_class:
             pixels = tf.io.decode_image(record.encoded, expand_animations=False).numpy()
             rows[record.label].append((pixels, f"{record.confidence:.2f}"))
+    names = list(class_names) + [str(c) for c in range(len(class_names), max(rows) + 1)]
     sample_grid(posixpath.join(report_dir, "samples.png"),
                 "Pseudo-labeled images per class (teacher confidence)",
-                [(class_names[c], items) for c, items in rows.items()])
+                [(names[c], items) for c, items in sorted(rows.items())])
     if total:
         summary["pseudo_label_accuracy"] = correct / total
     return summary
