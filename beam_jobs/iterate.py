@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from beam_jobs import label_and_balance, prepare_fashion_mnist, rebalance
 from ns_data import fashion_mnist, report, round_report, stats
+from ns_data.progress import format_duration
 from ns_data.teacher_flags import int_at_least
 from ns_train import train as trainer
 from ns_train.augment import RandAugmentConfig
@@ -159,7 +160,7 @@ def _stage(name: str, seconds: dict[str, float]) -> Iterator[None]:
     start = time.monotonic()
     yield
     seconds[name] = round(time.monotonic() - start, 1)
-    logger.info("%s: %s", name, round_report.format_duration(seconds[name]))
+    logger.info("%s: %s", name, format_duration(seconds[name]))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -331,7 +332,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         json.dump(result, f, indent=2)
     summary = round_report.write_summary(posixpath.join(workdir, "report"), result,
                                          fashion_mnist.CLASS_NAMES)
-    print(f"\nDone in {round_report.format_duration(seconds['total'])}. Report: {summary}")
+    print(f"\nDone in {format_duration(seconds['total'])}. Report: {summary}")
     return result
 
 

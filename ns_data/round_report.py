@@ -10,6 +10,8 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ns_data.progress import format_duration
+
 
 def _gain(student: Mapping[str, Any], teacher: Mapping[str, Any]) -> float:
     """Test top-1 gain over the teacher, in points."""
@@ -34,11 +36,6 @@ def format_round(entry: Mapping[str, Any]) -> str:
                      f"{student['test']:>12.4f}{_gain(student, teacher):>+11.2f}p"
                      f"{sum(student['pseudo_labels_written']):>15}")
     return "\n".join(lines)
-
-
-def format_duration(seconds: float) -> str:
-    """12m05s."""
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
 def write_summary(report_dir: str, result: Mapping[str, Any],
