@@ -28,6 +28,9 @@ class InputSpec:
       seed: shuffle seed; the same seed gives the same order.
       shuffle_buffer: examples in the shuffle buffer.
       target_temperature: soft targets t become softmax(log t / T); 1 keeps them.
+      files: (path, records) per file: read only the first `records` of each, e.g. the
+        readable records `checks.scan_stream` found before a file's damage. Empty: every file
+        matching `pattern`, to its end.
     """
 
     pattern: str
@@ -38,6 +41,7 @@ class InputSpec:
     seed: int = 0
     shuffle_buffer: int = 10_000
     target_temperature: float = 1.0
+    files: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -57,36 +61,52 @@ def temper(targets: tf.Tensor, temperature: float) -> tf.Tensor:
     return tf.where(targets > 0, tempered, tf.zeros_like(tempered))
 
 
-def dataset(spec: InputSpec) -> tf.data.Dataset:
-    """Batches of (uint8 images, float32 targets) from `spec.pattern`.
+def parse(serialized: tf.Tensor, image: ImageSpec, num_classes: int,
+          target_temperature: float = 1.0) -> tuple[tf.Tensor, tf.Tensor]:
+    """The trainer's parser: serialized records [N] → (uint8 images, float32 targets).
+
+    `dataset` maps it over every batch; `checks` runs it over the labeled and eval records
+    before training, so a record passes the check exactly when training can read it.
 
     Raises:
-      ValueError: when the pattern matches no file.
+      tf.errors.InvalidArgumentError: when a record is not an Example of `schema`, has no
+        usable target (`schema.dense_targets`) or an image `decode_and_resize` cannot decode.
     """
-    files = sorted(tf.io.gfile.glob(spec.pattern))
+    parsed = tf.io.parse_example(serialized, schema.tf_feature_spec())
+    targets = temper(schema.dense_targets(parsed, num_classes), target_temperature)
+    images = tf.map_fn(lambda b: decode_and_resize(b, image), parsed[schema.IMAGE_ENCODED],
+                       fn_output_signature=tf.TensorSpec(image.shape, tf.uint8))
+    return images, targets
+
+
+def dataset(spec: InputSpec) -> tf.data.Dataset:
+    """Batches of (uint8 images, float32 targets) from `spec.files`, else `spec.pattern`.
+
+    Raises:
+      ValueError: when the pattern matches no file, or no file has a record to read.
+    """
+    files = spec.files or tuple((path, -1) for path in sorted(tf.io.gfile.glob(spec.pattern)))
     if not files:
         raise ValueError(f"{spec.pattern} matches no files")
-    feature_spec = schema.tf_feature_spec()
-    files_ds = tf.data.Dataset.from_tensor_slices(files)
+    files = [(path, records) for path, records in files if records]
+    if not files:
+        raise ValueError(f"{spec.pattern} has no readable records")
+    paths, counts = zip(*files)
+    files_ds = tf.data.Dataset.from_tensor_slices((list(paths), tf.constant(counts, tf.int64)))
     if spec.training:
         files_ds = files_ds.shuffle(len(files), seed=spec.seed, reshuffle_each_iteration=True)
+    # take() stops each file before its damage: tf.data never reads the bytes that would fail.
     records = files_ds.interleave(
-        tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        lambda path, count: tf.data.TFRecordDataset(path).take(count),
+        cycle_length=min(len(files), 16), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True)
     if spec.training:
         records = records.shuffle(spec.shuffle_buffer, seed=spec.seed).repeat()
-
-    def parse(serialized):
-        parsed = tf.io.parse_example(serialized, feature_spec)
-        targets = temper(schema.dense_targets(parsed, spec.num_classes), spec.target_temperature)
-        images = tf.map_fn(lambda b: decode_and_resize(b, spec.image),
-                           parsed[schema.IMAGE_ENCODED],
-                           fn_output_signature=tf.TensorSpec(spec.image.shape, tf.uint8))
-        return images, targets
-
     return (records
             .batch(spec.batch_size, drop_remainder=spec.training)
-            .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .map(lambda serialized: parse(serialized, spec.image, spec.num_classes,
+                                          spec.target_temperature),
+                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE))
 
 

@@ -1,12 +1,12 @@
 """Pixel normalisation shared by training and serving, computed with tensorflow-transform.
 
 `analyze_labeled` is a Beam pipeline over the labeled TFRecords: it decodes every image with the
-code the label_and_balance job uses, checks each label, and runs
-`tft_beam.AnalyzeDataset` to get the per-channel pixel mean and standard deviation. The
-resulting transform graph is applied by `Preprocessor` in the training step *and* inside the
-exported SavedModel, so a teacher served by label_and_balance sees exactly the normalisation
-the student was trained with. Bad labeled records stop the run with a list of them in
-`bad_records.txt` rather than failing deep inside tf.data.
+trainer's own parser (`data.parse`, the code the label_and_balance job's `ImageDecoder` runs)
+and runs `tft_beam.AnalyzeDataset` to get the per-channel pixel mean and standard deviation.
+The resulting transform graph is applied by `Preprocessor` in the training step *and* inside
+the exported SavedModel, so a teacher served by label_and_balance sees exactly the
+normalisation the student was trained with. Its input is what `checks.scan_stream` found
+readable and checked in the labeled files, so no record fails here.
 """
 from __future__ import annotations
 
@@ -14,21 +14,21 @@ import dataclasses
 import json
 import logging
 import posixpath
+from collections.abc import Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from ns_data import schema
-from ns_data.images import ImageDecoder, ImageSpec
+from ns_data.images import ImageSpec
+from ns_train import checks
 
 logger = logging.getLogger("ns_train")
 
 RAW_FEATURE = "image"
 TRANSFORM_DIR = "transform_fn"
 STATS_FILE = "labeled_stats.json"
-BAD_RECORDS = "bad_records"
 # A channel whose pixels vary by less than one grey level is divided by 1, not blown up.
 _MIN_STD = 1.0
 
@@ -56,29 +56,12 @@ def preprocessing_fn(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     return {RAW_FEATURE: (pixels - mean) / std}
 
 
-class _DecodeLabeled(beam.DoFn):
-    """Serialized labeled Example → (label, float pixels), or a tagged bad-record line."""
-
-    def __init__(self, image: ImageSpec, num_classes: int):
-        self._decoder = ImageDecoder(image)
-        self._num_classes = num_classes
-
-    def process(self, serialized: bytes):
-        image_id = schema.content_id(serialized).decode()
-        try:
-            features = schema.parse_example(serialized)
-            image_id = (features.get(schema.IMAGE_ID) or [image_id.encode()])[0].decode()
-            label = (features.get(schema.LABEL) or [None])[0]
-            if label is None:
-                raise ValueError(f"record has no {schema.LABEL!r}")
-            if not 0 <= label < self._num_classes:
-                raise ValueError(f"label {label} is outside 0..{self._num_classes - 1}")
-            pixels = self._decoder((features.get(schema.IMAGE_ENCODED) or [b""])[0])
-        except Exception as e:  # noqa: BLE001 - every bad record is reported, none kills a worker
-            reason = " ".join(f"{type(e).__name__}: {e}".split())  # one line per record
-            yield beam.pvalue.TaggedOutput(BAD_RECORDS, f"{image_id}\t{reason}")
-            return
-        yield int(label), pixels.astype(np.float32)
+def _decode(records: list[bytes], parser: checks.RecordParser
+            ) -> Iterator[tuple[int, np.ndarray]]:
+    """A batch of checked labeled records → (class, float pixels) per record."""
+    images, targets = parser(records)
+    for pixels, target in zip(images, targets):
+        yield int(target.argmax()), pixels.astype(np.float32)
 
 
 def _write_json(path: str, value) -> None:
@@ -86,54 +69,41 @@ def _write_json(path: str, value) -> None:
         json.dump(value, f)
 
 
-def analyze_labeled(pattern: str, image: ImageSpec, num_classes: int, output_dir: str,
-                    pipeline_args: list[str] | None = None) -> LabeledStats:
+def analyze_labeled(files: Sequence[tuple[str, int]], image: ImageSpec, num_classes: int,
+                    output_dir: str, pipeline_args: list[str] | None = None) -> LabeledStats:
     """Runs the tensorflow-transform analysis over the labeled records into `output_dir`.
 
-    Raises:
-      ValueError: when a record cannot be parsed or decoded or its label is out of range; the
-        bad record ids and reasons are in `output_dir/bad_records-*.txt`.
+    Args:
+      files: (path, records) of the labeled files, as `checks.scan_stream` found them readable
+        and checked them (`StreamScan.files`); only those records are read.
     """
     import tensorflow_transform.beam as tft_beam  # noqa: PLC0415
     from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils  # noqa: PLC0415
 
-    if not tf.io.gfile.glob(pattern):
-        raise ValueError(f"--labeled={pattern} matches no files")
     metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(
         {RAW_FEATURE: tf.io.FixedLenFeature(image.shape, tf.float32)}))
     options = PipelineOptions(pipeline_args or ["--runner=DirectRunner"])
     with beam.Pipeline(options=options) as p, \
             tft_beam.Context(temp_dir=posixpath.join(output_dir, "tmp")):
         decoded = (p
-                   | "ReadLabeled" >> beam.io.ReadFromTFRecord(pattern)
-                   | "Decode" >> beam.ParDo(_DecodeLabeled(image, num_classes)).with_outputs(
-                       BAD_RECORDS, main="ok"))
-        _ = (decoded[BAD_RECORDS]
-             | "WriteBadRecords" >> beam.io.WriteToText(
-                 posixpath.join(output_dir, BAD_RECORDS), file_name_suffix=".txt"))
-        _ = (decoded["ok"]
+                   | "LabeledFiles" >> beam.Create([(path, n) for path, n in files if n])
+                   | "ReadLabeled" >> beam.FlatMapTuple(checks.readable_records)
+                   | "Batch" >> beam.BatchElements(max_batch_size=256)
+                   | "Decode" >> beam.FlatMap(_decode,
+                                              checks.RecordParser(image, num_classes)))
+        _ = (decoded
              | "Labels" >> beam.Map(lambda example: example[0])
              | "CountPerClass" >> beam.combiners.Count.PerElement()
              | "Gather" >> beam.combiners.ToList()
              | "WriteStats" >> beam.Map(
                  lambda counts: _write_json(posixpath.join(output_dir, STATS_FILE),
                                             {"class_counts": dict(counts)})))
-        instances = decoded["ok"] | "ToInstances" >> beam.Map(lambda e: {RAW_FEATURE: e[1]})
+        instances = decoded | "ToInstances" >> beam.Map(lambda e: {RAW_FEATURE: e[1]})
         transform_fn = (instances, metadata) | "Analyze" >> tft_beam.AnalyzeDataset(
             preprocessing_fn)
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(
             posixpath.join(output_dir, TRANSFORM_DIR))
 
-    bad_files = tf.io.gfile.glob(posixpath.join(output_dir, BAD_RECORDS) + "*")
-    bad = [line for path in bad_files for line in tf.io.gfile.GFile(path).read().splitlines()]
-    if bad:
-        # Leave no analysis behind: a rerun must check the (fixed) records again.
-        if tf.io.gfile.exists(posixpath.join(output_dir, TRANSFORM_DIR)):
-            tf.io.gfile.rmtree(posixpath.join(output_dir, TRANSFORM_DIR))
-        if tf.io.gfile.exists(posixpath.join(output_dir, STATS_FILE)):
-            tf.io.gfile.remove(posixpath.join(output_dir, STATS_FILE))
-        raise ValueError(f"{len(bad)} labeled records cannot be used (e.g. {bad[0]}); all are "
-                         f"listed in {posixpath.join(output_dir, BAD_RECORDS)}*.txt")
     stats = read_stats(output_dir, num_classes)
     tf.io.gfile.rmtree(posixpath.join(output_dir, "tmp"))
     logger.info("Analysed %d labeled images; per class %s", stats.count, stats.class_counts)

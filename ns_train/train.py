@@ -14,6 +14,10 @@ model noise) and minimises cross-entropy over the concatenation: labeled rows wi
 smoothing against their class, unlabeled rows against the teacher's hard or soft target, so each
 part is weighted by its batch size. An exponential moving average of the weights is evaluated and
 exported. Rerunning with the same --workdir resumes from the latest checkpoint.
+
+Before the first step every input file is read once and every labeled and eval record is run
+through the trainer's parser (`ns_train.checks`): a record training could not use stops the run
+there, named by flag, file and record; a damaged file costs only the records from its damage on.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ from tensorflow.core.framework import summary_pb2
 
 from ns_data import completion
 from ns_data.teacher import write_metadata
-from ns_train import data, preprocess
+from ns_train import checks, data, preprocess
 from ns_train.augment import RandAugmentConfig, augment_batch
 from ns_train.config import TrainConfig, parse_args
 from ns_train.efficientnet import efficientnet
@@ -141,15 +145,6 @@ def per_example_losses(logits: tf.Tensor, labeled_targets: tf.Tensor,
     return labeled, unlabeled
 
 
-def count_records(pattern: str) -> int:
-    """Number of records in the TFRecord files matching `pattern` (reads framing only)."""
-    files = sorted(tf.io.gfile.glob(pattern))
-    if not files:
-        raise ValueError(f"{pattern} matches no files")
-    counted = tf.data.TFRecordDataset(files, num_parallel_reads=min(16, len(files)))
-    return int(counted.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
-
-
 def steps_per_epoch(config: TrainConfig, num_labeled: int, num_unlabeled: int) -> float:
     """Steps for one pass over whichever stream takes longer to go through once."""
     per_epoch = num_labeled / config.batch_size
@@ -175,28 +170,35 @@ def _noised(batches: tf.data.Dataset, config: TrainConfig, seed: int, start: int
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
-def training_dataset(config: TrainConfig, start_step: int = 0) -> tf.data.Dataset:
+def training_dataset(config: TrainConfig, start_step: int = 0,
+                     inputs: checks.Inputs | None = None) -> tf.data.Dataset:
     """Batches of (labeled, unlabeled) pairs; unlabeled is None in teacher mode.
 
+    With `inputs`, reads only their readable records; without, every matching file to its end.
     A resumed run reseeds with the step it starts from, so it does not replay the first batches.
     """
     seed = config.seed + start_step
     labeled = data.InputSpec(config.labeled, config.image, config.num_classes, config.batch_size,
-                             training=True, seed=seed, shuffle_buffer=config.shuffle_buffer)
+                             training=True, seed=seed, shuffle_buffer=config.shuffle_buffer,
+                             files=inputs.labeled.files if inputs else ())
     streams = [_noised(data.dataset(labeled), config, seed, start_step)]
     if config.student:
         unlabeled = data.InputSpec(config.unlabeled, config.image, config.num_classes,
                                    config.unlabeled_batch_size, training=True, seed=seed + 1,
                                    shuffle_buffer=config.shuffle_buffer,
-                                   target_temperature=config.target_temperature)
+                                   target_temperature=config.target_temperature,
+                                   files=inputs.unlabeled.files if inputs else ())
         streams.append(_noised(data.dataset(unlabeled), config, seed + 1, start_step))
     return tf.data.Dataset.zip(tuple(streams))
 
 
-def eval_dataset(config: TrainConfig) -> tf.data.Dataset:
-    """One ordered pass; the last batch is padded to full size with a zero mask (static shapes)."""
+def eval_dataset(config: TrainConfig, inputs: checks.Inputs | None = None) -> tf.data.Dataset:
+    """One ordered pass; the last batch is padded to full size with a zero mask (static shapes).
+
+    With `inputs`, reads only their readable eval records; without, every file to its end.
+    """
     spec = data.InputSpec(config.eval, config.image, config.num_classes, config.batch_size,
-                          training=False)
+                          training=False, files=inputs.eval.files if inputs else ())
     size = config.batch_size
 
     def pad(images, targets):
@@ -491,7 +493,12 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
     """Runs (or resumes) training in `config.workdir`, evaluates, exports; returns the result.
 
     The result (also written to WORKDIR/result.json) holds the step reached, the last training
-    metrics, the final evaluation and the export path.
+    metrics, the final evaluation, the export path, and the damaged input files (flag, path,
+    records kept, byte offset and problem of each) whose unreadable rest was left out.
+
+    Raises:
+      ValueError: before any training step, when an input has no readable record or a labeled
+        or eval record cannot be used (listed in WORKDIR/bad_records.txt).
     """
     if config.student and not config.allow_incomplete:
         completion.require_complete_inputs(config.unlabeled, "--unlabeled",
@@ -508,16 +515,16 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
     if not config.student and (config.unlabeled_ratio != 1 or config.target_temperature != 1):
         logger.warning("--unlabeled_ratio and --target_temperature do nothing without "
                        "--unlabeled (teacher mode)")
+    # Every input file is read and every labeled and eval record checked before the first step.
+    inputs = checks.scan_inputs(config)
+    num_labeled = inputs.labeled.count
+    num_unlabeled = inputs.unlabeled.count if inputs.unlabeled else 0
     transform_dir = None
     if config.normalization == "tft":
         transform_dir = posixpath.join(config.workdir, "transform")
         if not preprocess.has_analysis(transform_dir):
-            preprocess.analyze_labeled(config.labeled, config.image, config.num_classes,
+            preprocess.analyze_labeled(inputs.labeled.files, config.image, config.num_classes,
                                        transform_dir)
-        num_labeled = preprocess.read_stats(transform_dir, config.num_classes).count
-    else:
-        num_labeled = count_records(config.labeled)
-    num_unlabeled = count_records(config.unlabeled) if config.student else 0
     epoch_steps = steps_per_epoch(config, num_labeled, num_unlabeled)
     total = total_steps(config, epoch_steps)
     logger.info("%s mode: %d labeled%s images, %d steps of %d labeled%s",
@@ -536,7 +543,7 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
                 _scalar(f"train/{name}", value)
 
     def on_eval(step):
-        result = trainer.evaluate(eval_dataset(config))
+        result = trainer.evaluate(eval_dataset(config, inputs))
         logger.info("eval at step %d: top-1 %.4f  loss %.4f  (%d images, EMA weights)",
                     step, result["top1"], result["loss"], result["count"])
         with writer.as_default(step=step):
@@ -546,7 +553,7 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
 
     train_metrics = {}
     if start < total:
-        train_metrics = trainer.train(training_dataset(config, start), on_log,
+        train_metrics = trainer.train(training_dataset(config, start, inputs), on_log,
                                       on_eval if config.eval else None)
     evaluation = on_eval(trainer.step) if config.eval else None
     export_dir = config.export_dir or posixpath.join(config.workdir, "export")
@@ -555,7 +562,8 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
     result = {"step": trainer.step, "resumed_from": start, "total_steps": total,
               "num_labeled": num_labeled, "num_unlabeled": num_unlabeled,
               "train": train_metrics, "eval": evaluation, "eval_pattern": config.eval,
-              "export_dir": export_dir}
+              "export_dir": export_dir,
+              "damaged_files": [dataclasses.asdict(d) for d in inputs.damaged]}
     with tf.io.gfile.GFile(posixpath.join(config.workdir, RESULT_FILE), "w") as f:
         json.dump(result, f, indent=2)
     return result

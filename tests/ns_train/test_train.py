@@ -252,6 +252,53 @@ def test_resume_continues_the_step_count_from_the_checkpoint(toy_files, tmp_path
     assert (tmp_path / "other" / "saved_model.pb").exists()
 
 
+def test_a_damaged_input_file_costs_only_its_unreadable_rest(toy_files, tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    toy.write_labeled(str(data_dir / "labeled-0.tfrecord"), 64)
+    truncated = str(data_dir / "labeled-1.tfrecord")
+    toy.write_labeled(truncated, 20, seed=3)
+    offset = toy.truncate_in_record(truncated, 12)
+    toy.write_pseudo_labeled(str(data_dir / "pseudo-0.tfrecord"), 48, schema.LabelType.HARD)
+    not_a_tfrecord = data_dir / "pseudo-1.tfrecord"
+    not_a_tfrecord.write_bytes(toy.png(toy.toy_images(1)[0][0]))
+    config = toy_config(tmp_path / "w", str(data_dir / "labeled-*"), steps=2, log_every=1,
+                        unlabeled=str(data_dir / "pseudo-*"), allow_incomplete=True,
+                        eval=toy_files["eval"], batch_size=8)
+    result = train.train(config)
+    assert (result["step"], result["num_labeled"], result["num_unlabeled"]) == (2, 76, 48)
+    assert result["eval"]["count"] == 40
+    damaged = [{key: d[key] for key in ("flag", "path", "records_kept", "offset")}
+               for d in result["damaged_files"]]
+    assert damaged == [
+        {"flag": "--labeled", "path": truncated, "records_kept": 12, "offset": offset},
+        {"flag": "--unlabeled", "path": str(not_a_tfrecord), "records_kept": 0, "offset": 0}]
+    assert "truncated" in result["damaged_files"][0]["problem"]
+    saved = json.loads((tmp_path / "w" / "result.json").read_text())
+    assert saved["damaged_files"] == result["damaged_files"]
+
+
+@pytest.mark.parametrize("flag", ["eval", "labeled"])
+def test_a_bad_eval_or_labeled_record_fails_before_the_first_step(toy_files, tmp_path, flag):
+    bad = str(tmp_path / "bad.tfrecord")
+    images, _ = toy.toy_images(8)
+    with tf.io.TFRecordWriter(bad) as w:
+        for i, image in enumerate(images):
+            label = 9 if i == 5 else i % toy.NUM_CLASSES  # num_classes is 4
+            w.write(schema.image_example(toy.png(image), b"img-%d" % i, label=label))
+    inputs = {"labeled": toy_files["labeled"], "eval": toy_files["eval"], flag: bad}
+    config = toy_config(tmp_path / "w", inputs["labeled"], eval=inputs["eval"], steps=2)
+    assert config.normalization == "none"  # checked whatever the normalisation
+    with pytest.raises(ValueError, match=rf"^--{flag}: 1 record the trainer cannot use, e.g. "
+                                         rf"{bad} record 5 \(id img-5\): a record's 'label' is "
+                                         r"not below num_classes=4\. All are listed in "):
+        train.train(config)
+    assert (tmp_path / "w" / "bad_records.txt").read_text().splitlines()[1].startswith(
+        f"--{flag}\t{bad}\t5\timg-5\t")
+    assert not (tmp_path / "w" / "checkpoints").exists()
+    assert not (tmp_path / "w" / "export").exists()
+
+
 def test_a_workdir_refuses_to_resume_under_other_settings(toy_files, tmp_path):
     train.check_workdir_config(toy_config(tmp_path, toy_files["labeled"]))
     train.check_workdir_config(toy_config(tmp_path, toy_files["labeled"], log_every=2,

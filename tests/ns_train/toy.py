@@ -1,11 +1,15 @@
-"""A learnable toy set: 8x8 grayscale images whose class is the bright quadrant, as TFRecords."""
+"""A learnable toy set: 8x8 grayscale images whose class is the bright quadrant, as TFRecords,
+and the ways a TFRecord file gets damaged (cut short, a flipped bit)."""
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import tensorflow as tf
 
 from ns_data import schema
 from ns_data.images import ImageSpec
+from ns_data.tfrecord import iter_records
 
 IMAGE = ImageSpec(8, 8, 1)
 NUM_CLASSES = 4
@@ -44,3 +48,27 @@ def write_pseudo_labeled(path: str, n: int, label_type: schema.LabelType, seed: 
             probs[label] = 0.7
             w.write(schema.pseudo_label_example(b"u%d" % i, png(image), probs, label_type,
                                                 topk=2))
+
+
+def record_offset(path: str, index: int) -> int:
+    """Byte offset of record `index` in a TFRecord file (12-byte header, data, 4-byte footer)."""
+    return sum(16 + len(record) for record in itertools.islice(iter_records(path), index))
+
+
+def truncate_in_record(path: str, index: int) -> int:
+    """Cuts the file inside record `index` (after its header); returns that record's offset."""
+    offset = record_offset(path, index)
+    with open(path, "r+b") as f:
+        f.truncate(offset + 12 + 3)
+    return offset
+
+
+def flip_bit_in_record(path: str, index: int) -> int:
+    """Flips one bit of record `index`'s data (its checksum then fails); returns its offset."""
+    offset = record_offset(path, index)
+    with open(path, "r+b") as f:
+        f.seek(offset + 12 + 5)
+        byte = f.read(1)[0]
+        f.seek(offset + 12 + 5)
+        f.write(bytes([byte ^ 0x10]))
+    return offset
