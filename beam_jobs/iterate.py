@@ -35,7 +35,6 @@ from ns_data import fashion_mnist, report, round_report, stats
 from ns_data.progress import format_duration
 from ns_data.teacher_flags import int_at_least
 from ns_train import train as trainer
-from ns_train.augment import RandAugmentConfig
 from ns_train.config import TrainConfig
 from ns_train.evaluate import evaluate_export
 
@@ -231,15 +230,13 @@ def _rebalance(table_dir: str, output_dir: str, k: int, label_type: str, duplica
 
 def check_settings(args: argparse.Namespace, settings: Settings) -> None:
     """Refuses, before any work, a setting that a step of the loop would refuse later: every
-    model's training settings (RandAugment's included) and the flags of every label_and_balance
-    and rebalance run, with the messages those steps give."""
+    model's training settings and the flags of every label_and_balance and rebalance run, with
+    the messages those steps give."""
     here = args.workdir
     for widths, steps, noise in ((settings.teacher_widths, settings.teacher_steps, False),
                                  (settings.student_widths, settings.student_steps, True)):
-        config = _train_config(here, here, settings, args, widths=widths, steps=steps,
-                               unlabeled=here if noise else "", noise=noise)
-        if config.randaugment_ops:
-            RandAugmentConfig(config.randaugment_ops, config.randaugment_magnitude)
+        _train_config(here, here, settings, args, widths=widths, steps=steps,
+                      unlabeled=here if noise else "", noise=noise)
     k = args.images_per_class or 1  # 0 means "from the data", known once it is prepared
     label_and_balance.check_flags(_label_argv(here, here, here, here, k, args))
     rebalance.check_flags(_rebalance_argv(here, here, k, "hard", False, args))

@@ -18,6 +18,7 @@ import typing
 from typing import Any
 
 from ns_data.images import ImageSpec
+from ns_train.augment import MAX_MAGNITUDE
 
 MODELS = ("small_resnet",) + tuple(f"efficientnet-b{i}" for i in range(8))
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")
@@ -113,6 +114,11 @@ class TrainConfig:
              f"dropout must be in [0, 1) or -1, got {self.dropout}"),
             (0 < self.stochastic_depth <= 1,
              f"stochastic_depth must be in (0, 1], got {self.stochastic_depth}"),
+            (self.randaugment_ops >= 0,
+             f"randaugment_ops must be >= 0, got {self.randaugment_ops}"),
+            (0 <= self.randaugment_magnitude <= MAX_MAGNITUDE,
+             f"randaugment_magnitude must be in [0, {MAX_MAGNITUDE:g}], got "
+             f"{self.randaugment_magnitude}"),
             (self.warmup_steps >= -1, f"warmup_steps must be >= -1, got {self.warmup_steps}"),
             (0 < self.decay_rate <= 1, f"decay_rate must be in (0, 1], got {self.decay_rate}"),
             (self.decay_epochs > 0, f"decay_epochs must be > 0, got {self.decay_epochs}"),

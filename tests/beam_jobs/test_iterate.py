@@ -134,7 +134,7 @@ def test_impossible_flags_are_refused(flags, message, capsys):
 @pytest.mark.parametrize("flag, message", [
     ("--min_confidence=1.5", "argument --min_confidence: must be in [0, 1], got 1.5"),
     ("--unlabeled_ratio=-2", "unlabeled_ratio must be > 0, got -2.0"),
-    ("--randaugment_magnitude=99", "magnitude must be in [0, 30.0], got 99.0"),
+    ("--randaugment_magnitude=99", "randaugment_magnitude must be in [0, 30], got 99.0"),
 ])
 def test_a_bad_setting_of_any_step_is_refused_before_any_work(tmp_path, flag, message):
     with pytest.raises(ValueError, match=re.escape(message) + r" \(a setting of the loop's "
