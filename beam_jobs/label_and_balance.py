@@ -41,6 +41,7 @@ from ns_data.balance import DEFAULT_COLLECT_LIMIT
 from ns_data.images import DECODERS, DEFAULT_DECODER, DEFAULT_MAX_PIXELS, make_decoder
 from ns_data.inference import TeacherInference
 from ns_data.pipeline import BalanceConfig, check_table_serves, select_and_write
+from ns_data.progress import Progress
 from ns_data.read import (DEFAULT_READ_BATCH, INPUT_FORMATS, ReadImages, check_input_pattern,
                           encoded_images)
 from ns_data.teacher import (TeacherModelHandler, TeacherSpec, output_error, read_metadata,
@@ -456,6 +457,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     build(pipeline, opts, spec, model_handler)
     result = pipeline.run()
     result.wait_until_finish()
+    Progress.finish_all()
     if not dry_run:
         balance = opts.view_as(BalanceOptions)
         class_names = read_metadata(opts.teacher).get("class_names")

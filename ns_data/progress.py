@@ -46,7 +46,7 @@ class Progress:
       clock: seconds, monotonic (tests pass their own).
     """
 
-    _shared: ClassVar[dict[str, Progress]] = {}
+    _shared: ClassVar[dict[tuple[str, int], Progress]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, what: str = "read", total_bytes: int = 0, stream: TextIO | None = None,
@@ -66,11 +66,22 @@ class Progress:
 
     @classmethod
     def shared(cls, what: str, total_bytes: int = 0) -> Progress:
-        """This process's reporter for `what` (one per step, whatever the DoFn instances)."""
+        """This process's reporter for `what` of an input of `total_bytes` (one per step of a
+        pipeline, whatever the DoFn instances)."""
         with cls._lock:
-            if what not in cls._shared:
-                cls._shared[what] = cls(what, total_bytes)
-            return cls._shared[what]
+            key = (what, total_bytes)
+            if key not in cls._shared:
+                cls._shared[key] = cls(what, total_bytes)
+            return cls._shared[key]
+
+    @classmethod
+    def finish_all(cls) -> None:
+        """Ends this process's progress lines (after a pipeline ran in it) and forgets them, so
+        the next run in the process starts its own."""
+        with cls._lock:
+            for reporter in cls._shared.values():
+                reporter.finish()
+            cls._shared.clear()
 
     def update(self, images: int, nbytes: int = 0) -> None:
         """Adds `images` and `nbytes` read; reports when `interval` has passed."""

@@ -18,6 +18,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from ns_data import predictions, schema
+from ns_data.progress import Progress
 from ns_data.records import STAGE_FILE, STAGE_PARSE, Prediction, RawImage
 from ns_data.tfrecord import CorruptRecordError, iter_records
 
@@ -108,7 +109,11 @@ class _ReadFiles(beam.DoFn):
         self._failed = beam.metrics.Metrics.counter("ns_data", "failed_parse")
         self._damaged = beam.metrics.Metrics.counter("ns_data", "damaged_files")
 
-    def process(self, element):
+    def start_bundle(self):
+        self._pending_bytes = 0
+
+    def process(self, element, total_bytes: int = 0):
+        self._progress = Progress.shared("read", total_bytes)
         images, failed = [], []
         records = (self._image_files(element, failed) if self._format == "images"
                    else self._tfrecord_file(element, failed))
@@ -129,6 +134,7 @@ class _ReadFiles(beam.DoFn):
         index = 0
         try:
             for serialized in iter_records(path):
+                self._pending_bytes += len(serialized) + _FRAME_BYTES
                 try:
                     image_id, encoded = parse_image_record(serialized)
                 except ParseFailure as e:
@@ -156,6 +162,7 @@ class _ReadFiles(beam.DoFn):
                 self._damaged.inc()
                 failed.append(damaged_file(e, path))
                 continue
+            self._pending_bytes += len(encoded)
             yield RawImage(path.encode(), encoded, path, 0)
 
     def _outside_root(self, path: str) -> str | None:
@@ -171,6 +178,8 @@ class _ReadFiles(beam.DoFn):
 
     def _images(self, images: list[RawImage]) -> list[RawImage]:
         self._read.inc(len(images))
+        self._progress.update(len(images), self._pending_bytes)
+        self._pending_bytes = 0
         return images
 
     def _failures(self, failed: list[Prediction]):
@@ -199,6 +208,7 @@ def encoded_images(pattern: str, input_format: str):
 
 
 FAILED = "failed"
+_FRAME_BYTES = 16  # a TFRecord frame's length, its checksum and the data's checksum
 
 
 class ReadResult(NamedTuple):
@@ -239,14 +249,17 @@ class ReadImages(beam.PTransform):
         self._batch_size = batch_size
 
     def expand(self, pbegin):
-        paths = (pbegin
-                 | "MatchFiles" >> fileio.MatchFiles(self._pattern)
+        matched = pbegin | "MatchFiles" >> fileio.MatchFiles(self._pattern)
+        sizes = (matched
+                 | "Sizes" >> beam.Map(lambda metadata: metadata.size_in_bytes)
+                 | "InputBytes" >> beam.CombineGlobally(sum))  # for the progress line's ETA
+        paths = (matched
                  | "Paths" >> beam.Map(lambda metadata: metadata.path)
                  | "SpreadFiles" >> beam.Reshuffle())
         if self._format == "images":
             paths = paths | "BatchPaths" >> beam.BatchElements(
                 min_batch_size=self._batch_size, max_batch_size=self._batch_size)
         read = paths | "ReadFiles" >> beam.ParDo(
-            _ReadFiles(self._format, self._batch_size, glob_root(self._pattern))).with_outputs(
-                FAILED, main="images")
+            _ReadFiles(self._format, self._batch_size, glob_root(self._pattern)),
+            total_bytes=beam.pvalue.AsSingleton(sizes)).with_outputs(FAILED, main="images")
         return ReadResult(read["images"], read[FAILED])

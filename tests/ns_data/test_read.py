@@ -10,7 +10,7 @@ import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
-from ns_data import predictions, read, schema
+from ns_data import predictions, progress, read, schema
 from tests import fakes
 
 PNG = fakes.fake_image(1, 0, 10).encoded
@@ -81,3 +81,19 @@ def test_symlinks_out_of_the_image_folder_are_not_followed(tmp_path):
 
 def _equal(got, want):
     assert got == want
+
+
+def test_reading_reports_progress_against_the_input_bytes(tmp_path, monkeypatch):
+    records = [schema.image_example(fakes.fake_image(i, 0, 10).encoded) for i in range(10)]
+    path = fakes.write_tfrecord(tmp_path / "in.tfrecord", records)
+    seen = []
+    monkeypatch.setattr(progress.Progress, "update",
+                        lambda self, images, nbytes=0: seen.append((self._total, images, nbytes)))
+    with TestPipeline(runner="DirectRunner") as p:
+        _ = p | read.ReadImages(path, "tfrecord", batch_size=4)
+    size = os.path.getsize(path)
+    framed = [len(r) + 16 for r in records]
+    assert sum(framed) == size
+    assert sorted(seen) == sorted([(size, 4, sum(framed[:4])), (size, 4, sum(framed[4:8])),
+                                   (size, 2, sum(framed[8:]))])
+    progress.Progress.finish_all()
