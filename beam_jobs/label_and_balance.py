@@ -460,7 +460,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     Progress.finish_all()
     if not dry_run:
         balance = opts.view_as(BalanceOptions)
-        class_names = read_metadata(opts.teacher).get("class_names")
+        class_names = list(read_metadata(opts.teacher).class_names) or None
         print_summary(balance.output_dir, class_names)
         completion.finish_run(balance.output_dir, "label_and_balance",
                               balance.max_failure_fraction, balance.max_copies,

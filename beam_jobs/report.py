@@ -73,9 +73,8 @@ def class_names_of(run: dict, flag: str) -> list[str]:
                              f"{run['num_classes']} classes")
         return names
     teacher = run["config"].get("teacher", "")
-    names = read_metadata(teacher).get("class_names") if teacher and tf.io.gfile.isdir(
-        teacher) else None
-    return list(names) if names and len(names) == run["num_classes"] else [
+    names = read_metadata(teacher).class_names if teacher and tf.io.gfile.isdir(teacher) else ()
+    return list(names) if len(names) == run["num_classes"] else [
         str(c) for c in range(run["num_classes"])]
 
 

@@ -112,9 +112,9 @@ def heavy_teacher(work_dir: str) -> str:
     partial = path + ".partial"  # renamed when complete, so a killed export is never reused
     shutil.rmtree(partial, ignore_errors=True)
     model.export(partial, verbose=False)
-    teacher.write_metadata(partial, {
-        "image_size": list(HEAVY_IMAGE[:2]), "channels": HEAVY_IMAGE[2],
-        "input_range": [0.0, 1.0], "outputs": "probabilities", "num_classes": HEAVY_CLASSES})
+    teacher.write_metadata(partial, teacher.TeacherMetadata(
+        image_size=HEAVY_IMAGE[:2], channels=HEAVY_IMAGE[2], input_range=(0.0, 1.0),
+        outputs="probabilities", num_classes=HEAVY_CLASSES))
     shutil.rmtree(path, ignore_errors=True)
     os.rename(partial, path)
     return path

@@ -79,21 +79,72 @@ class TeacherSpec:
             raise ValueError(f"input range must have high > low, got {self.input_range}")
 
 
-def read_metadata(path: str) -> dict[str, Any]:
-    """The teacher's `assets.extra/ns_teacher.json`, or {} when it has none."""
+@dataclasses.dataclass(frozen=True)
+class TeacherMetadata:
+    """What a teacher export's `assets.extra/ns_teacher.json` says (docs/teacher.md): the one
+    place its keys are spelled. Every field is optional; flags override them all.
+
+    Attributes:
+      image_size: [height, width] images are resized to.
+      channels: 1 or 3.
+      input_range: what pixel values 0 and 255 map to for a float input.
+      outputs: "logits" or "probabilities".
+      num_classes: the output width.
+      class_names: the classes' names, in output order.
+      input_dtype, model, normalization, step, eval_top1: where the export came from (written
+        by `ns_train`, read by nothing).
+    """
+
+    image_size: tuple[int, int] | None = None
+    channels: int | None = None
+    input_range: tuple[float, float] | None = None
+    outputs: str | None = None
+    num_classes: int | None = None
+    class_names: tuple[str, ...] = ()
+    input_dtype: str | None = None
+    model: str | None = None
+    normalization: str | None = None
+    step: int | None = None
+    eval_top1: float | None = None
+
+    def __post_init__(self):
+        if self.outputs is not None and self.outputs not in OUTPUT_KINDS:
+            raise ValueError(f"ns_teacher.json: outputs must be one of {OUTPUT_KINDS}, got "
+                             f"{self.outputs!r}")
+
+    def to_json(self) -> str:
+        """The file's text: the fields that are set, keys sorted."""
+        fields = {k: list(v) if isinstance(v, tuple) else v
+                  for k, v in dataclasses.asdict(self).items() if v not in (None, ())}
+        return json.dumps(fields, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "ns_teacher.json") -> TeacherMetadata:
+        fields = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            logging.warning("%s: ignoring keys %s (known: %s)", where, unknown, sorted(known))
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()
+                  if k in known}
+        return cls(**fields)
+
+
+def read_metadata(path: str) -> TeacherMetadata:
+    """The teacher's `assets.extra/ns_teacher.json` (all fields unset when it has none)."""
     metadata_path = posixpath.join(path, METADATA_FILE)
     if not tf.io.gfile.exists(metadata_path):
-        return {}
+        return TeacherMetadata()
     with tf.io.gfile.GFile(metadata_path) as f:
-        return json.load(f)
+        return TeacherMetadata.from_json(f.read(), metadata_path)
 
 
-def write_metadata(path: str, metadata: dict[str, Any]) -> None:
+def write_metadata(path: str, metadata: TeacherMetadata) -> None:
     """Records input range, output kind and the like next to an exported SavedModel."""
     metadata_path = posixpath.join(path, METADATA_FILE)
     tf.io.gfile.makedirs(posixpath.dirname(metadata_path))
     with tf.io.gfile.GFile(metadata_path, "w") as f:
-        json.dump(metadata, f, indent=2, sort_keys=True)
+        f.write(metadata.to_json())
 
 
 def inspect_teacher(
@@ -148,20 +199,19 @@ def inspect_teacher(
 
     metadata = read_metadata(path)
     height, width, in_channels = dims[1:]
-    if image_size is None and "image_size" in metadata:
-        image_size = tuple(metadata["image_size"])
+    image_size = image_size or metadata.image_size
     if image_size is None:
         if height <= 0 or width <= 0:
             raise ValueError("teacher input has no static height/width; pass --image_size")
         image_size = (height, width)
     if channels is None:
-        channels = in_channels if in_channels > 0 else metadata.get("channels", 3)
+        channels = in_channels if in_channels > 0 else metadata.channels or 3
     if input_range is None:
-        input_range = tuple(metadata.get("input_range", (0.0, 1.0)))
-        if "input_range" not in metadata:
+        input_range = metadata.input_range or (0.0, 1.0)
+        if metadata.input_range is None:
             logging.warning("Teacher %s records no input range; feeding pixels scaled to %s "
                             "(set --input_range to change).", path, input_range)
-    num_classes = out_dims[1] if out_dims[1] > 0 else metadata.get("num_classes", 0)
+    num_classes = out_dims[1] if out_dims[1] > 0 else metadata.num_classes or 0
     if num_classes <= 0:
         raise ValueError("teacher output has no static class count and its metadata none")
     input_dtype = tf.dtypes.as_dtype(input_info.dtype).name
@@ -173,7 +223,7 @@ def inspect_teacher(
         output_name=output_name,
         input_dtype=input_dtype,
         input_range=(float(input_range[0]), float(input_range[1])),
-        outputs=outputs or metadata.get("outputs", "logits"),
+        outputs=outputs or metadata.outputs or "logits",
         temperature=temperature,
         signature=signature,
         batch_size=batch_size,

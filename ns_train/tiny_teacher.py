@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from ns_data import schema
 from ns_data.images import ImageSpec, decode_and_resize
-from ns_data.teacher import write_metadata
+from ns_data.teacher import TeacherMetadata, write_metadata
 
 
 def load_labeled(pattern: str, spec: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -74,11 +74,9 @@ def train_tiny_teacher(labeled: str, export_dir: str, *, spec: ImageSpec = Image
     history = model.fit(images.astype(np.float32) / 255.0, labels, batch_size=64, epochs=epochs,
                         shuffle=True, verbose=0)
     model.export(export_dir, verbose=False)
-    metadata = {"image_size": [spec.height, spec.width], "channels": spec.channels,
-                "input_range": [0.0, 1.0], "outputs": "logits", "num_classes": num_classes}
-    if class_names:
-        metadata["class_names"] = list(class_names)
-    write_metadata(export_dir, metadata)
+    write_metadata(export_dir, TeacherMetadata(
+        image_size=(spec.height, spec.width), channels=spec.channels, input_range=(0.0, 1.0),
+        outputs="logits", num_classes=num_classes, class_names=tuple(class_names or ())))
     return {"loss": float(history.history["loss"][-1]),
             "accuracy": float(history.history["accuracy"][-1])}
 

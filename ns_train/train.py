@@ -35,7 +35,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from ns_data import completion
-from ns_data.teacher import write_metadata
+from ns_data.teacher import TeacherMetadata, write_metadata
 from ns_train import checks, data, preprocess
 from ns_train.augment import RandAugmentConfig, augment_batch
 from ns_train.config import TrainConfig, parse_args
@@ -418,18 +418,16 @@ class _Serving(tf.Module):
         return {"probabilities": tf.nn.softmax(logits, axis=-1)}
 
 
-def export(trainer: Trainer, export_dir: str, extra: dict[str, Any] | None = None) -> None:
+def export(trainer: Trainer, export_dir: str, eval_top1: float | None = None) -> None:
     """Writes the EMA model + preprocessing as a SavedModel label_and_balance serves unflagged."""
     config = trainer.config
     serving = _Serving(trainer.ema_model, trainer.preprocessor, config)
     tf.saved_model.save(serving, export_dir, signatures={"serving_default": serving.serve})
-    metadata = {"image_size": list(config.image_size), "channels": config.channels,
-                "input_dtype": "uint8", "input_range": [0.0, 255.0], "outputs": "probabilities",
-                "num_classes": config.num_classes, "model": config.model,
-                "normalization": config.normalization, "step": trainer.step, **(extra or {})}
-    if config.class_name_list:
-        metadata["class_names"] = config.class_name_list
-    write_metadata(export_dir, metadata)
+    write_metadata(export_dir, TeacherMetadata(
+        image_size=tuple(config.image_size), channels=config.channels, input_dtype="uint8",
+        input_range=(0.0, 255.0), outputs="probabilities", num_classes=config.num_classes,
+        class_names=tuple(config.class_name_list), model=config.model,
+        normalization=config.normalization, step=trainer.step, eval_top1=eval_top1))
     logger.info("Exported the EMA model to %s", export_dir)
 
 
@@ -557,7 +555,7 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
                                       on_eval if config.eval else None)
     evaluation = on_eval(trainer.step) if config.eval else None
     export_dir = config.export_dir or posixpath.join(config.workdir, "export")
-    export(trainer, export_dir, {"eval_top1": evaluation["top1"]} if evaluation else None)
+    export(trainer, export_dir, evaluation["top1"] if evaluation else None)
     writer.flush()
     result = {"step": trainer.step, "resumed_from": start, "total_steps": total,
               "num_labeled": num_labeled, "num_unlabeled": num_unlabeled,

@@ -5,6 +5,7 @@ trainer takes), built once per module.
 """
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -229,9 +230,9 @@ def test_inspect_teacher_reads_the_signature(keras_teacher):
 
 @pytest.mark.slow
 def test_inspect_teacher_uses_metadata(teacher_copy):
-    teacher.write_metadata(teacher_copy, {"input_range": [-1, 1], "outputs": "probabilities",
-                                          "image_size": [12, 10]})
-    assert teacher.read_metadata(teacher_copy)["outputs"] == "probabilities"
+    teacher.write_metadata(teacher_copy, teacher.TeacherMetadata(
+        input_range=(-1, 1), outputs="probabilities", image_size=(12, 10)))
+    assert teacher.read_metadata(teacher_copy).outputs == "probabilities"
     spec = teacher.inspect_teacher(teacher_copy)
     assert spec.input_range == (-1.0, 1.0)
     assert spec.outputs == "probabilities"
@@ -241,8 +242,8 @@ def test_inspect_teacher_uses_metadata(teacher_copy):
 
 @pytest.mark.slow
 def test_inspect_teacher_arguments_override_metadata(teacher_copy):
-    teacher.write_metadata(teacher_copy, {"input_range": [-1, 1], "outputs": "probabilities",
-                                          "image_size": [12, 10]})
+    teacher.write_metadata(teacher_copy, teacher.TeacherMetadata(
+        input_range=(-1, 1), outputs="probabilities", image_size=(12, 10)))
     spec = teacher.inspect_teacher(teacher_copy, input_range=(0.0, 255.0), outputs="logits",
                                    image_size=(HEIGHT, WIDTH), temperature=2.0)
     assert spec.input_range == (0.0, 255.0)
@@ -252,7 +253,22 @@ def test_inspect_teacher_arguments_override_metadata(teacher_copy):
 
 
 def test_read_metadata_without_file(tmp_path):
-    assert teacher.read_metadata(str(tmp_path)) == {}
+    assert teacher.read_metadata(str(tmp_path)) == teacher.TeacherMetadata()
+
+
+def test_metadata_round_trips_writes_only_what_is_set_and_refuses_bad_values(tmp_path, caplog):
+    metadata = teacher.TeacherMetadata(image_size=(28, 28), input_range=(0.0, 255.0),
+                                       outputs="probabilities", class_names=("a", "b"), step=3)
+    teacher.write_metadata(str(tmp_path), metadata)
+    text = (tmp_path / teacher.METADATA_FILE).read_text()
+    assert json.loads(text) == {"image_size": [28, 28], "input_range": [0.0, 255.0],
+                                "outputs": "probabilities", "class_names": ["a", "b"], "step": 3}
+    assert teacher.read_metadata(str(tmp_path)) == metadata
+    (tmp_path / teacher.METADATA_FILE).write_text('{"outputs": "logits", "colour": "blue"}')
+    assert teacher.read_metadata(str(tmp_path)) == teacher.TeacherMetadata(outputs="logits")
+    assert "ignoring keys ['colour']" in caplog.text
+    with pytest.raises(ValueError, match="outputs must be one of .*, got 'softmax'"):
+        teacher.TeacherMetadata.from_json('{"outputs": "softmax"}')
 
 
 def test_inspect_teacher_rejects_non_saved_model(tmp_path):

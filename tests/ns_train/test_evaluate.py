@@ -82,7 +82,8 @@ def test_input_range_flag_serves_a_model_made_for_another_range(logits_teacher, 
 
 def test_flags_override_ns_teacher_json(logits_teacher, labeled, tmp_path, capsys):
     path = export(str(tmp_path / "t"))
-    teacher.write_metadata(path, {"input_range": [0.0, 255.0], "outputs": "logits"})
+    teacher.write_metadata(path, teacher.TeacherMetadata(input_range=(0.0, 255.0),
+                                                         outputs="logits"))
     assert evaluate.evaluate_export(path, labeled)["top1"] == 1.0  # the metadata suffices
     status, result, _ = run_cli(capsys, f"--teacher={path}", f"--data={labeled}",
                                 "--input_range=0,1")

@@ -189,9 +189,11 @@ def test_export_serves_through_the_beam_handler_with_the_same_probabilities(toy_
     assert result["step"] == 8 and result["eval"]["count"] == 40
     export_dir = result["export_dir"]
     metadata = read_metadata(export_dir)
-    assert metadata["outputs"] == "probabilities" and metadata["class_names"] == ["tl", "tr",
-                                                                                   "bl", "br"]
-    assert metadata["eval_top1"] == pytest.approx(result["eval"]["top1"])
+    assert metadata.outputs == "probabilities" and metadata.class_names == ("tl", "tr", "bl",
+                                                                             "br")
+    assert metadata.eval_top1 == pytest.approx(result["eval"]["top1"])
+    assert (metadata.image_size, metadata.input_range, metadata.step) == (
+        tuple(config.image_size), (0.0, 255.0), 8)
 
     spec = inspect_teacher(export_dir, batch_size=16)
     assert (spec.image, spec.num_classes, spec.input_dtype, spec.outputs) == (
