@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import logging
 import math
 import os
@@ -31,101 +30,25 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
-                                                  SetupOptions, StandardOptions, TestOptions,
-                                                  WorkerOptions)
+                                                  TestOptions)
 from apache_beam.runners.runner import PipelineResult
 
 from beam_jobs import cli
-from ns_data import completion, devices, predictions, schema, stats, teacher_flags
-from ns_data.balance import DEFAULT_COLLECT_LIMIT
+from beam_jobs.cli import (BalanceOptions, balance_config, check_output_dir, check_table_dir,
+                           configure_logging, pipeline_options, print_summary)
+from ns_data import completion, devices, predictions, schema, teacher_flags
 from ns_data.images import DECODERS, DEFAULT_DECODER, DEFAULT_MAX_PIXELS, make_decoder
 from ns_data.inference import TeacherInference
-from ns_data.pipeline import BalanceConfig, check_table_serves, select_and_write
+from ns_data.pipeline import check_table_serves, select_and_write
 from ns_data.progress import Progress
 from ns_data.read import (DEFAULT_READ_BATCH, INPUT_FORMATS, ReadImages, check_input_pattern,
                           encoded_images)
 from ns_data.teacher import (TeacherModelHandler, TeacherSpec, output_error, read_metadata,
                              sample_problem)
 from ns_data.teacher_flags import teacher_runtime, teacher_spec
-from ns_data.write import (DEAD_LETTER_PREFIX, DEFAULT_CHUNK_RECORDS, PSEUDO_LABEL_PREFIX,
-                           shard_pattern)
 
 # Image files per predictions table file with --input_format=images.
 IMAGES_PER_TABLE_FILE = 4096
-
-
-_positive_int = teacher_flags.positive_int
-_non_negative_int = teacher_flags.int_at_least(0)
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = int(text)
-    if not -2**63 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must fit in 64 bits, got {value}")
-    return value
-
-
-def add_balance_args(parser) -> None:
-    """Selection and output flags, shared with `beam_jobs.rebalance`."""
-    g = parser.add_argument_group("selection")
-    g.add_argument("--min_confidence", type=_probability, default=0.3,
-                   help="Keep images whose top-1 probability is at least this "
-                   "(default: %(default)s).")
-    g.add_argument("--images_per_class", type=_positive_int, default=130_000,
-                   help="K: images per class after balancing (default: %(default)s).")
-    g.add_argument("--no_duplicate", action="store_true",
-                   help="Cap classes at K without duplicating images of smaller classes.")
-    g.add_argument("--seed", type=_seed, default=0,
-                   help="Seed for tie-breaking, copy choice and shard placement; the same "
-                   "inputs and seed give byte-identical output (default: %(default)s).")
-    g.add_argument("--collect_limit", type=_positive_int, default=DEFAULT_COLLECT_LIMIT,
-                   help="Largest per-class bucket of keys the threshold search sorts in "
-                   "memory (default: %(default)s).")
-    g = parser.add_argument_group("output")
-    g.add_argument("--output_dir", help="Where shards, dead letters and stats.json go. "
-                   "Required.")
-    g.add_argument("--overwrite", action="store_true",
-                   help="Replace the shards an --output_dir (and the table a --predictions_dir) "
-                   "already holds; they are deleted at launch, before the new run writes.")
-    g.add_argument("--num_shards", type=_positive_int, default=16,
-                   help="Number of pseudo-label TFRecord shards; with at least "
-                   "records/--chunk_records of them each shard is written in one piece "
-                   "(default: %(default)s).")
-    g.add_argument("--label_type", choices=[t.value for t in schema.LabelType],
-                   default="soft", help="hard: label only; soft: dense probabilities; "
-                   "soft_topk: sparse top-k classes and renormalised probabilities "
-                   "(default: %(default)s).")
-    g.add_argument("--topk", type=_positive_int, default=10,
-                   help="Classes kept per record with --label_type=soft_topk "
-                   "(default: %(default)s).")
-    g.add_argument("--chunk_records", type=_positive_int, default=DEFAULT_CHUNK_RECORDS,
-                   help="Records sorted in memory at once when writing shards; a worker "
-                   "holds about this many encoded images (default: %(default)s).")
-    g.add_argument("--max_failure_fraction", type=_probability,
-                   default=completion.DEFAULT_MAX_FAILURE_FRACTION,
-                   help="Largest share of the images read that may fail (dead letters) for the "
-                   "run to count as complete; above it the job exits with an error and the "
-                   f"counts per stage, and --output_dir gets no {completion.SUCCESS_FILE} "
-                   "marker (default: %(default)s).")
-    g.add_argument("--max_copies", type=_non_negative_int, default=0,
-                   help="Most records one image may become when small classes are duplicated; "
-                   "above it the job exits with an error and no completion marker (default: "
-                   "0, no limit; the summary always reports the most copies).")
-
-
-class BalanceOptions(PipelineOptions):
-    """Selection and output flags, shared by `label_and_balance` and `rebalance`."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        add_balance_args(parser)
 
 
 class LabelAndBalanceOptions(PipelineOptions):
@@ -139,7 +62,7 @@ class LabelAndBalanceOptions(PipelineOptions):
                        "files with --input_format=images. Required.")
         g.add_argument("--input_format", choices=INPUT_FORMATS, default="tfrecord",
                        help="What --input holds (default: %(default)s).")
-        g.add_argument("--max_image_pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+        g.add_argument("--max_image_pixels", type=cli.positive_int, default=DEFAULT_MAX_PIXELS,
                        help="Images whose header declares more pixels are dead letters, not "
                        "decoded (default: %(default)s).")
         g.add_argument("--decoder", choices=sorted(DECODERS), default=DEFAULT_DECODER,
@@ -154,7 +77,7 @@ class LabelAndBalanceOptions(PipelineOptions):
                        "worker_accelerator service option; a TPU chip admits one process).")
         g.add_argument("--no_large_model", action="store_true",
                        help="Load one model per SDK process even on accelerator workers.")
-        g.add_argument("--model_copies", type=_positive_int, default=None,
+        g.add_argument("--model_copies", type=cli.positive_int, default=None,
                        help="Exact number of model copies per worker machine (implies sharing).")
         g = teacher_flags.add_device_args(parser)
         g.add_argument("--skip_teacher_check", action="store_true",
@@ -167,7 +90,7 @@ class LabelAndBalanceOptions(PipelineOptions):
                        "file and record index, label, confidence and top classes, no image "
                        "bytes; beam_jobs.rebalance re-selects from it without the teacher "
                        "(default: OUTPUT_DIR/predictions).")
-        g.add_argument("--predictions_topk", type=_positive_int, default=None,
+        g.add_argument("--predictions_topk", type=cli.positive_int, default=None,
                        help="Classes kept per image in the table (default: all classes with "
                        "--label_type=soft, else max(--topk, 10)).")
 
@@ -227,15 +150,6 @@ def launch_sample(opts: LabelAndBalanceOptions, spec: TeacherSpec, limit: int = 
     return np.stack(pixels) if pixels else np.zeros((0, *spec.image.shape), np.uint8)
 
 
-def balance_config(opts: BalanceOptions) -> BalanceConfig:
-    """The selection and output settings of the flags."""
-    return BalanceConfig(
-        min_confidence=opts.min_confidence, images_per_class=opts.images_per_class,
-        duplicate=not opts.no_duplicate, seed=opts.seed, collect_limit=opts.collect_limit,
-        num_shards=opts.num_shards, label_type=opts.label_type, topk=opts.topk,
-        chunk_records=opts.chunk_records)
-
-
 def predictions_dir(opts: LabelAndBalanceOptions) -> str:
     return opts.predictions_dir or posixpath.join(
         opts.view_as(BalanceOptions).output_dir, "predictions")
@@ -268,37 +182,6 @@ def run_config(opts: LabelAndBalanceOptions, spec: TeacherSpec) -> dict[str, Any
         "predictions_dir": predictions_dir(opts),
         **balance_config(opts.view_as(BalanceOptions)).recorded(),
     }
-
-
-def check_output_dir(output_dir: str, overwrite: bool, delete: bool = False) -> None:
-    """Refuses to mix a new run's shards with an old run's, unless told to replace them.
-
-    With `overwrite` and `delete`, removes the old completion marker first, then the old
-    shards, dead letters and stats.json, so an interrupted rerun never looks complete.
-    """
-    _check_clear(output_dir, [shard_pattern(output_dir, PSEUDO_LABEL_PREFIX),
-                              shard_pattern(output_dir, DEAD_LETTER_PREFIX),
-                              posixpath.join(output_dir, stats.STATS_FILE)],
-                 "pseudo_labels shards", overwrite, delete)
-
-
-def check_table_dir(table_dir: str, overwrite: bool, delete: bool = False) -> None:
-    """The same for a predictions table."""
-    _check_clear(table_dir, [predictions.table_pattern(table_dir)], "predictions table files",
-                 overwrite, delete)
-
-
-def _check_clear(directory: str, patterns: list[str], what: str, overwrite: bool,
-                 delete: bool) -> None:
-    existing = [path for pattern in patterns for path in tf.io.gfile.glob(pattern)]
-    if existing and not overwrite:
-        counted = len(tf.io.gfile.glob(patterns[0]))
-        raise ValueError(f"{directory} already holds {counted} {what}; pass --overwrite or pick "
-                         "another directory")
-    if delete:
-        completion.remove_marker(directory)
-        for path in existing:
-            tf.io.gfile.remove(path)
 
 
 def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
@@ -395,38 +278,6 @@ def _help_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def pipeline_options(argv: list[str]) -> PipelineOptions:
-    """Beam options from argv, with this project's defaults filled in.
-
-    Raises:
-      ValueError: for a flag neither this job nor Beam knows (Beam would only log it, and a
-        misspelt --images_per_class would silently run with the default K).
-    """
-    options = PipelineOptions(argv)
-    parsers = []
-    options.get_all_options(add_extra_args_fn=parsers.append)
-    _, unknown = parsers[0].parse_known_args(argv)
-    flags = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("--")]
-    if flags:
-        known = [opt for action in parsers[0]._actions for opt in action.option_strings]
-        hints = [f"{f} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(f, known, 1))
-                 else f for f in flags]
-        raise ValueError(f"unknown flags: {', '.join(hints)}; see --help")
-    standard = options.view_as(StandardOptions)
-    if not standard.runner:
-        standard.runner = "DirectRunner"  # Beam's default (Prism) downloads a binary
-    setup = options.view_as(SetupOptions)
-    worker = options.view_as(WorkerOptions)
-    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
-    # A custom container (docker/) already has the package installed: staging it again would
-    # pip install it on every worker at start-up.
-    has_image = worker.sdk_container_image or worker.worker_harness_container_image
-    if (standard.runner.lower() in ("dataflow", "dataflowrunner") and not setup.setup_file
-            and not setup.requirements_file and not has_image and os.path.exists(here)):
-        setup.setup_file = here  # workers need ns_data; ship it unless told otherwise
-    return options
-
-
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None,
         model_handler: ModelHandler | None = None) -> PipelineResult | None:
     """Runs the job and prints a per-class summary; returns the result (None for --help).
@@ -466,19 +317,6 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
                               balance.max_failure_fraction, balance.max_copies,
                               predictions_dir(opts))
     return result
-
-
-def print_summary(output_dir: str, class_names: list[str] | None = None) -> None:
-    """Prints where the output went and the per-class table from its stats.json."""
-    if tf.io.gfile.exists(posixpath.join(output_dir, stats.STATS_FILE)):
-        print(f"\nOutput: {output_dir}")
-        print(stats.format_summary(stats.read_stats(output_dir), class_names))
-
-
-def configure_logging() -> None:
-    """INFO for progress, minus Beam's log line for every string type hint it meets."""
-    logging.getLogger().setLevel(logging.INFO)
-    logging.getLogger("apache_beam.typehints").setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":

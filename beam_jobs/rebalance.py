@@ -22,8 +22,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from apache_beam.runners.runner import PipelineResult
 
 from beam_jobs import cli
-from beam_jobs.label_and_balance import (BalanceOptions, balance_config, check_output_dir,
-                                         configure_logging, pipeline_options, print_summary)
+from beam_jobs.cli import (BalanceOptions, balance_config, check_output_dir, configure_logging,
+                           pipeline_options, print_summary)
 from ns_data import completion, predictions
 from ns_data.pipeline import check_table_serves, select_and_write
 
