@@ -36,7 +36,7 @@ from apache_beam.runners.runner import PipelineResult
 from beam_jobs import cli
 from beam_jobs.cli import (BalanceOptions, balance_config, check_output_dir, check_table_dir,
                            configure_logging, pipeline_options, print_summary)
-from ns_data import completion, devices, predictions, schema, teacher_flags
+from ns_data import completion, devices, formats, predictions, schema, teacher_flags
 from ns_data.images import DECODERS, DEFAULT_DECODER, DEFAULT_MAX_PIXELS, make_decoder
 from ns_data.inference import TeacherInference
 from ns_data.pipeline import check_table_serves, select_and_write
@@ -59,9 +59,22 @@ class LabelAndBalanceOptions(PipelineOptions):
         g = parser.add_argument_group("input")
         g.add_argument("--input", help="Glob of the unlabeled images: TFRecord files of "
                        "tf.train.Example with image/encoded (and optional image/id), or image "
-                       "files with --input_format=images. Required.")
+                       "files, Parquet files or WebDataset tar shards with --input_format. "
+                       "Required.")
         g.add_argument("--input_format", choices=INPUT_FORMATS, default="tfrecord",
-                       help="What --input holds (default: %(default)s).")
+                       help="What --input holds: tfrecord; images (one file each, the id is "
+                       "its path); parquet (one image per row, read a row group at a time; "
+                       "see --image_column, --id_column); webdataset (tar shards, plain or "
+                       "compressed, of key.jpg|jpeg|png|webp|gif|bmp members, the id is the key; "
+                       "other members are ignored) (default: %(default)s).")
+        g.add_argument("--image_column", default=None,
+                       help="With --input_format=parquet: the image column, binary or a struct "
+                       "with a 'bytes' field as Hugging Face datasets store images (default: "
+                       f"{formats.DEFAULT_IMAGE_COLUMN}).")
+        g.add_argument("--id_column", default=None,
+                       help="With --input_format=parquet: the image id column, string, binary "
+                       "or integer (its decimal string) (default: none, a content hash of the "
+                       "image bytes).")
         g.add_argument("--max_image_pixels", type=cli.positive_int, default=DEFAULT_MAX_PIXELS,
                        help="Images whose header declares more pixels are dead letters, not "
                        "decoded (default: %(default)s).")
@@ -140,7 +153,7 @@ def launch_sample(opts: LabelAndBalanceOptions, spec: TeacherSpec, limit: int = 
     """Up to `limit` decodable images from the start of the input, for the launch check."""
     decoder = make_decoder(opts.decoder, spec.image, opts.max_image_pixels)
     pixels = []
-    for encoded in encoded_images(opts.input, opts.input_format):
+    for encoded in encoded_images(opts.input, opts.input_format, input_columns(opts)):
         try:
             pixels.append(decoder(encoded))
         except Exception:  # noqa: BLE001 - the job counts bad images; the check skips them
@@ -148,6 +161,12 @@ def launch_sample(opts: LabelAndBalanceOptions, spec: TeacherSpec, limit: int = 
         if len(pixels) == limit:
             break
     return np.stack(pixels) if pixels else np.zeros((0, *spec.image.shape), np.uint8)
+
+
+def input_columns(opts: LabelAndBalanceOptions) -> formats.Columns:
+    """A Parquet input's image and id columns, from --image_column and --id_column."""
+    return formats.Columns(opts.image_column or formats.DEFAULT_IMAGE_COLUMN,
+                           opts.id_column or "")
 
 
 def predictions_dir(opts: LabelAndBalanceOptions) -> str:
@@ -165,7 +184,9 @@ def table_metadata(opts: LabelAndBalanceOptions, spec: TeacherSpec) -> predictio
     return predictions.TableMetadata(
         input=opts.input, input_format=opts.input_format, num_classes=spec.num_classes,
         topk=min(topk, spec.num_classes), teacher=opts.teacher, teacher_outputs=spec.outputs,
-        temperature=spec.temperature, image_shape=tuple(spec.image.shape))
+        temperature=spec.temperature, image_shape=tuple(spec.image.shape),
+        **({"image_column": input_columns(opts).image, "id_column": input_columns(opts).id}
+           if opts.input_format == formats.PARQUET else {}))
 
 
 def run_config(opts: LabelAndBalanceOptions, spec: TeacherSpec) -> dict[str, Any]:
@@ -209,6 +230,11 @@ def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
         # run from another directory.
         opts.input = os.path.abspath(opts.input)
     check_input_pattern(opts.input)
+    for flag in ("image_column", "id_column"):
+        if getattr(opts, flag) is not None and opts.input_format != formats.PARQUET:
+            raise ValueError(f"--{flag} applies to --input_format=parquet only, not "
+                             f"--input_format={opts.input_format}")
+    formats.check_input(opts.input, opts.input_format, input_columns(opts))
     if check_output:
         for flag, directory in (("--output_dir", balance.output_dir),
                                 ("--predictions_dir", opts.predictions_dir)):
@@ -244,7 +270,8 @@ def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSp
         model_copies=opts.model_copies)
     # Whole teacher batches per element, so only a file's last batch is padded.
     read_batch = spec.batch_size * math.ceil(DEFAULT_READ_BATCH / spec.batch_size)
-    read = pipeline | "ReadImages" >> ReadImages(opts.input, opts.input_format, read_batch)
+    read = pipeline | "ReadImages" >> ReadImages(opts.input, opts.input_format, read_batch,
+                                                 input_columns(opts))
     scored = read.images | "TeacherInference" >> TeacherInference(
         handler, spec.image, spec.outputs, metadata.topk, opts.max_image_pixels, opts.decoder,
         teacher_runtime(opts))

@@ -1,12 +1,14 @@
 """The predictions table: what the teacher said about every input record, as Parquet files.
 
-The teacher pass of `label_and_balance` writes one Parquet file per input TFRecord file (per
-bucket of a few thousand files for `--input_format=images`), named `predictions-<hash>.parquet`
-after a hash of its input, with one row per input record, sorted by (source, index):
+The teacher pass of `label_and_balance` writes one Parquet file per input file (TFRecord,
+Parquet or tar; per bucket of a few thousand files for `--input_format=images`), named
+`predictions-<hash>.parquet` after a hash of its input, with one row per input record, sorted by
+(source, index):
 
   id             binary         the image id (`image/id`, else a content hash; a file's path)
   source         string         the input file the record is in
-  index          int64          the record's position in `source` (0 for an image file)
+  index          int64          the record's position in `source` (a Parquet row, a tar sample;
+                                0 for an image file)
   label          int32          the teacher's argmax (null when the record failed)
   confidence     float32        its probability (null when the record failed)
   topk_classes   list<int32>    the `topk` most probable classes, most probable first (ties:
@@ -84,7 +86,7 @@ class TableMetadata:
 
     Attributes:
       input: the input pattern the teacher pass read.
-      input_format: "tfrecord" or "images".
+      input_format: "tfrecord", "images", "parquet" or "webdataset".
       num_classes: the teacher's class count.
       topk: classes stored per row (`num_classes`: the whole distribution).
       teacher: the teacher's SavedModel path.
@@ -92,6 +94,8 @@ class TableMetadata:
       temperature: the softmax temperature baked into the probabilities.
       image_shape: the teacher's input [H, W, C].
       version: the table format version.
+      image_column: a Parquet input's image column ("" for other formats).
+      id_column: a Parquet input's id column ("": ids are content hashes, or not Parquet).
     """
 
     input: str
@@ -103,6 +107,8 @@ class TableMetadata:
     temperature: float = 1.0
     image_shape: tuple[int, ...] = ()
     version: int = FORMAT_VERSION
+    image_column: str = ""
+    id_column: str = ""
 
     def __post_init__(self):
         if not 1 <= self.topk <= self.num_classes:

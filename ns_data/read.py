@@ -17,12 +17,12 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from ns_data import predictions, schema
+from ns_data import formats, predictions, schema
 from ns_data.progress import Progress
 from ns_data.records import STAGE_FILE, STAGE_PARSE, Prediction, RawImage
 from ns_data.tfrecord import CorruptRecordError, iter_records
 
-INPUT_FORMATS = ("tfrecord", "images")
+INPUT_FORMATS = ("tfrecord", "images", *formats.FORMATS)
 # Images per element between reading and the teacher: Beam's per-element cost is paid once per
 # batch. A multiple of the usual teacher batches (64, 128, 256), so few teacher calls are padded.
 DEFAULT_READ_BATCH = 256
@@ -101,8 +101,10 @@ class _ReadFiles(beam.DoFn):
     files come as batches of paths, one image each.
     """
 
-    def __init__(self, input_format: str, batch_size: int, root: str = ""):
+    def __init__(self, input_format: str, batch_size: int, root: str = "",
+                 columns: formats.Columns = formats.Columns()):
         self._format = input_format
+        self._columns = columns
         self._batch_size = batch_size
         self._root = os.path.realpath(root) if root and "://" not in root else ""
         self._read = beam.metrics.Metrics.counter("ns_data", "images_read")
@@ -116,7 +118,8 @@ class _ReadFiles(beam.DoFn):
         self._progress = Progress.shared("read", total_bytes)
         images, failed = [], []
         records = (self._image_files(element, failed) if self._format == "images"
-                   else self._tfrecord_file(element, failed))
+                   else self._tfrecord_file(element, failed) if self._format == "tfrecord"
+                   else self._sample_file(element, failed))
         for image in records:
             images.append(image)
             if len(images) == self._batch_size:
@@ -146,6 +149,20 @@ class _ReadFiles(beam.DoFn):
         except (CorruptRecordError, OSError) as e:
             self._damaged.inc()
             failed.append(damaged_file(e, path, index))
+
+    def _sample_file(self, path: str, failed: list[Prediction]):
+        """A Parquet or WebDataset file (`formats`), like a TFRecord file."""
+        try:
+            for sample in formats.iter_samples(path, self._format, self._columns):
+                self._pending_bytes += sample.size
+                if sample.problem:
+                    failed.append(Prediction(path, sample.index, sample.image_id,
+                                             stage=STAGE_PARSE, message=sample.problem))
+                else:
+                    yield RawImage(sample.image_id, sample.encoded, path, sample.index)
+        except formats.DamagedInput as e:
+            self._damaged.inc()
+            failed.append(damaged_file(e, path, e.index))
 
     def _image_files(self, paths: list[str], failed: list[Prediction]):
         for path in paths:
@@ -187,7 +204,8 @@ class _ReadFiles(beam.DoFn):
         return beam.pvalue.TaggedOutput(FAILED, predictions.to_table(failed))
 
 
-def encoded_images(pattern: str, input_format: str):
+def encoded_images(pattern: str, input_format: str,
+                   columns: formats.Columns = formats.Columns()):
     """The encoded images of an input, in file order, skipping records that do not parse and
     the unreadable rest of damaged files (the launch check's sample; the pipeline reads with
     `ReadImages`)."""
@@ -197,6 +215,10 @@ def encoded_images(pattern: str, input_format: str):
                 with FileSystems.open(path,
                                       compression_type=CompressionTypes.UNCOMPRESSED) as f:
                     yield f.read()
+                continue
+            if input_format in formats.FORMATS:
+                yield from (s.encoded for s in formats.iter_samples(path, input_format, columns)
+                            if not s.problem)
                 continue
             for serialized in iter_records(path):
                 try:
@@ -226,6 +248,8 @@ class ReadImages(beam.PTransform):
     `image/id` (optional; default: a content hash of the bytes). A record that does not parse is
     a failed predictions row (stage "parse") named by a content hash of the whole record.
     `images`: a glob of image files; the id is the file path.
+    `parquet`, `webdataset`: see `formats` (`columns`: a Parquet input's image and id columns);
+    a sample is named by its row, or its position in the tar, as a record is.
 
     A damaged file costs only what cannot be read from it: the records of a TFRecord file before
     a truncated or corrupt frame are read, and one failed row (stage "damaged_file", the file's
@@ -238,7 +262,8 @@ class ReadImages(beam.PTransform):
     """
 
     def __init__(self, pattern: str, input_format: str = "tfrecord",
-                 batch_size: int = DEFAULT_READ_BATCH):
+                 batch_size: int = DEFAULT_READ_BATCH,
+                 columns: formats.Columns = formats.Columns()):
         super().__init__()
         if input_format not in INPUT_FORMATS:
             raise ValueError(f"input format must be one of {INPUT_FORMATS}, got {input_format!r}")
@@ -247,6 +272,7 @@ class ReadImages(beam.PTransform):
         self._pattern = pattern
         self._format = input_format
         self._batch_size = batch_size
+        self._columns = columns
 
     def expand(self, pbegin):
         matched = pbegin | "MatchFiles" >> fileio.MatchFiles(self._pattern)
@@ -260,6 +286,6 @@ class ReadImages(beam.PTransform):
             paths = paths | "BatchPaths" >> beam.BatchElements(
                 min_batch_size=self._batch_size, max_batch_size=self._batch_size)
         read = paths | "ReadFiles" >> beam.ParDo(
-            _ReadFiles(self._format, self._batch_size, glob_root(self._pattern)),
+            _ReadFiles(self._format, self._batch_size, glob_root(self._pattern), self._columns),
             total_bytes=beam.pvalue.AsSingleton(sizes)).with_outputs(FAILED, main="images")
         return ReadResult(read["images"], read[FAILED])

@@ -36,7 +36,7 @@ import tensorflow as tf
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from ns_data import schema
+from ns_data import formats, schema
 from ns_data import predictions as table
 from ns_data.balance import ClassPlan, id_hash
 from ns_data.read import ParseFailure, parse_image_record
@@ -323,6 +323,10 @@ class _PairWithImages(beam.DoFn):
             with FileSystems.open(source, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 yield 0, f.read()
             return
+        if self._metadata.input_format in formats.FORMATS:
+            yield from formats.read_wanted(source, self._metadata.input_format,
+                                           formats.table_columns(self._metadata), rows_at, path)
+            return
         last, found = max(rows_at), 0
         for index, serialized in enumerate(iter_records(source)):
             if index in rows_at:
@@ -339,6 +343,8 @@ class _PairWithImages(beam.DoFn):
         if self._metadata.input_format == "images":
             actual = source.encode()
             encoded = serialized
+        elif self._metadata.input_format in formats.FORMATS:
+            actual, encoded = serialized
         else:
             actual, encoded = parse_image_record(serialized)
         if actual != image_id:
@@ -365,7 +371,9 @@ class _PairWithImages(beam.DoFn):
                      chunks: Mapping[str, int]):
         image_id, stage, message = rows.ids[i], rows.stages[i], rows.messages[i] or ""
         encoded = serialized
-        if (serialized is not None and stage != STAGE_PARSE
+        if self._metadata.input_format in formats.FORMATS and serialized is not None:
+            encoded = serialized[1]  # (id, bytes) from `formats.read_wanted`
+        elif (serialized is not None and stage != STAGE_PARSE
                 and self._metadata.input_format != "images"):
             try:
                 _, encoded = parse_image_record(serialized)
