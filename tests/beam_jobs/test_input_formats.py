@@ -13,7 +13,7 @@ from ns_data import predictions, schema, stats
 from tests import fakes
 from tests.beam_jobs.test_label_and_balance import K, SEED, corpus, read_records, run_fake
 from tests.beam_jobs.test_rebalance import output_files
-from tests.ns_data.test_formats import corrupt_row_group, write_parquet
+from tests.ns_data.test_formats import corrupt_row_group, write_parquet, write_webdataset
 
 
 def parquet_corpus(folder, images, **kwargs) -> str:
@@ -39,18 +39,39 @@ def dead_letters(output_dir: str) -> dict[bytes, tuple[str, str]]:
             for d in map(schema.parse_example, read_records(output_dir, "dead_letters"))}
 
 
-def test_parquet_gives_the_same_pseudo_labels_as_tfrecords(tmp_path):
+def webdataset_corpus(folder, images) -> str:
+    """`images` in two tar shards (one gzipped), each sample with a .json and a .cls member beside
+    its image; their glob."""
+    os.makedirs(folder, exist_ok=True)
+    half = len(images) // 2
+    for name, part, mode in (("shard-0.tar", images[:half], "w"),
+                             ("shard-1.tar.gz", images[half:], "w:gz")):
+        members = []
+        for im in part:
+            key = im.image_id.decode()
+            members += [(f"{key}.json", b"{}"), (f"{key}.png", im.encoded), (f"{key}.cls", b"0")]
+        write_webdataset(os.path.join(folder, name), members, mode)
+    return os.path.join(folder, "shard-*")
+
+
+def test_the_same_images_give_the_same_pseudo_labels_in_every_format(tmp_path):
     images = corpus()
     tfrecord, tfrecord_stats = run_fake(tmp_path, images, name="tfrecord")
-    pattern = parquet_corpus(tmp_path / "pq", images)
-    parquet, parquet_stats = run_fake(tmp_path, images, f"--input={pattern}",
-                                      "--input_format=parquet", "--id_column=id",
-                                      name="parquet")
-    assert pseudo_labels(parquet) == pseudo_labels(tfrecord)
-    assert len(pseudo_labels(parquet)) == 3 * K
-    assert parquet_stats["classes"] == tfrecord_stats["classes"]
-    assert output_files(parquet) == output_files(tfrecord)  # the shards, byte for byte
+    parquet, parquet_stats = run_fake(
+        tmp_path, images, f"--input={parquet_corpus(tmp_path / 'pq', images)}",
+        "--input_format=parquet", "--id_column=id", name="parquet")
+    webdataset, webdataset_stats = run_fake(
+        tmp_path, images, f"--input={webdataset_corpus(tmp_path / 'wds', images)}",
+        "--input_format=webdataset", name="webdataset")
+    want = pseudo_labels(tfrecord)
+    assert len(want) == 3 * K
+    assert pseudo_labels(parquet) == want
+    assert pseudo_labels(webdataset) == want
+    assert parquet_stats["classes"] == webdataset_stats["classes"] == tfrecord_stats["classes"]
+    # The shards, byte for byte.
+    assert output_files(parquet) == output_files(webdataset) == output_files(tfrecord)
     assert parquet_stats["config"]["input_format"] == "parquet"
+    assert webdataset_stats["config"]["input_format"] == "webdataset"
 
 
 def test_bad_parquet_rows_and_files_become_dead_letters(tmp_path):
@@ -136,3 +157,44 @@ def test_the_table_records_the_parquet_columns(tmp_path):
     metadata = predictions.read_metadata(first)
     assert (metadata.input_format, metadata.image_column, metadata.id_column,
             metadata.num_classes) == ("parquet", "img", "", fakes.NUM_CLASSES)
+
+
+def test_bad_webdataset_samples_and_a_truncated_tar_become_dead_letters(tmp_path):
+    images = corpus()[:20]
+    folder = tmp_path / "wds"
+    folder.mkdir()
+    good = write_webdataset(folder / "a.tar", [
+        *[(f"{im.image_id.decode()}.png", im.encoded) for im in images[:10]],
+        ("two.png", images[0].encoded), ("two.jpg", images[1].encoded),
+        ("none.json", b"{}"), ("none.txt", b"caption"),
+        ("empty.png", b""),
+        ("corrupt.png", b"\x89PNG\r\n\x1a\n-not-really")])
+    keys = [im.image_id.decode() for im in images[10:]]
+    truncated = write_webdataset(folder / "b.tar", [
+        member for key, im in zip(keys, images[10:])
+        for member in ((f"{key}.png", im.encoded), (f"{key}.json", b"{}"))])
+    data = open(truncated, "rb").read()
+    # A sample is 4 blocks (a header and a data block per member): cut inside sample 6's image.
+    open(truncated, "wb").write(data[:512 * (6 * 4 + 1) + 10])
+    output_dir, run_stats = run_fake(tmp_path, images, f"--input={folder}/*.tar",
+                                     "--input_format=webdataset", "--images_per_class=1000",
+                                     "--min_confidence=0", "--label_type=hard")
+    totals = run_stats["totals"]
+    assert totals["read"] == 14 + 6 + 1
+    assert totals["failed"] == {"damaged_file": 1, "parse": 3, "decode": 1, "inference": 0,
+                                "invalid_output": 0}
+    assert totals["scored"] == 10 + 6
+    assert {r.image_id for r in pseudo_labels(output_dir)} == {im.image_id
+                                                               for im in images[:16]}
+    letters = dead_letters(output_dir)
+    assert letters[b"two"] == ("parse", f"{good} sample 10 (two) has 2 image members (one image "
+                               "per sample) (members: two.png, two.jpg)")
+    assert letters[b"none"] == ("parse", f"{good} sample 11 (none) has no image member "
+                                "(members: none.json, none.txt)")
+    assert letters[b"empty"] == ("parse", f"{good} sample 12 (empty): an empty image")
+    assert letters[b"corrupt"][0] == "decode"
+    stage, message = letters[f"{truncated}#6".encode()]
+    assert stage == "damaged_file" and message.startswith(
+        f"{truncated}: tar cannot be read from sample 6 ({images[16].image_id.decode()}) on (")
+    assert message.endswith("Its first 6 records are read; the rest of the file is lost.")
+    stats.check_reconciles(run_stats)
