@@ -1,6 +1,7 @@
 """What the job costs over a bare loop: label_and_balance end to end vs decode + predict alone.
 
     python -m bench.overhead [--work_dir /tmp/ns-bench-e2e] [--limit 0] [--decoders pillow,tf]
+                             [--repeat_input 1]
 
 On the 50,000 unlabeled Fashion-MNIST images of `bench.end_to_end` (8 TFRecord files, 28x28
 PNGs) with its tiny CNN teacher (a light teacher, so framework overhead is not hidden behind
@@ -17,7 +18,9 @@ model time), each in a fresh process, one after the other:
 
 Both walls include Python and TensorFlow start-up and loading the teacher; the bare loop also
 prints its loop alone. Every command runs `--repeats` times, interleaved; ratios are median
-images/s of the job over median images/s of the bare loop.
+images/s of the job over median images/s of the bare loop. `--repeat_input N` feeds both every
+image N times (copies with their own ids, written once next to the input), to see how the ratio
+moves as fixed costs are amortised over a larger input.
 """
 from __future__ import annotations
 
@@ -69,6 +72,29 @@ def bare_loop(pattern: str, teacher_path: str, batch_size: int) -> None:
                       "per_class": labels.tolist()}))
 
 
+def repeated_input(pattern: str, times: int) -> str:
+    """A copy of the input with every record `times` times, each copy with its own id
+    (`<id>~<k>`); made once next to the input. Returns its pattern."""
+    import tensorflow as tf
+
+    from ns_data import schema
+    from ns_data.read import parse_image_record
+    from ns_data.tfrecord import iter_records
+
+    directory = os.path.join(os.path.dirname(pattern), f"repeated-x{times}")
+    if not os.path.exists(os.path.join(directory, "_DONE")):
+        os.makedirs(directory, exist_ok=True)
+        for path in sorted(tf.io.gfile.glob(pattern)):
+            name = os.path.basename(path).removesuffix(".tfrecord")
+            for k in range(times):
+                with tf.io.TFRecordWriter(os.path.join(directory, f"{name}-{k}.tfrecord")) as out:
+                    for record in iter_records(path):
+                        image_id, encoded = parse_image_record(record)
+                        out.write(schema.image_example(encoded, b"%s~%d" % (image_id, k)))
+        open(os.path.join(directory, "_DONE"), "w").close()
+    return os.path.join(directory, "*.tfrecord")
+
+
 def _run(argv: list[str]) -> tuple[float, str]:
     env = {**os.environ, "PYTHONPATH": _ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
     start = time.perf_counter()
@@ -93,6 +119,9 @@ def main() -> None:
                         help="Runs of every command, interleaved; medians are reported.")
     parser.add_argument("--decoders", default="pillow,tf",
                         help="Comma-separated --decoder values to run the job with.")
+    parser.add_argument("--repeat_input", type=int, default=1,
+                        help="Feed every image this many times (copies get their own ids), to "
+                        "amortise fixed start-up costs over a larger input.")
     parser.add_argument("--bare", nargs=2, metavar=("PATTERN", "TEACHER"),
                         help=argparse.SUPPRESS)  # the bare loop's own process
     args = parser.parse_args()
@@ -102,6 +131,8 @@ def main() -> None:
     sys.path.insert(0, _ROOT)
     from bench.end_to_end import prepare
     pattern, teacher = prepare(args.work_dir, args.limit)
+    if args.repeat_input > 1:
+        pattern = repeated_input(pattern, args.repeat_input)
 
     bare_walls, job_walls, rows = [], {d: [] for d in args.decoders.split(",")}, {}
     for _ in range(args.repeats):  # interleaved: drift on a shared machine hits every command

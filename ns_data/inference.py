@@ -79,22 +79,17 @@ class _Decode(beam.DoFn):
             self._device = devices.on_cpu
 
     def process(self, images: Sequence[RawImage]):
-        keys, pixels, failed = [], [], []
         with self._device():
-            for image in images:
-                key = (image.source, image.index, image.image_id)
-                try:
-                    pixels.append(self._decoder(image.encoded))
-                except Exception as e:  # noqa: BLE001 - an undecodable image is a dead letter
-                    failed.append(_failure(key, STAGE_DECODE,
-                                           f"{type(e).__name__}: {_first_line(e)}"))
-                    continue
-                keys.append(key)
-        if failed:
+            pixels, errors = self._decoder.decode_batch([image.encoded for image in images])
+        keys = [(image.source, image.index, image.image_id) for image in images]
+        if errors:
+            failed = [_failure(keys[i], STAGE_DECODE, f"{type(e).__name__}: {_first_line(e)}")
+                      for i, e in errors.items()]
             self._failed.inc(len(failed))
             yield beam.pvalue.TaggedOutput(_FAILED, predictions.to_table(failed))
+            keys = [key for i, key in enumerate(keys) if i not in errors]
         if keys:
-            yield keys, np.stack(pixels)
+            yield keys, pixels
 
 
 class TeacherOnBatches(ModelHandler):

@@ -145,6 +145,31 @@ def test_decoder_pickles_after_use():
     np.testing.assert_array_equal(clone(png(pixels)), pixels)
 
 
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_decode_batch_gives_each_image_what_decoding_it_alone_gives(name):
+    """Pixels (a resize and a JPEG included) and errors equal one call per image, also when a
+    bad image makes the batched TensorFlow call fail and it falls back to single images."""
+    spec = ImageSpec(8, 6, 3)
+    decoder = make_decoder(name, spec, max_pixels=5_000)
+    good = [png(random_pixels((8, 6, 3), seed=5)), jpeg(smooth_pixels(30, 40, seed=6)),
+            png(random_pixels((16, 12, 3), seed=7))]
+    for batch in (good, [good[0], b"junk", b"", good[1], png(np.zeros((100, 80, 3), np.uint8)),
+                         good[2]]):
+        alone, alone_errors = [], {}
+        for i, data in enumerate(batch):
+            try:
+                alone.append(decoder(data))
+            except Exception as e:  # noqa: BLE001
+                alone_errors[i] = f"{type(e).__name__}: {e}"
+        pixels, errors = decoder.decode_batch(batch)
+        assert pixels.dtype == np.uint8 and pixels.shape == (len(alone), *spec.shape)
+        np.testing.assert_array_equal(pixels, np.stack(alone))
+        assert {i: f"{type(e).__name__}: {e}" for i, e in errors.items()} == alone_errors
+    assert sorted(alone_errors) == [1, 2, 4]
+    pixels, errors = decoder.decode_batch([b""])
+    assert pixels.shape == (0, *spec.shape) and list(errors) == [0]
+
+
 def test_image_dimensions_from_headers_without_decoding():
     pixels = np.zeros((7, 11, 3), dtype=np.uint8)
     assert image_dimensions(tf.io.encode_png(pixels).numpy()) == (7, 11)
