@@ -5,7 +5,7 @@
         --labeled='data/labeled-*.tfrecord' --eval='data/test-*.tfrecord' --workdir=out/teacher
     # student: labeled + the pseudo-labeled shards of label_and_balance
     python -m ns_train.train --config=ns_train/configs/fashion_mnist.py \
-        --labeled='data/labeled-*.tfrecord' --unlabeled='out/pl/pseudo_labeled-*.tfrecord' \
+        --labeled='data/labeled-*.tfrecord' --unlabeled='out/pl/pseudo_labels-*.tfrecord' \
         --eval='data/test-*.tfrecord' --workdir=out/student
 
 Each step draws a labeled batch and an unlabeled batch `unlabeled_ratio` times larger, applies
@@ -13,7 +13,8 @@ RandAugment to both (the input noise), runs the model with dropout and stochasti
 model noise) and minimises cross-entropy over the concatenation: labeled rows with label
 smoothing against their class, unlabeled rows against the teacher's hard or soft target, so each
 part is weighted by its batch size. An exponential moving average of the weights is evaluated and
-exported. Rerunning with the same --workdir resumes from the latest checkpoint.
+exported. Rerunning with the same --workdir resumes from the latest checkpoint. The run's length,
+schedule and optimiser come from `ns_train.optim`, the export from `ns_train.export`.
 
 Before the first step every input file is read once and every labeled and eval record is run
 through the trainer's parser (`ns_train.checks`): a record training could not use stops the run
@@ -24,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import posixpath
 import sys
 import time
@@ -35,11 +35,11 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from ns_data import completion
-from ns_data.teacher import TeacherMetadata, write_metadata
-from ns_train import checks, data, preprocess
+from ns_train import checks, data, optim, preprocess
 from ns_train.augment import RandAugmentConfig, augment_batch
 from ns_train.config import TrainConfig, parse_args
 from ns_train.efficientnet import efficientnet
+from ns_train.export import export_model
 from ns_train.models import small_resnet
 
 logger = logging.getLogger("ns_train")
@@ -79,53 +79,6 @@ def build_model(config: TrainConfig) -> keras.Model:
                         final_survival=config.stochastic_depth)
 
 
-@keras.saving.register_keras_serializable(package="ns_train")
-class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup from 0 to `peak`, then cosine to 0, staircase exponential, or constant."""
-
-    def __init__(self, peak: float, warmup_steps: int, total_steps: int, kind: str = "cosine",
-                 decay_rate: float = 0.97, decay_steps: int = 1):
-        self.peak = peak
-        self.warmup_steps = warmup_steps
-        self.total_steps = total_steps
-        self.kind = kind
-        self.decay_rate = decay_rate
-        self.decay_steps = max(1, decay_steps)
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        warmup = float(self.warmup_steps)
-        after = tf.maximum(step - warmup, 0.0)
-        if self.kind == "cosine":
-            span = float(max(1, self.total_steps - self.warmup_steps))
-            decayed = 0.5 * self.peak * (1.0 + tf.cos(math.pi * tf.minimum(after, span) / span))
-        elif self.kind == "exponential":
-            decayed = self.peak * self.decay_rate ** tf.floor(after / self.decay_steps)
-        else:
-            decayed = tf.constant(self.peak, tf.float32)
-        warm = self.peak * step / max(1.0, warmup)
-        return tf.where(step < warmup, warm, decayed)
-
-    def get_config(self) -> dict[str, Any]:
-        return {"peak": self.peak, "warmup_steps": self.warmup_steps,
-                "total_steps": self.total_steps, "kind": self.kind,
-                "decay_rate": self.decay_rate, "decay_steps": self.decay_steps}
-
-
-def make_optimizer(config: TrainConfig, schedule: WarmupDecay) -> keras.optimizers.Optimizer:
-    """SGD, RMSProp (EfficientNet's settings) or AdamW; decoupled decay skips biases and norms."""
-    decay = config.weight_decay or None
-    if config.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, weight_decay=decay)
-    elif config.optimizer == "rmsprop":
-        optimizer = keras.optimizers.RMSprop(schedule, rho=0.9, momentum=config.momentum,
-                                             epsilon=1e-3, weight_decay=decay)
-    else:
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
-    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    return optimizer
-
-
 def per_example_losses(logits: tf.Tensor, labeled_targets: tf.Tensor,
                        unlabeled_targets: tf.Tensor | None,
                        label_smoothing: float) -> tuple[tf.Tensor, tf.Tensor]:
@@ -143,19 +96,6 @@ def per_example_losses(logits: tf.Tensor, labeled_targets: tf.Tensor,
     unlabeled = keras.losses.categorical_crossentropy(unlabeled_targets, logits[n_l:],
                                                       from_logits=True)
     return labeled, unlabeled
-
-
-def steps_per_epoch(config: TrainConfig, num_labeled: int, num_unlabeled: int) -> float:
-    """Steps for one pass over whichever stream takes longer to go through once."""
-    per_epoch = num_labeled / config.batch_size
-    if config.student:
-        per_epoch = max(per_epoch, num_unlabeled / config.unlabeled_batch_size)
-    return max(per_epoch, 1.0)
-
-
-def total_steps(config: TrainConfig, epoch_steps: float) -> int:
-    """--steps, or --epochs of `epoch_steps` each."""
-    return config.steps or max(1, math.ceil(config.epochs * epoch_steps))
 
 
 def _noised(batches: tf.data.Dataset, config: TrainConfig, seed: int, start: int):
@@ -240,15 +180,13 @@ class Trainer:
         self.total = total
         self.strategy = strategy or make_strategy(config.tpu)
         keras.utils.set_random_seed(config.seed)
-        warmup = int(0.05 * total) if config.warmup_steps < 0 else config.warmup_steps
-        self.schedule = WarmupDecay(config.learning_rate, warmup, total, config.schedule,
-                                    config.decay_rate, round(config.decay_epochs * epoch_steps))
+        self.schedule = optim.make_schedule(config, total, epoch_steps)
         with self.strategy.scope():
             self.preprocessor = preprocess.Preprocessor(transform_dir)
             self.model = build_model(config)
             self.ema_model = build_model(config) if config.ema_decay else self.model
             self.ema_model.set_weights(self.model.get_weights())
-            self.optimizer = make_optimizer(config, self.schedule)
+            self.optimizer = optim.make_optimizer(config, self.schedule)
             self.optimizer.build(self.model.trainable_variables)
             self.train_sums = _Sums(_METRICS)
             self.eval_sums = _Sums(("loss", "correct", "count"))
@@ -402,35 +340,6 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
-class _Serving(tf.Module):
-    """uint8 images [N, H, W, C] → {"probabilities": [N, num_classes]}, through the preprocessor."""
-
-    def __init__(self, model: keras.Model, preprocessor: preprocess.Preprocessor,
-                 config: TrainConfig):
-        super().__init__(name="ns_teacher")
-        self.model = model
-        self.preprocessor = preprocessor
-        self.serve = tf.function(self._serve, input_signature=[
-            tf.TensorSpec((None, *config.image.shape), tf.uint8, name="images")])
-
-    def _serve(self, images):
-        logits = tf.cast(self.model(self.preprocessor(images), training=False), tf.float32)
-        return {"probabilities": tf.nn.softmax(logits, axis=-1)}
-
-
-def export(trainer: Trainer, export_dir: str, eval_top1: float | None = None) -> None:
-    """Writes the EMA model + preprocessing as a SavedModel label_and_balance serves unflagged."""
-    config = trainer.config
-    serving = _Serving(trainer.ema_model, trainer.preprocessor, config)
-    tf.saved_model.save(serving, export_dir, signatures={"serving_default": serving.serve})
-    write_metadata(export_dir, TeacherMetadata(
-        image_size=tuple(config.image_size), channels=config.channels, input_dtype="uint8",
-        input_range=(0.0, 255.0), outputs="probabilities", num_classes=config.num_classes,
-        class_names=tuple(config.class_name_list), model=config.model,
-        normalization=config.normalization, step=trainer.step, eval_top1=eval_top1))
-    logger.info("Exported the EMA model to %s", export_dir)
-
-
 def refuse_changed_settings(path: str, current: dict[str, Any], may_change: set[str],
                             workdir: str) -> bool:
     """Compares a run's settings with the record at `path` (JSON) before resuming it.
@@ -523,8 +432,8 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
         if not preprocess.has_analysis(transform_dir):
             preprocess.analyze_labeled(inputs.labeled.files, config.image, config.num_classes,
                                        transform_dir)
-    epoch_steps = steps_per_epoch(config, num_labeled, num_unlabeled)
-    total = total_steps(config, epoch_steps)
+    epoch_steps = optim.steps_per_epoch(config, num_labeled, num_unlabeled)
+    total = optim.total_steps(config, epoch_steps)
     logger.info("%s mode: %d labeled%s images, %d steps of %d labeled%s",
                 "Student" if config.student else "Teacher", num_labeled,
                 f" + {num_unlabeled} pseudo-labeled" if config.student else "", total,
@@ -555,7 +464,8 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
                                       on_eval if config.eval else None)
     evaluation = on_eval(trainer.step) if config.eval else None
     export_dir = config.export_dir or posixpath.join(config.workdir, "export")
-    export(trainer, export_dir, evaluation["top1"] if evaluation else None)
+    export_model(trainer.ema_model, trainer.preprocessor, config, export_dir, trainer.step,
+                 evaluation["top1"] if evaluation else None)
     writer.flush()
     result = {"step": trainer.step, "resumed_from": start, "total_steps": total,
               "num_labeled": num_labeled, "num_unlabeled": num_unlabeled,

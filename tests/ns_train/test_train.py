@@ -1,5 +1,5 @@
-"""ns_train.train: teacher and student steps, losses, schedule, noise, export through the Beam
-handler, and resume."""
+"""ns_train.train: teacher and student steps, losses, noise, evaluation, input checks, resume, and
+the same code path under MirroredStrategy."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,33 +9,14 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from ns_data import completion, schema
-from ns_data.teacher import TeacherModelHandler, inspect_teacher, read_metadata
 from ns_train import train
 from ns_train.config import TrainConfig
 from tests.ns_train import toy
-
-QUIET = dict(randaugment_ops=0, dropout=0.0, stochastic_depth=1.0)
-
-
-@pytest.fixture(scope="module")
-def toy_files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    labeled = str(root / "labeled.tfrecord")
-    toy.write_labeled(labeled, 64)
-    evaluation = str(root / "eval.tfrecord")
-    toy.write_labeled(evaluation, 40, seed=7)
-    pseudo = {}
-    for label_type in schema.LabelType:
-        pseudo[label_type] = str(root / f"pseudo-{label_type.value}.tfrecord")
-        toy.write_pseudo_labeled(pseudo[label_type], 48, label_type)
-    completion.write_marker(str(root), {"job": "test fixture"})  # as label_and_balance does
-    return {"labeled": labeled, "eval": evaluation, "pseudo": pseudo}
 
 
 def test_a_student_refuses_pseudo_labels_of_an_unfinished_run(toy_files, tmp_path):
@@ -43,8 +24,8 @@ def test_a_student_refuses_pseudo_labels_of_an_unfinished_run(toy_files, tmp_pat
     unfinished.mkdir()
     shard = str(unfinished / "pseudo_labels-00000-of-00002.tfrecord")
     toy.write_pseudo_labeled(shard, 16, schema.LabelType.HARD)
-    config = toy_config(tmp_path / "w", toy_files["labeled"], steps=2,
-                        unlabeled=str(unfinished / "pseudo_labels-*"))
+    config = toy.train_config(tmp_path / "w", toy_files["labeled"], steps=2,
+                              unlabeled=str(unfinished / "pseudo_labels-*"))
     with pytest.raises(completion.IncompleteOutputError,
                        match=f"--unlabeled: {unfinished} has no _SUCCESS marker.*"
                              "pass --allow_incomplete"):
@@ -52,16 +33,6 @@ def test_a_student_refuses_pseudo_labels_of_an_unfinished_run(toy_files, tmp_pat
     assert not (tmp_path / "w").exists()  # refused before any work
     result = train.train(dataclasses.replace(config, allow_incomplete=True))
     assert result["step"] == 2
-
-
-def toy_config(workdir, labeled, **overrides) -> TrainConfig:
-    values = dict(workdir=str(workdir), labeled=labeled, num_classes=toy.NUM_CLASSES,
-                  image_size=(8, 8), channels=1, resnet_widths=(8, 16), resnet_blocks=1,
-                  batch_size=16, steps=12, log_every=4, optimizer="adamw", learning_rate=0.01,
-                  weight_decay=0.0, warmup_steps=1, schedule="constant", normalization="none",
-                  shuffle_buffer=64)
-    values.update(overrides)
-    return TrainConfig(**values)
 
 
 def logged_losses(config: TrainConfig) -> list[dict[str, float]]:
@@ -72,7 +43,7 @@ def logged_losses(config: TrainConfig) -> list[dict[str, float]]:
 
 
 def test_teacher_mode_loss_is_finite_and_decreases(toy_files, tmp_path):
-    logs = logged_losses(toy_config(tmp_path, toy_files["labeled"], **QUIET))
+    logs = logged_losses(toy.train_config(tmp_path, toy_files["labeled"], **toy.QUIET))
     losses = [m["loss"] for m in logs]
     assert len(logs) == 3
     assert all(math.isfinite(x) for x in losses)
@@ -82,8 +53,9 @@ def test_teacher_mode_loss_is_finite_and_decreases(toy_files, tmp_path):
 
 @pytest.mark.parametrize("label_type", list(schema.LabelType))
 def test_student_mode_each_target_type_loss_decreases(toy_files, tmp_path, label_type):
-    config = toy_config(tmp_path, toy_files["labeled"], unlabeled=toy_files["pseudo"][label_type],
-                        unlabeled_ratio=2, **QUIET)
+    config = toy.train_config(tmp_path, toy_files["labeled"],
+                              unlabeled=toy_files["pseudo"][label_type], unlabeled_ratio=2,
+                              **toy.QUIET)
     assert config.unlabeled_batch_size == 32
     logs = logged_losses(config)
     first, last = logs[0], logs[-1]
@@ -97,10 +69,10 @@ def test_student_mode_each_target_type_loss_decreases(toy_files, tmp_path, label
 
 
 def test_one_noisy_step_with_every_noise_on(toy_files, tmp_path):
-    config = toy_config(tmp_path, toy_files["labeled"],
-                        unlabeled=toy_files["pseudo"][schema.LabelType.SOFT_TOPK],
-                        steps=1, log_every=1, randaugment_ops=2, randaugment_magnitude=15,
-                        dropout=0.3, stochastic_depth=0.8)
+    config = toy.train_config(tmp_path, toy_files["labeled"],
+                              unlabeled=toy_files["pseudo"][schema.LabelType.SOFT_TOPK],
+                              steps=1, log_every=1, randaugment_ops=2, randaugment_magnitude=15,
+                              dropout=0.3, stochastic_depth=0.8)
     (metrics,) = logged_losses(config)
     assert math.isfinite(metrics["loss"]) and metrics["loss"] > 0
 
@@ -118,58 +90,26 @@ def test_per_example_losses_match_numpy():
     np.testing.assert_allclose(unlabeled.numpy(), -(y_u * log_p[2:]).sum(-1), rtol=1e-5)
 
 
-def test_schedule_warmup_cosine_and_exponential():
-    cosine = train.WarmupDecay(1.0, 10, 110, "cosine")
-    assert float(cosine(0)) == 0.0
-    assert float(cosine(5)) == pytest.approx(0.5)
-    assert float(cosine(10)) == pytest.approx(1.0)
-    assert float(cosine(60)) == pytest.approx(0.5)
-    assert float(cosine(110)) == pytest.approx(0.0, abs=1e-7)
-    exponential = train.WarmupDecay(1.0, 0, 100, "exponential", decay_rate=0.5, decay_steps=10)
-    assert [float(exponential(s)) for s in (0, 9, 10, 25)] == pytest.approx([1, 1, 0.5, 0.25])
-    assert float(train.WarmupDecay(0.3, 0, 100, "constant")(77)) == pytest.approx(0.3)
-
-
-@pytest.mark.parametrize("name", ["sgd", "rmsprop", "adamw"])
-def test_optimizers_decay_weights_but_not_biases_or_norms(tmp_path, name):
-    config = toy_config(tmp_path, "x", optimizer=name, weight_decay=0.1)
-    optimizer = train.make_optimizer(config, train.WarmupDecay(0.1, 0, 10, "constant"))
-    kernel = keras.Variable(np.ones(3, np.float32), name="kernel")
-    bias = keras.Variable(np.ones(3, np.float32), name="bias")
-    optimizer.build([kernel, bias])
-    optimizer.apply_gradients([(tf.zeros(3), kernel), (tf.zeros(3), bias)])
-    assert float(kernel.numpy()[0]) < 1.0
-    assert float(bias.numpy()[0]) == 1.0
-
-
-def test_steps_from_epochs_follow_the_longer_stream(tmp_path):
-    teacher = toy_config(tmp_path, "x", steps=0, epochs=2, batch_size=10)
-    assert train.total_steps(teacher, train.steps_per_epoch(teacher, 95, 0)) == 19
-    student = toy_config(tmp_path, "x", steps=0, epochs=2, batch_size=10, unlabeled="u",
-                         unlabeled_ratio=3)
-    assert train.total_steps(student, train.steps_per_epoch(student, 95, 600)) == 40
-    assert train.total_steps(toy_config(tmp_path, "x", steps=7), 1000.0) == 7
-
-
 def test_randaugment_only_on_training_batches(toy_files, tmp_path):
     images, labels = toy.toy_images(64)
-    noisy = toy_config(tmp_path, toy_files["labeled"], randaugment_ops=2,
-                       randaugment_magnitude=20, shuffle_buffer=1, batch_size=64)
-    clean = toy_config(tmp_path, toy_files["labeled"], randaugment_ops=0, shuffle_buffer=1,
-                       batch_size=64)
+    noisy = toy.train_config(tmp_path, toy_files["labeled"], randaugment_ops=2,
+                             randaugment_magnitude=20, shuffle_buffer=1, batch_size=64)
+    clean = toy.train_config(tmp_path, toy_files["labeled"], randaugment_ops=0, shuffle_buffer=1,
+                             batch_size=64)
     (noisy_batch, _), = next(iter(train.training_dataset(noisy)))
     (clean_batch, _), = next(iter(train.training_dataset(clean)))
     np.testing.assert_array_equal(clean_batch.numpy(), images)
     changed = np.mean([not np.array_equal(a, b) for a, b in zip(noisy_batch.numpy(), images)])
     assert changed > 0.5
     eval_images, _, mask = next(iter(train.eval_dataset(
-        toy_config(tmp_path, "", eval=toy_files["labeled"], randaugment_ops=2, batch_size=64))))
+        toy.train_config(tmp_path, "", eval=toy_files["labeled"], randaugment_ops=2,
+                         batch_size=64))))
     np.testing.assert_array_equal(eval_images.numpy(), images)
     assert float(tf.reduce_sum(mask)) == 64
 
 
 def test_eval_pads_the_last_batch_and_counts_every_image(toy_files, tmp_path):
-    config = toy_config(tmp_path, toy_files["labeled"], eval=toy_files["eval"], batch_size=16)
+    config = toy.train_config(tmp_path, toy_files["labeled"], eval=toy_files["eval"], batch_size=16)
     batches = list(train.eval_dataset(config))
     assert [int(tf.reduce_sum(m)) for _, _, m in batches] == [16, 16, 8]
     assert all(images.shape[0] == 16 for images, _, _ in batches)
@@ -181,47 +121,14 @@ def test_eval_pads_the_last_batch_and_counts_every_image(toy_files, tmp_path):
     assert result["top1"] == pytest.approx(np.mean(predicted == labels))
 
 
-@pytest.mark.slow
-def test_export_serves_through_the_beam_handler_with_the_same_probabilities(toy_files, tmp_path):
-    config = toy_config(tmp_path, toy_files["labeled"], eval=toy_files["eval"],
-                        normalization="tft", ema_decay=0.9, class_names="tl,tr,bl,br", steps=8)
-    result = train.train(config)
-    assert result["step"] == 8 and result["eval"]["count"] == 40
-    export_dir = result["export_dir"]
-    metadata = read_metadata(export_dir)
-    assert metadata.outputs == "probabilities" and metadata.class_names == ("tl", "tr", "bl",
-                                                                             "br")
-    assert metadata.eval_top1 == pytest.approx(result["eval"]["top1"])
-    assert (metadata.image_size, metadata.input_range, metadata.step) == (
-        tuple(config.image_size), (0.0, 255.0), 8)
-
-    spec = inspect_teacher(export_dir, batch_size=16)
-    assert (spec.image, spec.num_classes, spec.input_dtype, spec.outputs) == (
-        toy.IMAGE, 4, "uint8", "probabilities")
-    images, _ = toy.toy_images(20, seed=3)
-    handler = TeacherModelHandler(spec)
-    served = np.stack([r.inference[1] for r in
-                       handler.run_inference(list(images), handler.load_model())])
-
-    trainer = train.Trainer(config, 8, 1.0, str(tmp_path / "transform"))
-    trainer.restore()
-    normalized = trainer.preprocessor(tf.constant(images))
-    expected = tf.nn.softmax(trainer.ema_model(normalized, training=False)).numpy()
-    np.testing.assert_allclose(served, expected, atol=1e-5)
-    assert not np.allclose(expected, expected[0])
-    # The export normalises with the labeled set's statistics, not a fixed 1/255.
-    labeled, _ = toy.toy_images(64)
-    np.testing.assert_allclose(normalized.numpy(),
-                               (images - labeled.mean()) / labeled.std(), rtol=1e-4, atol=1e-4)
-
-
 class Interrupted(Exception):
     pass
 
 
 @pytest.mark.slow
 def test_resume_continues_the_step_count_from_the_checkpoint(toy_files, tmp_path):
-    config = toy_config(tmp_path, toy_files["labeled"], steps=9, log_every=3, checkpoint_every=3)
+    config = toy.train_config(tmp_path, toy_files["labeled"], steps=9, log_every=3,
+                              checkpoint_every=3)
     train.check_workdir_config(config)
     first = train.Trainer(config, 9, 1.0, None)
     at_step_3 = []
@@ -264,9 +171,9 @@ def test_a_damaged_input_file_costs_only_its_unreadable_rest(toy_files, tmp_path
     toy.write_pseudo_labeled(str(data_dir / "pseudo-0.tfrecord"), 48, schema.LabelType.HARD)
     not_a_tfrecord = data_dir / "pseudo-1.tfrecord"
     not_a_tfrecord.write_bytes(toy.png(toy.toy_images(1)[0][0]))
-    config = toy_config(tmp_path / "w", str(data_dir / "labeled-*"), steps=2, log_every=1,
-                        unlabeled=str(data_dir / "pseudo-*"), allow_incomplete=True,
-                        eval=toy_files["eval"], batch_size=8)
+    config = toy.train_config(tmp_path / "w", str(data_dir / "labeled-*"), steps=2, log_every=1,
+                              unlabeled=str(data_dir / "pseudo-*"), allow_incomplete=True,
+                              eval=toy_files["eval"], batch_size=8)
     result = train.train(config)
     assert (result["step"], result["num_labeled"], result["num_unlabeled"]) == (2, 76, 48)
     assert result["eval"]["count"] == 40
@@ -289,7 +196,7 @@ def test_a_bad_eval_or_labeled_record_fails_before_the_first_step(toy_files, tmp
             label = 9 if i == 5 else i % toy.NUM_CLASSES  # num_classes is 4
             w.write(schema.image_example(toy.png(image), b"img-%d" % i, label=label))
     inputs = {"labeled": toy_files["labeled"], "eval": toy_files["eval"], flag: bad}
-    config = toy_config(tmp_path / "w", inputs["labeled"], eval=inputs["eval"], steps=2)
+    config = toy.train_config(tmp_path / "w", inputs["labeled"], eval=inputs["eval"], steps=2)
     assert config.normalization == "none"  # checked whatever the normalisation
     with pytest.raises(ValueError, match=rf"^--{flag}: 1 record the trainer cannot use, e.g. "
                                          rf"{bad} record 5 \(id img-5\): a record's 'label' is "
@@ -302,12 +209,12 @@ def test_a_bad_eval_or_labeled_record_fails_before_the_first_step(toy_files, tmp
 
 
 def test_a_workdir_refuses_to_resume_under_other_settings(toy_files, tmp_path):
-    train.check_workdir_config(toy_config(tmp_path, toy_files["labeled"]))
-    train.check_workdir_config(toy_config(tmp_path, toy_files["labeled"], log_every=2,
-                                          eval=toy_files["eval"]))
+    train.check_workdir_config(toy.train_config(tmp_path, toy_files["labeled"]))
+    train.check_workdir_config(toy.train_config(tmp_path, toy_files["labeled"], log_every=2,
+                                                eval=toy_files["eval"]))
     with pytest.raises(ValueError, match=r"steps: 12 -> 20, learning_rate: 0.01 -> 0.02"):
-        train.check_workdir_config(toy_config(tmp_path, toy_files["labeled"],
-                                              learning_rate=0.02, steps=20))
+        train.check_workdir_config(toy.train_config(tmp_path, toy_files["labeled"],
+                                                    learning_rate=0.02, steps=20))
 
 
 MIRRORED = """

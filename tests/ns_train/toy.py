@@ -1,5 +1,6 @@
 """A learnable toy set: 8x8 grayscale images whose class is the bright quadrant, as TFRecords,
-and the ways a TFRecord file gets damaged (cut short, a flipped bit)."""
+the ways a TFRecord file gets damaged (cut short, a flipped bit), and a trainer config small
+enough to train on it in seconds."""
 from __future__ import annotations
 
 import itertools
@@ -10,9 +11,12 @@ import tensorflow as tf
 from ns_data import schema
 from ns_data.images import ImageSpec
 from ns_data.tfrecord import iter_records
+from ns_train.config import TrainConfig
 
 IMAGE = ImageSpec(8, 8, 1)
 NUM_CLASSES = 4
+# No noise at all: losses of a few steps are then comparable.
+QUIET = dict(randaugment_ops=0, dropout=0.0, stochastic_depth=1.0)
 
 
 def toy_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -72,3 +76,14 @@ def flip_bit_in_record(path: str, index: int) -> int:
         f.seek(offset + 12 + 5)
         f.write(bytes([byte ^ 0x10]))
     return offset
+
+
+def train_config(workdir, labeled: str, **overrides) -> TrainConfig:
+    """A tiny ResNet on the toy images: 12 constant-rate AdamW steps of 16, logged every 4."""
+    values = dict(workdir=str(workdir), labeled=labeled, num_classes=NUM_CLASSES,
+                  image_size=(8, 8), channels=1, resnet_widths=(8, 16), resnet_blocks=1,
+                  batch_size=16, steps=12, log_every=4, optimizer="adamw", learning_rate=0.01,
+                  weight_decay=0.0, warmup_steps=1, schedule="constant", normalization="none",
+                  shuffle_buffer=64)
+    values.update(overrides)
+    return TrainConfig(**values)
