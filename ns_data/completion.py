@@ -5,25 +5,38 @@ counts reconcile and the share of failed images is within `--max_failure_fractio
 removes the old marker before anything else. A directory without a marker is a run that was
 interrupted, crashed or failed its failure check, and every reader in the project
 (`rebalance`, `ns_train`, `iterate`) refuses it unless told otherwise. The marker is JSON: the
-job, its settings and its totals, with no timestamp, so reruns stay byte-identical.
+job, its settings, its totals and the size of each pseudo-label shard, with no timestamp, so
+reruns stay byte-identical.
+
+The trainer counts a finished run's pseudo-labels from its `stats.json` instead of reading every
+shard (`recorded_records`), when its glob is exactly that run's shards and each still has the
+size the marker recorded.
 """
 from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import tensorflow as tf
+from apache_beam.io.filesystems import FileSystems
 
 from ns_data import read, stats
+from ns_data.write import PSEUDO_LABEL_PREFIX, shard_path, shard_pattern
 
 SUCCESS_FILE = "_SUCCESS"
+# The marker's key for {shard file name: bytes} of the run's pseudo-label shards.
+SHARD_BYTES = "shard_bytes"
 DEFAULT_MAX_FAILURE_FRACTION = 0.01
 
 
 class IncompleteOutputError(ValueError):
     """A directory has no completion marker."""
+
+
+class UnrecordedShardsError(ValueError):
+    """Files whose record counts a finished run's stats.json does not vouch for."""
 
 
 class RunCheckError(RuntimeError):
@@ -82,8 +95,61 @@ def finish_run(output_dir: str, job: str, max_failure_fraction: float, max_copie
         write_marker(table_dir, summary)
     check_failures(run_stats, max_failure_fraction, output_dir)
     check_copies(run_stats, max_copies, output_dir)
-    write_marker(output_dir, summary)
+    write_marker(output_dir, {**summary, SHARD_BYTES: shard_bytes(output_dir)})
     return run_stats
+
+
+def shard_bytes(output_dir: str) -> dict[str, int]:
+    """{file name: size} of the pseudo-label shards in `output_dir`, from one listing."""
+    matched = FileSystems.match([shard_pattern(output_dir, PSEUDO_LABEL_PREFIX)])[0]
+    return {posixpath.basename(m.path): m.size_in_bytes
+            for m in sorted(matched.metadata_list, key=lambda m: m.path)}
+
+
+def read_marker(directory: str) -> dict[str, Any]:
+    with tf.io.gfile.GFile(marker_path(directory)) as f:
+        return json.load(f)
+
+
+def recorded_records(directory: str, paths: Sequence[str]) -> dict[str, int]:
+    """Records per file of `paths`, from the stats.json of the finished run in `directory`.
+
+    Costs two small reads and one listing, where counting reads every byte of every shard.
+
+    Raises:
+      UnrecordedShardsError: saying why the run does not vouch for `paths` (the caller then
+        counts by reading them): no marker; a run written before stats.json held records per
+        shard and the marker their sizes; `paths` not exactly the run's pseudo-label shards (a
+        subset, or other files too); a stats.json whose written total is not the marker's (from
+        another run, or edited); or a shard whose size is no longer the one the marker recorded
+        (truncated, replaced or appended to since the run finished).
+    """
+    if not is_complete(directory):
+        raise UnrecordedShardsError(f"{directory} has no {SUCCESS_FILE} marker")
+    marker = read_marker(directory)
+    run_stats = stats.read_stats(directory)
+    counts = run_stats.get("shards", {}).get("records")
+    sizes = marker.get(SHARD_BYTES)
+    if counts is None or sizes is None:
+        raise UnrecordedShardsError(f"the run in {directory} did not record its shards' records "
+                                    f"and sizes (it predates that)")
+    expected = {shard_path(directory, PSEUDO_LABEL_PREFIX, shard, len(counts)): records
+                for shard, records in enumerate(counts)}
+    if set(paths) != set(expected):
+        raise UnrecordedShardsError(f"the glob matches {len(paths)} files in {directory}, not "
+                                    f"exactly its run's {len(expected)} pseudo-label shards")
+    written = {"stats.json": run_stats["totals"]["written"],
+               SUCCESS_FILE: marker.get("totals", {}).get("written")}
+    if set(written.values()) != {sum(counts)}:
+        raise UnrecordedShardsError(f"{directory}: the records written per shard sum to "
+                                    f"{sum(counts)}, the totals say {written}")
+    now = shard_bytes(directory)
+    changed = sorted(name for name in map(posixpath.basename, paths)
+                     if now.get(name) != sizes.get(name))
+    if changed:
+        raise UnrecordedShardsError(f"{directory}: {len(changed)} shard(s) changed size since the "
+                                    f"run finished, e.g. {changed[0]}")
+    return {path: expected[path] for path in paths}
 
 
 def write_marker(directory: str, contents: Mapping[str, Any]) -> str:

@@ -91,7 +91,9 @@ def build_stats(
         "totals": totals,
         "empty_classes": [c["class"] for c in classes if c["above_threshold"] == 0],
         "classes": classes,
-        "shards": {"count": len(counts), "min_records": min(counts), "max_records": max(counts)},
+        # Records per shard, so a reader of every shard (the trainer) need not count them.
+        "shards": {"count": len(counts), "min_records": min(counts), "max_records": max(counts),
+                   "records": counts},
     }
 
 

@@ -8,8 +8,17 @@ and training reads exactly the records before the damage (`data.InputSpec.files`
 The records of --labeled and --eval also go through the trainer's own parser (`data.parse`: the
 schema's Example, `schema.dense_targets`, `decode_and_resize`), so a record training could not
 read stops the run here, named by flag, file and index, instead of failing inside tf.data hours
-later or, for eval data, after the last step with nothing exported. The pseudo-labeled
---unlabeled stream is label_and_balance's own output and large: its framing is checked only.
+later or, for eval data, after the last step with nothing exported.
+
+The pseudo-labeled --unlabeled stream is label_and_balance's (or rebalance's) own output and
+large. Where the glob is exactly the shards of a finished run, their record counts come from the
+run's stats.json and no shard is read: the job wrote the shards whole before its _SUCCESS marker
+(temp files, then renames), and the marker's shard sizes, compared with a listing, catch a shard
+truncated, replaced or appended to since (`ns_data.completion.recorded_records`). What a size
+cannot show, a bit flipped in place, would then stop training at that record (tf.data checks
+every CRC) instead of costing the file's rest. Any other --unlabeled file (a subset of a run's
+shards, an unfinished run, a run that predates the recorded sizes, a size or total that does not
+match) is read once and its framing checked, as every --labeled and --eval file is.
 """
 from __future__ import annotations
 
@@ -26,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
-from ns_data import schema
+from ns_data import completion, schema
 from ns_data.images import ImageSpec
 from ns_data.tfrecord import CorruptRecordError, iter_records
 from ns_train import data
@@ -84,12 +93,14 @@ class StreamScan:
       files: (path, readable records) of every file it matches, sorted by path.
       damaged: the files that are not readable to their end.
       bad: the readable records that failed the record check (none when not checked).
+      recorded: the directories whose files were counted from their run's stats.json, unread.
     """
 
     flag: str
     files: tuple[tuple[str, int], ...]
     damaged: tuple[DamagedFile, ...] = ()
     bad: tuple[BadRecord, ...] = ()
+    recorded: tuple[str, ...] = ()
 
     @property
     def count(self) -> int:
@@ -204,8 +215,27 @@ def _scan_file(flag: str, path: str, parser: RecordParser | None
     return count, damaged, bad
 
 
-def scan_stream(flag: str, pattern: str, parser: RecordParser | None = None) -> StreamScan:
+def _recorded_counts(flag: str, paths: Sequence[str]) -> dict[str, dict[str, int]]:
+    """{directory: {path: records}} of the directories whose finished run vouches for the
+    files of `paths` in it (`completion.recorded_records`); the others are logged and left out."""
+    by_directory: dict[str, list[str]] = {}
+    for path in paths:
+        by_directory.setdefault(posixpath.dirname(path), []).append(path)
+    recorded = {}
+    for directory, files in by_directory.items():
+        try:
+            recorded[directory] = completion.recorded_records(directory, files)
+        except completion.UnrecordedShardsError as e:
+            logger.info("%s: counting by reading, as %s", flag, e)
+    return recorded
+
+
+def scan_stream(flag: str, pattern: str, parser: RecordParser | None = None,
+                use_run_stats: bool = False) -> StreamScan:
     """Counts the readable records of every file matching `pattern`; checks them with `parser`.
+
+    With `use_run_stats`, files that are exactly the shards of a finished run are counted from
+    its stats.json and not read (module docstring); not with `parser`, which must read them.
 
     Raises:
       ValueError: naming `flag`, when the pattern matches no file or no file has a readable
@@ -215,14 +245,22 @@ def scan_stream(flag: str, pattern: str, parser: RecordParser | None = None) -> 
     if not paths:
         raise ValueError(f"{flag}={pattern} matches no files")
     started = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(min(_PARALLEL_FILES, len(paths))) as pool:
-        scanned = list(pool.map(lambda path: _scan_file(flag, path, parser), paths))
-    scan = StreamScan(flag, tuple((path, count) for path, (count, _, _) in zip(paths, scanned)),
+    recorded = _recorded_counts(flag, paths) if use_run_stats and not parser else {}
+    counts = {path: n for files in recorded.values() for path, n in files.items()}
+    unread = [path for path in paths if path not in counts]
+    scanned = []
+    if unread:
+        with concurrent.futures.ThreadPoolExecutor(min(_PARALLEL_FILES, len(unread))) as pool:
+            scanned = list(pool.map(lambda path: _scan_file(flag, path, parser), unread))
+    counts.update((path, count) for path, (count, _, _) in zip(unread, scanned))
+    scan = StreamScan(flag, tuple((path, counts[path]) for path in paths),
                       tuple(damaged for _, damaged, _ in scanned if damaged),
-                      tuple(bad for _, _, bad_records in scanned for bad in bad_records))
-    logger.info("%s: %d readable records (files: %d, damaged: %d)%s, %.1f s", flag, scan.count,
+                      tuple(bad for _, _, bad_records in scanned for bad in bad_records),
+                      tuple(sorted(recorded)))
+    logger.info("%s: %d readable records (files: %d, damaged: %d)%s%s, %.1f s", flag, scan.count,
                 len(paths), len(scan.damaged), ", each checked" if parser else "",
-                time.monotonic() - started)
+                f", {len(counts) - len(unread)} counted from the stats.json of "
+                f"{', '.join(scan.recorded)}" if recorded else "", time.monotonic() - started)
     if not scan.count:
         raise ValueError(f"{flag}={pattern} has no readable record (files: {len(paths)}, "
                          f"damaged: {len(scan.damaged)}; the warnings above name them)")
@@ -231,6 +269,8 @@ def scan_stream(flag: str, pattern: str, parser: RecordParser | None = None) -> 
 
 def scan_inputs(config: TrainConfig) -> Inputs:
     """Scans --labeled, --eval and (student) --unlabeled; checks every labeled and eval record.
+
+    --unlabeled files that are exactly a finished run's shards are counted from its stats.json.
 
     Writes the records that fail the check to WORKDIR/bad_records.txt (flag, file, record, id,
     reason; tab-separated), or removes that file when none does.
@@ -243,7 +283,8 @@ def scan_inputs(config: TrainConfig) -> Inputs:
     inputs = Inputs(
         labeled=scan_stream("--labeled", config.labeled, parser),
         eval=scan_stream("--eval", config.eval, parser) if config.eval else None,
-        unlabeled=scan_stream("--unlabeled", config.unlabeled) if config.student else None)
+        unlabeled=scan_stream("--unlabeled", config.unlabeled, use_run_stats=True)
+        if config.student else None)
     report = posixpath.join(config.workdir, BAD_RECORDS_FILE)
     checked = [s for s in (inputs.labeled, inputs.eval) if s]
     bad = [b for s in checked for b in s.bad]

@@ -19,6 +19,7 @@ schedule and optimiser come from `ns_train.optim`, the export from `ns_train.exp
 Before the first step every input file is read once and every labeled and eval record is run
 through the trainer's parser (`ns_train.checks`): a record training could not use stops the run
 there, named by flag, file and record; a damaged file costs only the records from its damage on.
+Pseudo-label shards that are exactly a finished run's are counted from its stats.json, unread.
 """
 from __future__ import annotations
 

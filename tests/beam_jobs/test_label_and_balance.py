@@ -178,7 +178,8 @@ def test_records_are_spread_across_shards(tmp_path):
     images = corpus()
     output_dir, run_stats = run_fake(tmp_path, images)
     per_shard = []
-    for path in sorted(glob.glob(os.path.join(output_dir, "pseudo_labels-*.tfrecord"))):
+    paths = sorted(glob.glob(os.path.join(output_dir, "pseudo_labels-*.tfrecord")))
+    for path in paths:
         per_shard.append([schema.parse_pseudo_label(r.numpy())
                           for r in tf.data.TFRecordDataset(path)])
     assert len(per_shard) == 3 and all(per_shard)
@@ -187,6 +188,12 @@ def test_records_are_spread_across_shards(tmp_path):
     class1_shards = {i for i, shard in enumerate(per_shard) for r in shard if r.label == 1}
     assert len(class1_shards) >= 2
     assert run_stats["shards"]["count"] == 3
+    assert run_stats["shards"]["records"] == [len(shard) for shard in per_shard]
+    # The marker records each shard's size, so the trainer can take these counts unread.
+    assert completion.read_marker(output_dir)[completion.SHARD_BYTES] == {
+        os.path.basename(path): os.path.getsize(path) for path in paths}
+    assert completion.recorded_records(output_dir, paths) == {
+        path: len(shard) for path, shard in zip(paths, per_shard)}
 
 
 def test_a_damaged_file_costs_only_what_cannot_be_read_from_it(tmp_path):

@@ -1,9 +1,13 @@
 """Tests for `ns_data/completion.py`: markers and the failure check."""
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
-from ns_data import completion
+from ns_data import completion, write
+from tests import runs
 
 
 def run_stats(read: int, **failed: int) -> dict:
@@ -80,3 +84,69 @@ def test_copies_above_the_limit_fail_and_zero_means_no_limit():
                              "image, more than --max_copies=49"):
         completion.check_copies(classes, 49, "out")
     assert issubclass(completion.TooManyCopiesError, completion.RunCheckError)
+
+
+def placeholder_run(directory, records=(3, 0, 2)) -> list[str]:
+    """A finished run whose shards hold 10 placeholder bytes per record: recorded_records reads
+    their names and sizes, never their contents."""
+    directory.mkdir()
+    paths = [write.shard_path(str(directory), write.PSEUDO_LABEL_PREFIX, shard, len(records))
+             for shard in range(len(records))]
+    for path, n in zip(paths, records):
+        with open(path, "wb") as f:
+            f.write(b"r" * 10 * n)
+    runs.finish_run(str(directory), records)
+    return paths
+
+
+def test_the_marker_records_each_shards_size_and_vouches_for_the_stats_counts(tmp_path):
+    paths = placeholder_run(tmp_path / "run")
+    marker = completion.read_marker(str(tmp_path / "run"))
+    assert marker[completion.SHARD_BYTES] == {
+        "pseudo_labels-00000-of-00003.tfrecord": 30, "pseudo_labels-00001-of-00003.tfrecord": 0,
+        "pseudo_labels-00002-of-00003.tfrecord": 20}
+    assert completion.recorded_records(str(tmp_path / "run"), paths) == dict(zip(paths, (3, 0, 2)))
+
+
+def edit_json(path, edit) -> None:
+    with open(path) as f:
+        value = json.load(f)
+    edit(value)
+    with open(path, "w") as f:
+        json.dump(value, f)
+
+
+def one_more_record(run_stats) -> None:
+    run_stats["shards"]["records"][0] += 1
+    run_stats["totals"]["written"] += 1
+
+
+@pytest.mark.parametrize("change, reason", [
+    ("subset", r"the glob matches 2 files in .*/run, not exactly its run's 3 pseudo-label"),
+    ("other file", r"the glob matches 4 files in .*/run, not exactly its run's 3"),
+    ("no marker", r".*/run has no _SUCCESS marker"),
+    ("older run", r"the run in .*/run did not record its shards' records and sizes"),
+    ("stats edited", r".*/run: the records written per shard sum to 6, the totals say "
+                     r"\{'stats.json': 6, '_SUCCESS': 5\}"),
+    ("appended to", r".*/run: 1 shard\(s\) changed size since the run finished, e.g. "
+                    r"pseudo_labels-00002-of-00003.tfrecord"),
+])
+def test_a_run_does_not_vouch_for_files_it_did_not_write_as_they_are(tmp_path, change, reason):
+    paths = placeholder_run(tmp_path / "run")
+    directory = str(tmp_path / "run")
+    if change == "subset":
+        paths = paths[:2]
+    elif change == "other file":
+        paths.append(str(tmp_path / "run" / "dead_letters-00000-of-00001.tfrecord"))
+    elif change == "no marker":
+        completion.remove_marker(directory)
+    elif change == "older run":
+        edit_json(completion.marker_path(directory),
+                  lambda marker: marker.pop(completion.SHARD_BYTES))
+    elif change == "stats edited":  # its written total and per-shard records agree, not the marker
+        edit_json(os.path.join(directory, "stats.json"), one_more_record)
+    else:
+        with open(paths[2], "ab") as f:
+            f.write(b"more")
+    with pytest.raises(completion.UnrecordedShardsError, match=f"^{reason}"):
+        completion.recorded_records(directory, paths)

@@ -109,7 +109,8 @@ def test_capped_threshold_is_the_least_confident_kept_image():
 
 def test_empty_classes_shards_and_config(run_stats):
     assert run_stats["empty_classes"] == [2, 3]
-    assert run_stats["shards"] == {"count": 4, "min_records": 0, "max_records": 4}
+    assert run_stats["shards"] == {"count": 4, "min_records": 0, "max_records": 4,
+                                   "records": [3, 4, 0, 2]}
     assert run_stats["num_classes"] == 5
     assert run_stats["config"] == CONFIG
     assert run_stats["config"] is not CONFIG

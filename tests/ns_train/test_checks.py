@@ -1,5 +1,8 @@
-"""ns_train.checks: damaged files cost only their unreadable rest; bad records are named."""
+"""ns_train.checks: damaged files cost only their unreadable rest; bad records are named; a
+finished run's pseudo-label shards are counted from its stats.json, unread."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -145,3 +148,87 @@ def test_bad_labeled_and_eval_records_fail_the_scan_and_are_listed(tmp_path):
     inputs = checks.scan_inputs(config(tmp_path, labeled=good, eval=good))
     assert (inputs.labeled.count, inputs.eval.count, inputs.unlabeled) == (12, 12, None)
     assert not report.exists()  # the fixed records leave no stale list behind
+
+
+@pytest.fixture
+def opened(monkeypatch) -> list[str]:
+    """The files the scan reads, in the order it starts them."""
+    paths = []
+    scan_file = checks._scan_file
+
+    def recording(flag, path, parser):
+        paths.append(path)
+        return scan_file(flag, path, parser)
+
+    monkeypatch.setattr(checks, "_scan_file", recording)
+    return paths
+
+
+def records_read(scan: checks.StreamScan) -> int:
+    spec = data.InputSpec("", toy.IMAGE, toy.NUM_CLASSES, batch_size=1, training=False,
+                          files=scan.files)
+    return sum(1 for _ in data.dataset(spec))
+
+
+def test_a_finished_runs_shards_are_counted_from_its_stats_without_reading_one(tmp_path, opened):
+    run = str(tmp_path / "run")
+    paths = toy.write_finished_run(run, (12, 7, 9))
+    scan = checks.scan_stream("--unlabeled", f"{run}/pseudo_labels-*", use_run_stats=True)
+    assert (scan.files, scan.recorded, scan.damaged, opened) == (
+        tuple(zip(paths, (12, 7, 9))), (run,), (), [])
+    assert scan.count == records_read(scan) == 28
+    # The count is stats.json's: edited (with the marker, which vouches for it), it is what
+    # training reads, 5 of the 12 records of shard 0.
+    run_stats, marker = (json.loads((tmp_path / "run" / name).read_text())
+                         for name in ("stats.json", "_SUCCESS"))
+    run_stats["shards"]["records"][0] = 5
+    run_stats["totals"]["written"] = marker["totals"]["written"] = 21
+    (tmp_path / "run" / "stats.json").write_text(json.dumps(run_stats))
+    (tmp_path / "run" / "_SUCCESS").write_text(json.dumps(marker))
+    scan = checks.scan_stream("--unlabeled", f"{run}/pseudo_labels-*", use_run_stats=True)
+    assert scan.files[0] == (paths[0], 5) and scan.count == records_read(scan) == 21
+    assert opened == []
+    # Without use_run_stats (and for --labeled and --eval, whose records are all parsed) every
+    # file is read.
+    assert checks.scan_stream("--unlabeled", f"{run}/pseudo_labels-*").count == 28
+    assert checks.scan_stream("--labeled", f"{run}/pseudo_labels-*", PARSER).count == 28
+
+
+def test_a_glob_that_is_not_exactly_a_runs_shards_is_counted_by_reading(tmp_path, opened):
+    run = str(tmp_path / "run")
+    paths = toy.write_finished_run(run, (12, 7, 9))
+    scan = checks.scan_stream("--unlabeled", f"{run}/pseudo_labels-0000[01]-*",
+                              use_run_stats=True)
+    assert (scan.files, scan.recorded, opened) == (tuple(zip(paths[:2], (12, 7))), (), paths[:2])
+
+
+def test_a_glob_over_several_runs_counts_each_finished_one_from_its_stats(tmp_path, opened):
+    first = toy.write_finished_run(str(tmp_path / "a"), (4, 6))
+    second = toy.write_finished_run(str(tmp_path / "b"), (3,))
+    unfinished = str(tmp_path / "c" / "pseudo_labels-00000-of-00001.tfrecord")
+    (tmp_path / "c").mkdir()
+    toy.write_pseudo_labeled(unfinished, 5, schema.LabelType.SOFT)
+    scan = checks.scan_stream("--unlabeled", f"{tmp_path}/*/pseudo_labels-*", use_run_stats=True)
+    assert scan.files == (*zip(first, (4, 6)), (second[0], 3), (unfinished, 5))
+    assert (scan.recorded, opened) == ((str(tmp_path / "a"), str(tmp_path / "b")), [unfinished])
+
+
+def test_a_shard_damaged_after_the_run_finished_is_found_by_reading_it(tmp_path):
+    run = str(tmp_path / "run")
+    paths = toy.write_finished_run(run, (12, 7))
+    offset = toy.truncate_in_record(paths[0], 10)
+    scan = checks.scan_stream("--unlabeled", f"{run}/pseudo_labels-*", use_run_stats=True)
+    assert (scan.files, scan.recorded) == (((paths[0], 10), (paths[1], 7)), ())
+    assert [(d.path, d.records_kept, d.offset) for d in scan.damaged] == [(paths[0], 10, offset)]
+
+
+def test_the_trainers_unlabeled_scan_uses_the_runs_stats(tmp_path):
+    labeled = str(tmp_path / "labeled.tfrecord")
+    toy.write_labeled(labeled, 12)
+    run = str(tmp_path / "run")
+    toy.write_finished_run(run, (12, 7))
+    (tmp_path / "w").mkdir()
+    inputs = checks.scan_inputs(config(tmp_path, labeled=labeled,
+                                       unlabeled=f"{run}/pseudo_labels-*"))
+    assert (inputs.labeled.recorded, inputs.unlabeled.recorded) == ((), (run,))
+    assert inputs.unlabeled.count == 19

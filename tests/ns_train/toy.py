@@ -11,7 +11,9 @@ import tensorflow as tf
 from ns_data import schema
 from ns_data.images import ImageSpec
 from ns_data.tfrecord import iter_records
+from ns_data.write import PSEUDO_LABEL_PREFIX, shard_path
 from ns_train.config import TrainConfig
+from tests import runs
 
 IMAGE = ImageSpec(8, 8, 1)
 NUM_CLASSES = 4
@@ -52,6 +54,19 @@ def write_pseudo_labeled(path: str, n: int, label_type: schema.LabelType, seed: 
             probs[label] = 0.7
             w.write(schema.pseudo_label_example(b"u%d" % i, png(image), probs, label_type,
                                                 topk=2))
+
+
+def write_finished_run(directory: str, records: tuple[int, ...]) -> list[str]:
+    """A finished label_and_balance run in `directory`: shard i holds `records[i]` hard
+    pseudo-labels (its own seed), with the stats.json and _SUCCESS the job writes. Returns the
+    shard paths."""
+    tf.io.gfile.makedirs(directory)
+    paths = [shard_path(directory, PSEUDO_LABEL_PREFIX, shard, len(records))
+             for shard in range(len(records))]
+    for shard, (path, n) in enumerate(zip(paths, records)):
+        write_pseudo_labeled(path, n, schema.LabelType.HARD, seed=shard)
+    runs.finish_run(directory, records)
+    return paths
 
 
 def record_offset(path: str, index: int) -> int:
