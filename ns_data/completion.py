@@ -118,14 +118,16 @@ def recorded_records(directory: str, paths: Sequence[str]) -> dict[str, int]:
 
     Raises:
       UnrecordedShardsError: saying why the run does not vouch for `paths` (the caller then
-        counts by reading them): no marker; a run written before stats.json held records per
-        shard and the marker their sizes; `paths` not exactly the run's pseudo-label shards (a
-        subset, or other files too); a stats.json whose written total is not the marker's (from
-        another run, or edited); or a shard whose size is no longer the one the marker recorded
-        (truncated, replaced or appended to since the run finished).
+        counts by reading them): no marker or no stats.json; a run written before stats.json
+        held records per shard and the marker their sizes; `paths` not exactly the run's
+        pseudo-label shards (a subset, or other files too); a stats.json whose written total is
+        not the marker's (from another run, or edited); or a shard whose size is no longer the
+        one the marker recorded (truncated, replaced or appended to since the run finished).
     """
     if not is_complete(directory):
         raise UnrecordedShardsError(f"{directory} has no {SUCCESS_FILE} marker")
+    if not tf.io.gfile.exists(posixpath.join(directory, stats.STATS_FILE)):
+        raise UnrecordedShardsError(f"{directory} has no {stats.STATS_FILE}")
     marker = read_marker(directory)
     run_stats = stats.read_stats(directory)
     counts = run_stats.get("shards", {}).get("records")

@@ -125,6 +125,7 @@ def one_more_record(run_stats) -> None:
     ("subset", r"the glob matches 2 files in .*/run, not exactly its run's 3 pseudo-label"),
     ("other file", r"the glob matches 4 files in .*/run, not exactly its run's 3"),
     ("no marker", r".*/run has no _SUCCESS marker"),
+    ("no stats", r".*/run has no stats.json"),
     ("older run", r"the run in .*/run did not record its shards' records and sizes"),
     ("stats edited", r".*/run: the records written per shard sum to 6, the totals say "
                      r"\{'stats.json': 6, '_SUCCESS': 5\}"),
@@ -140,6 +141,8 @@ def test_a_run_does_not_vouch_for_files_it_did_not_write_as_they_are(tmp_path, c
         paths.append(str(tmp_path / "run" / "dead_letters-00000-of-00001.tfrecord"))
     elif change == "no marker":
         completion.remove_marker(directory)
+    elif change == "no stats":  # e.g. a directory marked complete by hand
+        os.remove(os.path.join(directory, "stats.json"))
     elif change == "older run":
         edit_json(completion.marker_path(directory),
                   lambda marker: marker.pop(completion.SHARD_BYTES))
