@@ -18,6 +18,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from ns_data import schema
 from ns_data.images import ImageSpec
 from ns_data.teacher import TeacherSpec
+from tests.data_files import write_tfrecord
 
 NUM_CLASSES = 4
 IMAGE = ImageSpec(4, 4, 1)
@@ -57,13 +58,6 @@ def fake_image(index: int, label: int, code: int) -> FakeImage:
     pixels[1:, :, 0] = np.frombuffer(index.to_bytes(12, "little"), dtype=np.uint8).reshape(3, 4)
     encoded = tf.io.encode_png(pixels).numpy()
     return FakeImage(b"img-%06d" % index, label, code, encoded)
-
-
-def write_tfrecord(path: str, records: Sequence[bytes]) -> str:
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for record in records:
-            writer.write(record)
-    return str(path)
 
 
 def write_images(path: str, images: Sequence[FakeImage], with_ids: bool = True) -> str:

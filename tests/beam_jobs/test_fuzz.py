@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 
 from ns_data import predictions, read, schema, stats
 from tests import fakes
-from tests.beam_jobs.test_label_and_balance import read_records, run_fake
+from tests.beam_jobs.fake_runs import read_records, run_fake
+from tests.data_files import write_tfrecord
 
 FILES = 24
 RECORDS_PER_FILE = 20
@@ -91,7 +92,7 @@ def test_corrupted_records_and_files_are_all_accounted_for(tmp_path):
             if corrupted is None:
                 good.add((path, i))
             records.append(record if corrupted is None else corrupted)
-        fakes.write_tfrecord(path, records)
+        write_tfrecord(path, records)
         broken_at = damage_file(path, records, rng)
         readable = RECORDS_PER_FILE if broken_at is None else broken_at
         expected_rows[path] = readable + (broken_at is not None)

@@ -11,8 +11,7 @@ from beam_jobs import label_and_balance as job
 from beam_jobs import rebalance
 from ns_data import predictions, schema, stats
 from tests import fakes
-from tests.beam_jobs.test_label_and_balance import K, SEED, corpus, read_records, run_fake
-from tests.beam_jobs.test_rebalance import output_files
+from tests.beam_jobs.fake_runs import K, SEED, corpus, output_files, read_records, run_fake
 from tests.ns_data.test_formats import corrupt_row_group, write_parquet, write_webdataset
 
 

@@ -22,7 +22,7 @@ from beam_jobs import rebalance
 from ns_data import completion, schema, stats
 from ns_data.images import ImageDecoder, ImageSpec
 from ns_train.tiny_teacher import train_tiny_teacher
-from tests import fakes
+from tests.data_files import write_tfrecord
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "ns_data", "sample")
 N_IMAGES = 300
@@ -41,16 +41,12 @@ def unlabeled(tmp_path_factory):
     """The first N_IMAGES records of the embedded sample."""
     records = [r.numpy() for r in
                tf.data.TFRecordDataset(os.path.join(SAMPLE, "unlabeled.tfrecord")).take(N_IMAGES)]
-    path = str(tmp_path_factory.mktemp("input") / "unlabeled.tfrecord")
-    with tf.io.TFRecordWriter(path) as w:
-        for r in records:
-            w.write(r)
-    return path, records
+    return write_tfrecord(tmp_path_factory.mktemp("input") / "unlabeled.tfrecord", records), records
 
 
 def input_with_two_bad_records(records: list[bytes], tmp_path) -> str:
     """An input file of `records` plus one undecodable image and one non-Example record."""
-    return fakes.write_tfrecord(str(tmp_path / "input.tfrecord"), records + [
+    return write_tfrecord(str(tmp_path / "input.tfrecord"), records + [
         schema.image_example(b"\x89PNG\r\n\x1a\n-not-really", b"corrupt"), b"not an Example"])
 
 
@@ -287,7 +283,7 @@ def test_launch_check_refuses_a_softmax_teacher_read_as_logits(teacher, unlabele
 
 def test_launch_sample_is_the_first_decodable_images(unlabeled, tmp_path):
     _, records = unlabeled
-    input_path = fakes.write_tfrecord(str(tmp_path / "input.tfrecord"), [
+    input_path = write_tfrecord(str(tmp_path / "input.tfrecord"), [
         b"not an Example", schema.image_example(b"junk", b"bad")] + records[:80])
     argv = [f"--input={input_path}", "--teacher=t", "--output_dir=o"]
     opts = job.pipeline_options(argv).view_as(job.LabelAndBalanceOptions)

@@ -17,8 +17,9 @@ from beam_jobs import label_and_balance as job
 from beam_jobs import rebalance
 from ns_data import completion, predictions, schema, stats
 from tests import fakes
-from tests.beam_jobs.test_label_and_balance import (K, SEED, corpus, expected_copies,
-                                                    read_records, run_fake)
+from tests.beam_jobs.fake_runs import (K, SEED, corpus, expected_copies, output_files,
+                                       read_records, run_fake)
+from tests.data_files import write_tfrecord
 
 
 def corpus_records():
@@ -29,11 +30,6 @@ def corpus_records():
                 b"this is not a tf.train.Example",
                 schema.image_example(fakes.fake_image(900, fakes.CLASS_NAN, 9).encoded, b"nan")]
     return images, records
-
-
-def output_files(directory: str) -> dict[str, bytes]:
-    return {name: open(os.path.join(directory, name), "rb").read()
-            for name in sorted(os.listdir(directory)) if name.endswith(".tfrecord")}
 
 
 def truncate_last_record(path) -> int:
@@ -53,7 +49,7 @@ def test_rebalance_from_the_table_matches_a_fresh_run(tmp_path):
     images, records = corpus_records()
     # The input file is damaged in its last record: the records before it are used, the rest of
     # the file is one dead letter.
-    fakes.write_tfrecord(tmp_path / "input.tfrecord", records + [records[0]])
+    write_tfrecord(tmp_path / "input.tfrecord", records + [records[0]])
     offset = truncate_last_record(tmp_path / "input.tfrecord")
     first, first_stats = run_fake(tmp_path, images, "--predictions_topk=4", name="first")
     table = pq.read_table(os.path.join(first, "predictions"))

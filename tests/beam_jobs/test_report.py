@@ -8,7 +8,7 @@ from PIL import Image
 
 from beam_jobs import cli, rebalance, report
 from ns_data import completion, stats
-from tests.beam_jobs.test_label_and_balance import corpus, run_fake
+from tests.beam_jobs.fake_runs import corpus, run_fake
 
 
 def test_a_finished_run_and_its_rebalance_are_drawn(tmp_path, capsys):

@@ -8,6 +8,8 @@ import pytest
 from ns_data import devices
 from ns_data.devices import TeacherRuntime
 
+pytestmark = pytest.mark.usefixtures("fresh_placements")  # tests/conftest.py
+
 
 class FakeBackend:
     """Records what placement asked TensorFlow to do."""
@@ -53,13 +55,6 @@ class FakeStrategy:
     def scope(self):
         self.scopes += 1
         yield
-
-
-@pytest.fixture(autouse=True)
-def fresh_placements():
-    devices.reset_for_tests()
-    yield
-    devices.reset_for_tests()
 
 
 def test_tpu_vm_takes_the_tpu_path_once_per_process():

@@ -13,10 +13,7 @@ from PIL import Image, JpegImagePlugin
 
 from ns_data.images import (DECODERS, ImageDecoder, ImageSpec, PillowDecoder, decode_and_resize,
                             image_dimensions, make_decoder)
-
-
-def png(pixels: np.ndarray) -> bytes:
-    return tf.io.encode_png(tf.constant(pixels, dtype=tf.uint8)).numpy()
+from tests.data_files import png
 
 
 def jpeg(pixels: np.ndarray) -> bytes:

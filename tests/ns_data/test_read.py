@@ -12,6 +12,7 @@ from apache_beam.testing.util import assert_that
 
 from ns_data import predictions, progress, read, schema
 from tests import fakes
+from tests.data_files import write_tfrecord
 
 PNG = fakes.fake_image(1, 0, 10).encoded
 
@@ -85,7 +86,7 @@ def _equal(got, want):
 
 def test_reading_reports_progress_against_the_input_bytes(tmp_path, monkeypatch):
     records = [schema.image_example(fakes.fake_image(i, 0, 10).encoded) for i in range(10)]
-    path = fakes.write_tfrecord(tmp_path / "in.tfrecord", records)
+    path = write_tfrecord(tmp_path / "in.tfrecord", records)
     seen = []
     monkeypatch.setattr(progress.Progress, "update",
                         lambda self, images, nbytes=0: seen.append((self._total, images, nbytes)))

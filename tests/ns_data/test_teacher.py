@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ns_data import devices, teacher
+from ns_data import teacher
 from ns_data.devices import TeacherRuntime
 from ns_data.images import ImageSpec
 from ns_data.teacher import TeacherModelHandler, TeacherSpec
@@ -373,15 +373,6 @@ class _TPUBackend:
 
     def initialize_tpu(self):
         return self.strategy
-
-
-@pytest.fixture
-def fresh_placements():
-    devices.reset_for_tests()
-    yield
-    devices.reset_for_tests()
-    tf.config.optimizer.set_experimental_options(
-        {"auto_mixed_precision_onednn_bfloat16": False})
 
 
 def _outputs(path: str, runtime: TeacherRuntime, backend=None) -> np.ndarray:

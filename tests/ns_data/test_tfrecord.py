@@ -4,28 +4,21 @@ from __future__ import annotations
 import gzip
 
 import pytest
-import tensorflow as tf
 
 from ns_data.tfrecord import CorruptRecordError, iter_records
+from tests.data_files import write_tfrecord
 
 RECORDS = [b"", b"a", b"record-%d" % 7 * 100, bytes(range(256)) * 40]
 
 
-def write(path, records=RECORDS, options=None):
-    with tf.io.TFRecordWriter(str(path), options) as w:
-        for r in records:
-            w.write(r)
-    return str(path)
-
-
 def test_reads_what_tensorflow_writes(tmp_path):
-    path = write(tmp_path / "a.tfrecord")
+    path = write_tfrecord(tmp_path / "a.tfrecord", RECORDS)
     assert list(iter_records(path)) == RECORDS
-    assert list(iter_records(write(tmp_path / "empty.tfrecord", []))) == []
+    assert list(iter_records(write_tfrecord(tmp_path / "empty.tfrecord", []))) == []
 
 
 def test_reads_gzip_by_suffix(tmp_path):
-    path = write(tmp_path / "a.tfrecord.gz", options="GZIP")
+    path = write_tfrecord(tmp_path / "a.tfrecord.gz", RECORDS, options="GZIP")
     with gzip.open(path) as f:
         assert f.read(1) is not None  # really gzip
     assert list(iter_records(path)) == RECORDS
@@ -39,7 +32,7 @@ def test_reads_gzip_by_suffix(tmp_path):
     (lambda b: b"not a tfrecord at all, just text", r"record 0 at byte 0 has a corrupt length"),
 ])
 def test_damage_is_reported_with_path_record_and_offset(tmp_path, damage, match):
-    good = write(tmp_path / "ok.tfrecord")
+    good = write_tfrecord(tmp_path / "ok.tfrecord", RECORDS)
     path = tmp_path / "bad.tfrecord"
     path.write_bytes(damage(open(good, "rb").read()))
     with pytest.raises(CorruptRecordError, match=str(path) + ": " + match):

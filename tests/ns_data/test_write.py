@@ -14,7 +14,6 @@ import pathlib
 
 import apache_beam as beam
 import pytest
-import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -23,6 +22,7 @@ from ns_data.balance import id_hash
 from ns_data import write as write_module
 from ns_data.write import (DEFAULT_CHUNK_RECORDS, OutputSpec, WriteShuffledShards,
                            chunks_per_shard, shard_key, shard_path)
+from tests.data_files import read_tfrecords
 
 PREFIX = "recs"
 
@@ -70,12 +70,8 @@ def write(p, label: str, pairs, out: str, num_shards: int,
     assert_that(written, equal_to(counts), label=f"Counts{label}")
 
 
-def read_records(path: str) -> list[bytes]:
-    return [r.numpy() for r in tf.data.TFRecordDataset(path)]
-
-
 def read_shards(out: str, num_shards: int, prefix: str = PREFIX) -> list[list[bytes]]:
-    return [read_records(shard_path(out, prefix, s, num_shards)) for s in range(num_shards)]
+    return [read_tfrecords(shard_path(out, prefix, s, num_shards)) for s in range(num_shards)]
 
 
 def file_bytes(out: str) -> dict[str, bytes]:

@@ -11,6 +11,7 @@ import tensorflow as tf
 from ns_data import schema
 from ns_train import checks, data
 from ns_train.config import TrainConfig
+from tests.data_files import png, write_tfrecord
 from tests.ns_train import toy
 
 PARSER = checks.RecordParser(toy.IMAGE, toy.NUM_CLASSES)
@@ -24,7 +25,7 @@ def damaged_glob(tmp_path):
         toy.write_labeled(str(tmp_path / f"{name}.tfrecord"), 10, seed=seed)
     offsets = {"b-truncated": toy.truncate_in_record(str(tmp_path / "b-truncated.tfrecord"), 6),
                "c-flipped": toy.flip_bit_in_record(str(tmp_path / "c-flipped.tfrecord"), 3)}
-    (tmp_path / "d-image.tfrecord").write_bytes(toy.png(toy.toy_images(1)[0][0]))
+    (tmp_path / "d-image.tfrecord").write_bytes(png(toy.toy_images(1)[0][0]))
     (tmp_path / "e-empty.tfrecord").write_bytes(b"")
     return str(tmp_path / "*.tfrecord"), offsets
 
@@ -85,18 +86,16 @@ def write_with_bad_records(path: str) -> None:
     """Records 0..3 good; 4 a broken PNG, 5 label 9, 6 no label, 7 not an Example, 8 good,
     9 soft targets of 5 classes."""
     images, _ = toy.toy_images(10)
-    good = [schema.image_example(toy.png(images[i]), b"ok%d" % i, label=i % 4) for i in range(10)]
+    good = [schema.image_example(png(images[i]), b"ok%d" % i, label=i % 4) for i in range(10)]
     records = good[:4] + [
         schema.image_example(b"\x89PNG broken", b"corrupt", label=1),
-        schema.image_example(toy.png(images[5]), b"label9", label=9),
-        schema.image_example(toy.png(images[6]), b"unlabeled"),
+        schema.image_example(png(images[5]), b"label9", label=9),
+        schema.image_example(png(images[6]), b"unlabeled"),
         b"\x01\x02 not an Example",
         good[8],
-        schema.pseudo_label_example(b"soft5", toy.png(images[9]),
+        schema.pseudo_label_example(b"soft5", png(images[9]),
                                     np.full(5, 0.2, np.float32), schema.LabelType.SOFT)]
-    with tf.io.TFRecordWriter(path) as w:
-        for record in records:
-            w.write(record)
+    write_tfrecord(path, records)
 
 
 def test_the_record_check_names_every_record_the_trainer_cannot_use(tmp_path):

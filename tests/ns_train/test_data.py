@@ -8,6 +8,7 @@ import tensorflow as tf
 from ns_data import schema
 from ns_data.images import ImageSpec
 from ns_train import data
+from tests.data_files import write_tfrecord
 
 SPEC = ImageSpec(6, 6, 1)
 C = 4
@@ -25,16 +26,13 @@ def probs_for(i: int) -> np.ndarray:
 @pytest.fixture
 def files(tmp_path):
     labeled = str(tmp_path / "labeled.tfrecord")
-    with tf.io.TFRecordWriter(labeled) as w:
-        for i in range(12):
-            w.write(schema.image_example(png(i), b"l%d" % i, label=i % C))
+    write_tfrecord(labeled, (schema.image_example(png(i), b"l%d" % i, label=i % C)
+                             for i in range(12)))
     pseudo = {}
     for label_type in schema.LabelType:
         path = str(tmp_path / f"pseudo-{label_type.value}.tfrecord")
-        with tf.io.TFRecordWriter(path) as w:
-            for i in range(10):
-                w.write(schema.pseudo_label_example(b"u%d" % i, png(100 + i), probs_for(i),
-                                                    label_type, topk=2))
+        write_tfrecord(path, (schema.pseudo_label_example(b"u%d" % i, png(100 + i), probs_for(i),
+                                                          label_type, topk=2) for i in range(10)))
         pseudo[label_type] = path
     return labeled, pseudo
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from ns_data import schema, teacher
 from ns_train import evaluate
+from tests.data_files import png, write_tfrecord
 from tests.ns_train import toy
 
 N = 64  # 16 images of each of the 4 classes
@@ -164,9 +165,8 @@ def test_a_file_sorted_by_class_is_not_mistaken_for_a_one_class_teacher(logits_t
     images, labels = toy.toy_images(160)
     order = np.argsort(labels, kind="stable")  # the first 64 records are all class 0
     path = str(tmp_path / "sorted.tfrecord")
-    with tf.io.TFRecordWriter(path) as w:
-        for i in order:
-            w.write(schema.image_example(toy.png(images[i]), b"%d" % i, label=int(labels[i])))
+    write_tfrecord(path, (schema.image_example(png(images[i]), b"%d" % i, label=int(labels[i]))
+                          for i in order))
     spec = teacher.inspect_teacher(logits_teacher, input_range=(0.0, 255.0))
     result = evaluate.evaluate_teacher(spec, path)
     assert result["top1"] == 1.0 and result["count"] == 160 and result["warnings"] == []

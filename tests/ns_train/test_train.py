@@ -16,6 +16,7 @@ import tensorflow as tf
 from ns_data import completion, schema
 from ns_train import train
 from ns_train.config import TrainConfig
+from tests.data_files import png, write_tfrecord
 from tests.ns_train import toy
 
 
@@ -170,7 +171,7 @@ def test_a_damaged_input_file_costs_only_its_unreadable_rest(toy_files, tmp_path
     offset = toy.truncate_in_record(truncated, 12)
     toy.write_pseudo_labeled(str(data_dir / "pseudo-0.tfrecord"), 48, schema.LabelType.HARD)
     not_a_tfrecord = data_dir / "pseudo-1.tfrecord"
-    not_a_tfrecord.write_bytes(toy.png(toy.toy_images(1)[0][0]))
+    not_a_tfrecord.write_bytes(png(toy.toy_images(1)[0][0]))
     config = toy.train_config(tmp_path / "w", str(data_dir / "labeled-*"), steps=2, log_every=1,
                               unlabeled=str(data_dir / "pseudo-*"), allow_incomplete=True,
                               eval=toy_files["eval"], batch_size=8)
@@ -191,10 +192,9 @@ def test_a_damaged_input_file_costs_only_its_unreadable_rest(toy_files, tmp_path
 def test_a_bad_eval_or_labeled_record_fails_before_the_first_step(toy_files, tmp_path, flag):
     bad = str(tmp_path / "bad.tfrecord")
     images, _ = toy.toy_images(8)
-    with tf.io.TFRecordWriter(bad) as w:
-        for i, image in enumerate(images):
-            label = 9 if i == 5 else i % toy.NUM_CLASSES  # num_classes is 4
-            w.write(schema.image_example(toy.png(image), b"img-%d" % i, label=label))
+    labels = [9 if i == 5 else i % toy.NUM_CLASSES for i in range(len(images))]  # 4 classes
+    write_tfrecord(bad, (schema.image_example(png(image), b"img-%d" % i, label=label)
+                         for i, (image, label) in enumerate(zip(images, labels))))
     inputs = {"labeled": toy_files["labeled"], "eval": toy_files["eval"], flag: bad}
     config = toy.train_config(tmp_path / "w", inputs["labeled"], eval=inputs["eval"], steps=2)
     assert config.normalization == "none"  # checked whatever the normalisation

@@ -14,6 +14,7 @@ from ns_data.tfrecord import iter_records
 from ns_data.write import PSEUDO_LABEL_PREFIX, shard_path
 from ns_train.config import TrainConfig
 from tests import runs
+from tests.data_files import png, write_tfrecord
 
 IMAGE = ImageSpec(8, 8, 1)
 NUM_CLASSES = 4
@@ -32,28 +33,23 @@ def toy_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.uint8), labels
 
 
-def png(image: np.ndarray) -> bytes:
-    return tf.io.encode_png(image).numpy()
-
-
 def write_labeled(path: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     images, labels = toy_images(n, seed)
-    with tf.io.TFRecordWriter(path) as w:
-        for i, (image, label) in enumerate(zip(images, labels)):
-            w.write(schema.image_example(png(image), b"%d-%d" % (seed, i), label=int(label)))
+    write_tfrecord(path, (schema.image_example(png(image), b"%d-%d" % (seed, i), label=int(label))
+                          for i, (image, label) in enumerate(zip(images, labels))))
     return images, labels
 
 
 def write_pseudo_labeled(path: str, n: int, label_type: schema.LabelType, seed: int = 1) -> None:
     """Pseudo-labels a teacher would give: 0.7 on the true class, the rest spread unevenly."""
     images, labels = toy_images(n, seed)
-    with tf.io.TFRecordWriter(path) as w:
-        for i, (image, label) in enumerate(zip(images, labels)):
-            probs = np.array([0.05, 0.1, 0.15, 0.0], dtype=np.float32)
-            probs = np.roll(probs, int(label) + 1)
-            probs[label] = 0.7
-            w.write(schema.pseudo_label_example(b"u%d" % i, png(image), probs, label_type,
-                                                topk=2))
+    records = []
+    for i, (image, label) in enumerate(zip(images, labels)):
+        probs = np.roll(np.array([0.05, 0.1, 0.15, 0.0], dtype=np.float32), int(label) + 1)
+        probs[label] = 0.7
+        records.append(schema.pseudo_label_example(b"u%d" % i, png(image), probs, label_type,
+                                                   topk=2))
+    write_tfrecord(path, records)
 
 
 def write_finished_run(directory: str, records: tuple[int, ...]) -> list[str]:
