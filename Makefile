@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) hides the useful output.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo test bench clean replicate replicate-quick
+.PHONY: venv demo test test-fast bench clean replicate replicate-quick
 
 venv: $(VENV)/.installed
 
@@ -35,6 +35,15 @@ replicate-quick: venv
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The pure-Python selection math, schema, stats and settings, in well under a minute: what to run
+# while editing them. `make test` runs everything.
+FAST_TESTS := tests/ns_data/test_balance.py tests/ns_data/test_select.py \
+	tests/ns_data/test_predictions.py tests/ns_data/test_stats.py tests/ns_data/test_schema.py \
+	tests/ns_data/test_completion.py tests/ns_data/test_tfrecord.py tests/ns_data/test_progress.py \
+	tests/ns_train/test_config.py tests/ns_train/test_optim.py
+test-fast: venv
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS) $(FAST_TESTS)
 
 # Each bench prints ratios measured side by side in one run; BENCHMARKS.md holds their output.
 # bench.end_to_end needs Debian's dataset-fashion-mnist.

@@ -72,6 +72,7 @@ def test_file_names_are_stable_per_group():
     assert buckets == {f"images-{b:05d}-of-00004" for b in range(4)}
 
 
+@pytest.mark.slow
 def test_top10_of_1000_classes_costs_under_64_bytes_a_row(tmp_path):
     rng = np.random.default_rng(0)
     n, c = 20_000, 1000

@@ -92,6 +92,7 @@ CASES = [(50, True, 1), (50, True, 7), (50, True, 100_000), (300, True, 3), (10,
          (1, True, 2), (1000, True, 5)]
 
 
+@pytest.mark.slow
 def test_every_pass_matches_brute_force(tables):
     """Each case runs the six passes with its own K and collect limit, in one pipeline."""
     paths = sorted(tables)
