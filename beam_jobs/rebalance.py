@@ -18,6 +18,7 @@ import sys
 
 import apache_beam as beam
 import tensorflow as tf
+from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from apache_beam.runners.runner import PipelineResult
 
@@ -56,7 +57,7 @@ def build(pipeline: beam.Pipeline, opts: RebalanceOptions,
     config = balance_config(balance)
     check_table_serves(metadata, config)
     paths = (pipeline
-             | "MatchTable" >> beam.io.fileio.MatchFiles(table_pattern(opts))
+             | "MatchTable" >> fileio.MatchFiles(table_pattern(opts))
              | "TablePaths" >> beam.Map(lambda m: m.path))
     recorded = {"predictions": table_pattern(opts), "input": metadata.input,
                 "teacher": metadata.teacher, **config.recorded()}

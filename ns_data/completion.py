@@ -16,7 +16,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from ns_data import read, stats
+from ns_data import globs, stats
 
 SUCCESS_FILE = "_SUCCESS"
 DEFAULT_MAX_FAILURE_FRACTION = 0.01
@@ -129,7 +129,7 @@ def directories_of(pattern: str) -> list[str]:
     if tf.io.gfile.isdir(pattern):
         return [pattern.rstrip("/") or "/"]
     parents = sorted({posixpath.dirname(path) for path in tf.io.gfile.glob(pattern)})
-    return parents or [read.glob_root(pattern)]
+    return parents or [globs.glob_root(pattern)]
 
 
 def require_complete_inputs(pattern: str, what: str, override_flag: str) -> None:
