@@ -27,7 +27,6 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
-import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
                                                   TestOptions)
@@ -39,6 +38,7 @@ from beam_jobs.cli import (BalanceOptions, balance_config, check_output_dir, che
 from ns_data import completion, devices, formats, predictions, schema, teacher_flags
 from ns_data.images import DECODERS, DEFAULT_DECODER, DEFAULT_MAX_PIXELS, make_decoder
 from ns_data.inference import TeacherInference
+from ns_data.lazy import tf
 from ns_data.pipeline import check_table_serves, select_and_write
 from ns_data.progress import Progress
 from ns_data.read import (DEFAULT_READ_BATCH, INPUT_FORMATS, ReadImages, check_input_pattern,

@@ -17,7 +17,6 @@ import posixpath
 import sys
 
 import apache_beam as beam
-import tensorflow as tf
 from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from apache_beam.runners.runner import PipelineResult
@@ -26,6 +25,7 @@ from beam_jobs import cli
 from beam_jobs.cli import (BalanceOptions, balance_config, check_output_dir, configure_logging,
                            pipeline_options, print_summary)
 from ns_data import completion, predictions
+from ns_data.lazy import tf
 from ns_data.pipeline import check_table_serves, select_and_write
 
 

@@ -14,9 +14,8 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any
 
-import tensorflow as tf
-
 from ns_data import globs, stats
+from ns_data.lazy import tf
 
 SUCCESS_FILE = "_SUCCESS"
 DEFAULT_MAX_FAILURE_FRACTION = 0.01

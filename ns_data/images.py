@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
+
+from ns_data.lazy import tf
 
 
 @dataclasses.dataclass(frozen=True)
