@@ -20,7 +20,11 @@ _ANY_FOLDERS = "\0"
 
 
 def match(pattern: str) -> list[FileMetadata]:
-    """The files `pattern` names, sorted by path."""
+    """The files `pattern` names, sorted by path.
+
+    A folder placeholder of an object store (a zero-byte object named `photos/cats/`, as the
+    GCS console makes) is not a file: `**` would otherwise match it.
+    """
     if "**/" not in pattern:
         found = FileSystems.match([pattern])[0].metadata_list
     else:
@@ -29,7 +33,7 @@ def match(pattern: str) -> list[FileMetadata]:
         names = _regex(pattern)
         widened = FileSystems.match([pattern.replace("**/", "**")])[0].metadata_list
         found = [m for m in widened if names.match(m.path)]
-    return sorted(found, key=lambda m: m.path)
+    return sorted((m for m in found if not m.path.endswith("/")), key=lambda m: m.path)
 
 
 def _regex(pattern: str) -> re.Pattern:

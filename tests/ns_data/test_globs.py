@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
+from apache_beam.io.filesystem import FileMetadata, MatchResult
+from apache_beam.io.filesystems import FileSystems
 
 from ns_data import globs
 
@@ -58,3 +61,22 @@ def test_an_image_id_is_its_path_under_the_glob_root(tree, monkeypatch):
         assert globs.image_id(f"{tree}/photos/a/b/y.png", root) == b"a/b/y.png"
     monkeypatch.chdir(tree / "photos")
     assert globs.image_id("top.png", globs.glob_root("*.png")) == b"top.png"
+
+
+def test_object_store_folder_placeholders_are_not_files(monkeypatch):
+    listed = [FileMetadata(path, size) for path, size in (
+        ("gs://b/photos/", 0), ("gs://b/photos/cats/", 0), ("gs://b/photos/cats/1.jpg", 9),
+        ("gs://b/photos/2.jpg", 7))]
+    seen = []
+
+    def fake_match(patterns):
+        seen.extend(patterns)
+        regex = FileSystems.get_filesystem(patterns[0]).translate_pattern(patterns[0])
+        return [MatchResult(patterns[0], [m for m in listed if re.match(regex, m.path)])]
+
+    monkeypatch.setattr(FileSystems, "match", fake_match)
+    assert [m.path for m in globs.match("gs://b/photos/**")] == [
+        "gs://b/photos/2.jpg", "gs://b/photos/cats/1.jpg"]
+    assert [m.path for m in globs.match("gs://b/photos/**/*.jpg")] == [
+        "gs://b/photos/2.jpg", "gs://b/photos/cats/1.jpg"]
+    assert seen == ["gs://b/photos/**", "gs://b/photos/***.jpg"]  # one listing per glob
