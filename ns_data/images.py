@@ -93,6 +93,8 @@ def truncation(encoded: bytes) -> str | None:
 def _png_truncation(encoded: bytes) -> str | None:
     size = len(encoded)
     if size < _PNG_HEADER_BYTES:
+        if not _PNG_IHDR.startswith(encoded[8:16]):
+            return None  # the signature, then no IHDR chunk: corrupt, not cut
         return f"truncated PNG: {size} of the header's {_PNG_HEADER_BYTES} bytes"
     at, kind = len(_PNG_SIGNATURE), b""
     while at + 8 <= size:

@@ -265,6 +265,7 @@ def test_whole_and_corrupt_files_are_not_called_truncated():
     assert truncation(bytes(damaged)) is None
     # Garbage where a chunk or a marker belongs: corrupt, for the decoder to name.
     assert truncation(png_data[:33] + b"\x00" * 12) is None
+    assert truncation(b"\x89PNG\r\n\x1a\n-not-really") is None  # no IHDR, though short
     assert truncation(b"\xff\xd8\xff\xe0" + b"\x00" * 32) is None
 
 
