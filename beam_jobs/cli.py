@@ -12,12 +12,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import tensorflow as tf
 from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions, StandardOptions,
                                                   WorkerOptions)
 
 from ns_data import completion, predictions, schema, stats, teacher_flags
 from ns_data.balance import DEFAULT_COLLECT_LIMIT
+from ns_data.lazy import tf
 from ns_data.pipeline import BalanceConfig
 from ns_data.write import (DEAD_LETTER_PREFIX, DEFAULT_CHUNK_RECORDS, PSEUDO_LABEL_PREFIX,
                            shard_pattern)

@@ -13,12 +13,10 @@ import collections
 import logging
 import os
 
-import tensorflow as tf
-
 from beam_jobs import label_and_balance
 from ns_data import fashion_mnist, schema
+from ns_data.lazy import tf
 from ns_data.write import PSEUDO_LABEL_PREFIX, shard_pattern
-from ns_train.tiny_teacher import train_tiny_teacher
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "ns_data", "sample")
@@ -34,6 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label_type", default="soft", choices=[t.value for t in schema.LabelType],
                         help="Target written with each record (default: %(default)s).")
     args = parser.parse_args(argv)
+    # Keras imports TensorFlow with the module: only once --help has been answered.
+    from ns_train.tiny_teacher import train_tiny_teacher  # noqa: PLC0415
 
     teacher_dir = os.path.join(args.output_dir, "teacher")
     labels_dir = os.path.join(args.output_dir, "pseudo_labels")

@@ -28,14 +28,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import tensorflow as tf
-
 from beam_jobs import label_and_balance, prepare_fashion_mnist, rebalance
 from ns_data import fashion_mnist, report, round_report, stats
+from ns_data.lazy import tf
 from ns_data.progress import format_duration
 from ns_data.teacher_flags import int_at_least
-from ns_train import train as trainer
-from ns_train.config import TrainConfig
+from ns_train.config import TrainConfig, configure_logging
 from ns_train.evaluate import evaluate_export
 
 logger = logging.getLogger("beam_jobs.iterate")
@@ -139,10 +137,17 @@ def _run_identity(args: argparse.Namespace, settings: Settings) -> dict[str, Any
     return {**vars(args), **{f"settings.{k}": v for k, v in dataclasses.asdict(settings).items()}}
 
 
+def _trainer():
+    """`ns_train.train`, imported when first needed: its Keras model classes import TensorFlow
+    with the module, and `--help` or a flag error needs none of it (see `ns_data.lazy`)."""
+    from ns_train import train  # noqa: PLC0415
+    return train
+
+
 def check_workdir(args: argparse.Namespace, settings: Settings) -> None:
     """Refuses to resume a workdir whose iterate.json records other flags or settings."""
-    trainer.refuse_changed_settings(posixpath.join(args.workdir, "iterate.json"),
-                                    _run_identity(args, settings), _MAY_CHANGE, args.workdir)
+    _trainer().refuse_changed_settings(posixpath.join(args.workdir, "iterate.json"),
+                                       _run_identity(args, settings), _MAY_CHANGE, args.workdir)
 
 
 def _record_workdir(args: argparse.Namespace, settings: Settings) -> None:
@@ -194,7 +199,8 @@ def _train_config(workdir: str, data_dir: str, settings: Settings, args: argpars
 def _train(workdir: str, data_dir: str, settings: Settings, args: argparse.Namespace,
            **model) -> str:
     """Trains (or resumes) one model; returns its export directory."""
-    return trainer.train(_train_config(workdir, data_dir, settings, args, **model))["export_dir"]
+    config = _train_config(workdir, data_dir, settings, args, **model)
+    return _trainer().train(config)["export_dir"]
 
 
 def _label_argv(teacher: str, data_dir: str, output_dir: str, table_dir: str, k: int,
@@ -334,7 +340,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def main() -> None:
-    trainer.configure_logging()
+    configure_logging()
     try:
         run()
     except (FileNotFoundError, ValueError) as e:

@@ -27,7 +27,6 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
-import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
                                                   TestOptions)
@@ -39,6 +38,7 @@ from beam_jobs.cli import (BalanceOptions, balance_config, check_output_dir, che
 from ns_data import completion, devices, formats, predictions, schema, teacher_flags
 from ns_data.images import DECODERS, DEFAULT_DECODER, DEFAULT_MAX_PIXELS, make_decoder
 from ns_data.inference import TeacherInference
+from ns_data.lazy import tf
 from ns_data.pipeline import check_table_serves, select_and_write
 from ns_data.progress import Progress
 from ns_data.read import (DEFAULT_READ_BATCH, INPUT_FORMATS, ReadImages, check_input_pattern,
@@ -59,11 +59,15 @@ class LabelAndBalanceOptions(PipelineOptions):
         g = parser.add_argument_group("input")
         g.add_argument("--input", help="Glob of the unlabeled images: TFRecord files of "
                        "tf.train.Example with image/encoded (and optional image/id), or image "
-                       "files, Parquet files or WebDataset tar shards with --input_format. "
+                       "files, Parquet files or WebDataset tar shards with --input_format. * "
+                       "stays in one folder, ** crosses folders: 'photos/**' is every file "
+                       "under photos/, 'photos/**/*.jpg' every .jpg there, subfolders included. "
                        "Required.")
         g.add_argument("--input_format", choices=INPUT_FORMATS, default="tfrecord",
                        help="What --input holds: tfrecord; images (one file each, the id is "
-                       "its path); parquet (one image per row, read a row group at a time; "
+                       "its path under the glob's folder: photos/cats/1.jpg is cats/1.jpg with "
+                       "--input='photos/**'); "
+                       "parquet (one image per row, read a row group at a time; "
                        "see --image_column, --id_column); webdataset (tar shards, plain or "
                        "compressed, of key.jpg|jpeg|png|webp|gif|bmp members, the id is the key; "
                        "other members are ignored) (default: %(default)s).")

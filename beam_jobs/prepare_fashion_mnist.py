@@ -18,9 +18,9 @@ import json
 import os
 
 import numpy as np
-import tensorflow as tf
 
 from ns_data import fashion_mnist, schema
+from ns_data.lazy import tf
 
 
 def _write_shards(output_dir: str, split: str, images: np.ndarray, labels: np.ndarray | None,

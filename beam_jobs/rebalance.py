@@ -17,7 +17,7 @@ import posixpath
 import sys
 
 import apache_beam as beam
-import tensorflow as tf
+from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from apache_beam.runners.runner import PipelineResult
 
@@ -25,6 +25,7 @@ from beam_jobs import cli
 from beam_jobs.cli import (BalanceOptions, balance_config, check_output_dir, configure_logging,
                            pipeline_options, print_summary)
 from ns_data import completion, predictions
+from ns_data.lazy import tf
 from ns_data.pipeline import check_table_serves, select_and_write
 
 
@@ -56,7 +57,7 @@ def build(pipeline: beam.Pipeline, opts: RebalanceOptions,
     config = balance_config(balance)
     check_table_serves(metadata, config)
     paths = (pipeline
-             | "MatchTable" >> beam.io.fileio.MatchFiles(table_pattern(opts))
+             | "MatchTable" >> fileio.MatchFiles(table_pattern(opts))
              | "TablePaths" >> beam.Map(lambda m: m.path))
     recorded = {"predictions": table_pattern(opts), "input": metadata.input,
                 "teacher": metadata.teacher, **config.recorded()}

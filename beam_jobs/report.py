@@ -24,10 +24,9 @@ import json
 import posixpath
 import sys
 
-import tensorflow as tf
-
 from beam_jobs import cli
 from ns_data import completion, predictions, report, stats
+from ns_data.lazy import tf
 from ns_data.teacher import read_metadata
 from ns_data.teacher_flags import positive_int
 

@@ -19,10 +19,10 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 
-from ns_data import read, stats
+from ns_data import globs, stats
+from ns_data.lazy import tf
 from ns_data.write import PSEUDO_LABEL_PREFIX, shard_path, shard_pattern
 
 SUCCESS_FILE = "_SUCCESS"
@@ -197,7 +197,7 @@ def directories_of(pattern: str) -> list[str]:
     if tf.io.gfile.isdir(pattern):
         return [pattern.rstrip("/") or "/"]
     parents = sorted({posixpath.dirname(path) for path in tf.io.gfile.glob(pattern)})
-    return parents or [read.glob_root(pattern)]
+    return parents or [globs.glob_root(pattern)]
 
 
 def require_complete_inputs(pattern: str, what: str, override_flag: str) -> None:

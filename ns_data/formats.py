@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from ns_data import schema
+from ns_data import globs, schema
 from ns_data.tfrecord import CorruptRecordError
 
 PARQUET = "parquet"
@@ -136,7 +136,7 @@ def check_input(pattern: str, input_format: str, columns: Columns) -> None:
     cannot serve (`--image_column=img: no such column in x.parquet (columns: ...)`)."""
     if input_format != PARQUET:
         return
-    for path in sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list):
+    for path in (m.path for m in globs.match(pattern)):
         try:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 arrow_schema = pq.read_schema(f)

@@ -11,12 +11,14 @@ import dataclasses
 import io
 import struct
 import warnings
+import zlib
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
+
+from ns_data.lazy import tf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,21 +62,103 @@ def decode_and_resize(encoded: tf.Tensor, spec: ImageSpec) -> tf.Tensor:
 # Pillow's default decompression-bomb limit: a larger image is refused before decoding.
 DEFAULT_MAX_PIXELS = 89_478_485
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IHDR = b"\x00\x00\x00\x0dIHDR"  # the first chunk's length (13) and type
+_PNG_HEADER_BYTES = 33  # the signature and the IHDR chunk: length, type, 13 bytes, CRC
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last chunk, always these bytes
+_JPEG_SOI, _JPEG_EOI, _JPEG_SOS = b"\xff\xd8", b"\xff\xd9", 0xDA
+_JPEG_NO_LENGTH = frozenset([0x01, *range(0xD0, 0xD8)])  # markers without a segment (TEM, RSTn)
+
+
+def truncation(encoded: bytes) -> str | None:
+    """Why `encoded` is a PNG or JPEG cut short, e.g. "truncated PNG: 20 of the header's 33
+    bytes"; None for a whole file, a corrupt one, or another format.
+
+    Read from the file's layout without decoding, so that both decoders name a cut file alike
+    (TensorFlow's errors never say "truncated", Pillow's only from some cuts on), before its
+    header is trusted for the image's size: a PNG's chunks must reach a whole IEND chunk, a
+    JPEG's segments its image data, and that its end marker (EOI). A file that ends as its
+    format ends is whole whatever a corrupted length inside says, and a layout that breaks
+    before the file ends is corrupt, not cut: the decoder names both. Costs a walk over the
+    chunk or segment headers (not the data) and a search for EOI from the file's end.
+    """
+    if not encoded:
+        return None
+    if _PNG_SIGNATURE.startswith(encoded[:8]):
+        return _png_truncation(encoded)
+    if _JPEG_SOI.startswith(encoded[:2]):
+        return _jpeg_truncation(encoded)
+    return None
+
+
+def _png_truncation(encoded: bytes) -> str | None:
+    size = len(encoded)
+    if size < _PNG_HEADER_BYTES:
+        if not _PNG_IHDR.startswith(encoded[8:16]):
+            return None  # the signature, then no IHDR chunk: corrupt, not cut
+        return f"truncated PNG: {size} of the header's {_PNG_HEADER_BYTES} bytes"
+    at, kind = len(_PNG_SIGNATURE), b""
+    while at + 8 <= size:
+        length, kind = struct.unpack_from(">I4s", encoded, at)
+        if not kind.isalpha():
+            return None  # not a chunk: corrupt, not cut
+        start, at = at, at + 12 + length
+        if kind == b"IEND" and at <= size:
+            return None
+        if at > size:
+            if encoded.endswith(_PNG_IEND):
+                return None  # a corrupted length ran past a whole file
+            return (f"truncated PNG: the file ends at byte {size}, inside its {kind.decode()} "
+                    f"chunk (bytes {start} to {at - 1})")
+    return (f"truncated PNG: the file ends at byte {size}, after its {kind.decode()} chunk, "
+            "without the IEND chunk that ends a PNG")
+
+
+def _jpeg_truncation(encoded: bytes) -> str | None:
+    size, at = len(encoded), len(_JPEG_SOI)
+    while at < size:
+        if encoded[at] != 0xFF:
+            return None  # not a marker where one belongs: corrupt, not cut
+        while at < size and encoded[at] == 0xFF:  # a marker and its optional fill bytes
+            at += 1
+        if at == size:
+            break
+        marker, at = encoded[at], at + 1
+        if marker in _JPEG_NO_LENGTH:
+            continue
+        if marker == _JPEG_EOI[1]:
+            return None  # ends before any image data: the decoder's to name
+        if at + 2 > size:
+            break
+        length = int.from_bytes(encoded[at:at + 2], "big")
+        if length < 2:
+            return None
+        end = at + length
+        if end > size:
+            break
+        if marker == _JPEG_SOS:  # image data follows, up to EOI (0xFF in the data is 0xFF00)
+            if encoded.rfind(_JPEG_EOI, end) >= 0:  # from the end: EOI is (nearly) last
+                return None
+            return (f"truncated JPEG: the file ends at byte {size}, in its image data (from "
+                    f"byte {end}), without the end marker")
+        at = end
+    if encoded.endswith(_JPEG_EOI):
+        return None  # a corrupted length ran past a whole file
+    return f"truncated JPEG: the file ends at byte {size}, in its headers, before the image data"
 
 
 def image_dimensions(encoded: bytes) -> tuple[int, int] | None:
     """(height, width) from the image's header, without decoding pixels; None if unknown.
 
-    PNG is read directly; every other format Pillow knows (JPEG, GIF, BMP, WebP, TIFF, ...) from
-    the header Pillow parses when it opens the bytes.
+    PNG is read directly from its IHDR chunk; every other format Pillow knows (JPEG, GIF, BMP,
+    WebP, TIFF, ...) from the header Pillow parses when it opens the bytes.
 
     Raises:
       ValueError: when the header declares more pixels than Pillow agrees to open at all
-        (twice `PIL.Image.MAX_IMAGE_PIXELS`).
+        (twice `PIL.Image.MAX_IMAGE_PIXELS`), or a PNG's IHDR chunk fails its checksum (one
+        flipped bit there would declare a huge image; both decoders refuse such a file).
     """
-    if encoded.startswith(_PNG_SIGNATURE) and len(encoded) >= 24:
-        width, height = struct.unpack(">II", encoded[16:24])
-        return height, width
+    if encoded.startswith(_PNG_SIGNATURE):
+        return _png_dimensions(encoded)
     try:
         with _open(encoded) as image:
             width, height = image.size
@@ -82,6 +166,15 @@ def image_dimensions(encoded: bytes) -> tuple[int, int] | None:
         raise _bomb_error(e) from None
     except (OSError, SyntaxError, ValueError):  # not an image Pillow knows: let the decoder say
         return None
+    return height, width
+
+
+def _png_dimensions(encoded: bytes) -> tuple[int, int] | None:
+    if len(encoded) < _PNG_HEADER_BYTES or encoded[8:16] != _PNG_IHDR:
+        return None  # cut, or not a PNG: `truncation` or the decoder says which
+    if zlib.crc32(encoded[12:29]) != struct.unpack_from(">I", encoded, 29)[0]:
+        raise ValueError("corrupt PNG: its IHDR chunk (the image size) fails its checksum")
+    width, height = struct.unpack_from(">II", encoded, 16)
     return height, width
 
 
@@ -96,6 +189,18 @@ def _bomb_error(error: Exception) -> ValueError:
                       f"cannot raise: {error}")
 
 
+def _check_layout(encoded: bytes) -> None:
+    """Refuses empty bytes, a PNG or JPEG cut short (`truncation`) and a PNG whose size fails
+    its checksum, before any header is trusted for the image's size; both decoders alike."""
+    if not encoded:
+        raise ValueError("empty image bytes")
+    cut = truncation(encoded)
+    if cut:
+        raise ValueError(cut)
+    if encoded.startswith(_PNG_SIGNATURE):
+        _png_dimensions(encoded)
+
+
 def _check_size(height: int, width: int, max_pixels: int) -> None:
     if height * width > max_pixels:
         raise ValueError(f"image is {width}x{height}, over the limit of {max_pixels} pixels "
@@ -107,10 +212,11 @@ class ImageDecoder:
 
     Exactly the pixels the trainer's tf.data pipeline sees. Images whose header declares more
     than `max_pixels` pixels are refused before decoding, so one decompression bomb costs a
-    dead letter, not a worker's memory. `decode_batch` decodes a batch in one TensorFlow call
-    (the same ops mapped over it, in parallel and outside the GIL, as tf.data's map does): a
-    call per image costs more than decoding a small image. Picklable (the compiled functions
-    are created on first use), so it can live in a DoFn.
+    dead letter, not a worker's memory, and a PNG or JPEG cut short is refused as truncated
+    (`truncation`) before its header is trusted. `decode_batch` decodes a batch in one
+    TensorFlow call (the same ops mapped over it, in parallel and outside the GIL, as tf.data's
+    map does): a call per image costs more than decoding a small image. Picklable (the compiled
+    functions are created on first use), so it can live in a DoFn.
     """
 
     def __init__(self, spec: ImageSpec, max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -162,8 +268,7 @@ class ImageDecoder:
             return decode_each(self, encoded)
 
     def _check(self, encoded: bytes) -> None:
-        if not encoded:
-            raise ValueError("empty image bytes")
+        _check_layout(encoded)
         size = image_dimensions(encoded)
         if size:
             _check_size(*size, self.max_pixels)
@@ -186,7 +291,8 @@ class PillowDecoder:
     grayscale teacher (GIF, BMP), and WebP and TIFF.
 
     Every format is checked against `max_pixels` from its header before any pixel is
-    decoded; a truncated image is an error (Pillow's `LOAD_TRUNCATED_IMAGES` is left off).
+    decoded; a truncated image is an error (`truncation` names a cut PNG or JPEG as the `tf`
+    decoder does; Pillow's `LOAD_TRUNCATED_IMAGES` is left off).
     Picklable.
     """
 
@@ -197,8 +303,7 @@ class PillowDecoder:
         self._size = (spec.width, spec.height)
 
     def __call__(self, encoded: bytes) -> np.ndarray:
-        if not encoded:
-            raise ValueError("empty image bytes")
+        _check_layout(encoded)
         try:
             image = _open(encoded)
         except Image.DecompressionBombError as e:

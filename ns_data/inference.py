@@ -20,26 +20,31 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from ns_data import devices, predictions
 from ns_data.images import (DECODERS, DEFAULT_DECODER, DEFAULT_MAX_PIXELS, ImageSpec,
                             make_decoder)
+from ns_data.lazy import tf
 from ns_data.predictions import topk
 from ns_data.records import STAGE_DECODE, STAGE_INFERENCE, STAGE_OUTPUT, Prediction, RawImage
 from ns_data.teacher import PROBABILITY_TOLERANCE, output_error
 
 _PROGRESS_EVERY_SECS = 30.0
-# What a teacher raises on the data of one batch (a shape it cannot take, a numeric check on an
-# input): its images become dead letters. Anything else — out of memory, a lost or failing
-# device, an unknown error — fails the bundle, so the runner retries it and a persistent failure
-# stops the job instead of quietly turning every image into a dead letter.
-TEACHER_DATA_ERRORS = (ValueError, tf.errors.InvalidArgumentError)
 _FAILED = "failed"
 _TF_FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")
 
 Key = tuple[str, int, bytes]  # (source, index, image id)
+
+
+def teacher_data_errors() -> tuple[type[Exception], ...]:
+    """What a teacher raises on the data of one batch (a shape it cannot take, a numeric check
+    on an input): its images become dead letters. Anything else — out of memory, a lost or
+    failing device, an unknown error — fails the bundle, so the runner retries it and a
+    persistent failure stops the job instead of quietly turning every image into a dead letter.
+    (A function: TensorFlow's class is read when a batch fails, not when this module is
+    imported; see `ns_data.lazy`.)"""
+    return (ValueError, tf.errors.InvalidArgumentError)
 
 
 def _first_line(error: Exception) -> str:
@@ -98,7 +103,7 @@ class TeacherOnBatches(ModelHandler):
     RunInference does no batching of its own (`should_skip_batching`); each element is cut into
     the teacher's batches (the wrapped handler's `max_batch_size`, so a fixed-shape function sees
     the shape it was built for). A teacher batch that raises a data error
-    (`TEACHER_DATA_ERRORS`) is retried in halves, down to single images, so only the images
+    (`teacher_data_errors`) is retried in halves, down to single images, so only the images
     that fail on their own become dead letters, each with its error's first line (a batch with
     one bad image costs about 2·log2(batch) extra calls). Any other error fails the bundle.
     Loading and sharing (`large_model`, `model_copies`) are the wrapped handler's.
@@ -144,7 +149,7 @@ class TeacherOnBatches(ModelHandler):
     def _score(self, images: list[np.ndarray], model, inference_args):
         try:
             results = self._handler.run_inference(images, model, inference_args)
-        except TEACHER_DATA_ERRORS as e:
+        except teacher_data_errors() as e:
             if len(images) == 1:
                 return [None], [f"{type(e).__name__}: {_first_line(e)}"]
             beam.metrics.Metrics.counter("ns_data", "teacher_batches_split").inc()
@@ -236,7 +241,7 @@ class TeacherInference(beam.PTransform):
     (found by retrying a failed batch in halves) and an image whose output is NaN or not a
     probability vector each become a failed row (a
     dead letter later) instead of failing the job; a batch that fails for another reason than
-    its data (`TEACHER_DATA_ERRORS`), e.g. the device running out of memory, fails the bundle.
+    its data (`teacher_data_errors`), e.g. the device running out of memory, fails the bundle.
     """
 
     def __init__(self, model_handler: ModelHandler, image_spec: ImageSpec, outputs: str,

@@ -13,11 +13,10 @@ import posixpath
 from typing import NamedTuple
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from ns_data import formats, predictions, schema
+from ns_data import formats, globs, predictions, schema
 from ns_data.progress import Progress
 from ns_data.records import STAGE_FILE, STAGE_PARSE, Prediction, RawImage
 from ns_data.tfrecord import CorruptRecordError, iter_records
@@ -29,21 +28,16 @@ DEFAULT_READ_BATCH = 256
 
 
 def check_input_pattern(pattern: str) -> int:
-    """Number of files matching `pattern`; raises a clear error when there are none, or when
-    it names a directory (which would match itself, not its files)."""
+    """Number of files matching `pattern` (`globs.match`); raises a clear error when there are
+    none, or when it names a directory (which would match itself, not its files)."""
     if "://" not in pattern and os.path.isdir(pattern):
         raise ValueError(f"--input={pattern} is a directory; give a glob of its files, e.g. "
-                         f"--input='{posixpath.join(pattern, '*')}'")
-    matched = FileSystems.match([pattern])[0].metadata_list
+                         f"--input='{posixpath.join(pattern, '*')}', or "
+                         f"--input='{posixpath.join(pattern, '**')}' with its subfolders")
+    matched = globs.match(pattern)
     if not matched:
         raise ValueError(f"--input={pattern} matches no files")
     return len(matched)
-
-
-def glob_root(pattern: str) -> str:
-    """The folder a glob reads from: its path up to the first wildcard's folder."""
-    cuts = [pattern.find(c) for c in "*?[" if c in pattern]
-    return posixpath.dirname(pattern[:min(cuts)] if cuts else pattern)
 
 
 class ParseFailure(ValueError):
@@ -81,15 +75,17 @@ def parse_image_record(serialized: bytes) -> tuple[bytes, bytes]:
     return image_id or schema.content_id(encoded[0]), encoded[0]
 
 
-def damaged_file(error: CorruptRecordError | OSError, path: str, index: int = 0) -> Prediction:
-    """The failed row that stands for the unreadable rest of an input file, from `index` on."""
+def damaged_file(error: CorruptRecordError | OSError, path: str, index: int = 0,
+                 image_id: bytes | None = None) -> Prediction:
+    """The failed row that stands for the unreadable rest of an input file, from `index` on,
+    named `image_id` (an image file's id: the file is its one image), else `path#index`."""
     problem = str(error) if isinstance(error, CorruptRecordError) else (
         f"{path} cannot be read at record {index}: {type(error).__name__}: {error}")
     message = (f"{problem}. Its first {index} records are read; the rest of the file is lost."
                if index else f"{problem}. Nothing in the file can be read.")
     logging.warning("damaged input file: %s", message)
-    return Prediction(path, index, b"%s#%d" % (path.encode(), index), stage=STAGE_FILE,
-                      message=message)
+    return Prediction(path, index, image_id or b"%s#%d" % (path.encode(), index),
+                      stage=STAGE_FILE, message=message)
 
 
 class _ReadFiles(beam.DoFn):
@@ -98,7 +94,8 @@ class _ReadFiles(beam.DoFn):
     damaged file (`damaged_file`; the records before the damage are kept).
 
     TFRecord files are read one path per element, in batches of consecutive records; image
-    files come as batches of paths, one image each.
+    files come as batches of paths, one image each, named by their path under `root`, the
+    glob's folder (`globs.image_id`).
     """
 
     def __init__(self, input_format: str, batch_size: int, root: str = "",
@@ -106,7 +103,8 @@ class _ReadFiles(beam.DoFn):
         self._format = input_format
         self._columns = columns
         self._batch_size = batch_size
-        self._root = os.path.realpath(root) if root and "://" not in root else ""
+        self._root = root
+        self._real_root = os.path.realpath(root) if root and "://" not in root else ""
         self._read = beam.metrics.Metrics.counter("ns_data", "images_read")
         self._failed = beam.metrics.Metrics.counter("ns_data", "failed_parse")
         self._damaged = beam.metrics.Metrics.counter("ns_data", "damaged_files")
@@ -166,10 +164,10 @@ class _ReadFiles(beam.DoFn):
 
     def _image_files(self, paths: list[str], failed: list[Prediction]):
         for path in paths:
+            image_id = globs.image_id(path, self._root)
             outside = self._outside_root(path)
             if outside:
-                failed.append(Prediction(path, 0, path.encode(), stage=STAGE_FILE,
-                                         message=outside))
+                failed.append(Prediction(path, 0, image_id, stage=STAGE_FILE, message=outside))
                 continue
             try:
                 with FileSystems.open(path,
@@ -177,21 +175,21 @@ class _ReadFiles(beam.DoFn):
                     encoded = f.read()
             except OSError as e:
                 self._damaged.inc()
-                failed.append(damaged_file(e, path))
+                failed.append(damaged_file(e, path, image_id=image_id))
                 continue
             self._pending_bytes += len(encoded)
-            yield RawImage(path.encode(), encoded, path, 0)
+            yield RawImage(image_id, encoded, path, 0)
 
     def _outside_root(self, path: str) -> str | None:
         """Why a local image file is not read: a symlink (itself, or a folder on its way) that
         leads out of the input's folder. None for every other file."""
-        if not self._root:
+        if not self._real_root:
             return None
         real = os.path.realpath(path)
-        if real == self._root or real.startswith(self._root.rstrip(os.sep) + os.sep):
+        if real == self._real_root or real.startswith(self._real_root.rstrip(os.sep) + os.sep):
             return None
-        return (f"{path} is a symlink to {real}, outside the input folder {self._root}; not "
-                "followed")
+        return (f"{path} is a symlink to {real}, outside the input folder {self._real_root}; "
+                "not followed")
 
     def _images(self, images: list[RawImage]) -> list[RawImage]:
         self._read.inc(len(images))
@@ -209,7 +207,7 @@ def encoded_images(pattern: str, input_format: str,
     """The encoded images of an input, in file order, skipping records that do not parse and
     the unreadable rest of damaged files (the launch check's sample; the pipeline reads with
     `ReadImages`)."""
-    for path in sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list):
+    for path in (m.path for m in globs.match(pattern)):
         try:
             if input_format == "images":
                 with FileSystems.open(path,
@@ -247,7 +245,8 @@ class ReadImages(beam.PTransform):
     `tfrecord`: a glob of TFRecord files of tf.train.Example with `image/encoded` (required) and
     `image/id` (optional; default: a content hash of the bytes). A record that does not parse is
     a failed predictions row (stage "parse") named by a content hash of the whole record.
-    `images`: a glob of image files; the id is the file path.
+    `images`: a glob of image files (`globs.match`: `photos/**` reads subfolders too); the id
+    is the file's path under the glob's folder, `cats/1.jpg` for `/data/photos/**`.
     `parquet`, `webdataset`: see `formats` (`columns`: a Parquet input's image and id columns);
     a sample is named by its row, or its position in the tar, as a record is.
 
@@ -275,7 +274,9 @@ class ReadImages(beam.PTransform):
         self._columns = columns
 
     def expand(self, pbegin):
-        matched = pbegin | "MatchFiles" >> fileio.MatchFiles(self._pattern)
+        matched = (pbegin
+                   | "Glob" >> beam.Create([self._pattern])
+                   | "MatchFiles" >> beam.FlatMap(globs.match))
         sizes = (matched
                  | "Sizes" >> beam.Map(lambda metadata: metadata.size_in_bytes)
                  | "InputBytes" >> beam.CombineGlobally(sum))  # for the progress line's ETA
@@ -286,6 +287,7 @@ class ReadImages(beam.PTransform):
             paths = paths | "BatchPaths" >> beam.BatchElements(
                 min_batch_size=self._batch_size, max_batch_size=self._batch_size)
         read = paths | "ReadFiles" >> beam.ParDo(
-            _ReadFiles(self._format, self._batch_size, glob_root(self._pattern), self._columns),
+            _ReadFiles(self._format, self._batch_size, globs.glob_root(self._pattern),
+                       self._columns),
             total_bytes=beam.pvalue.AsSingleton(sizes)).with_outputs(FAILED, main="images")
         return ReadResult(read["images"], read[FAILED])

@@ -14,11 +14,11 @@ import posixpath
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
 from ns_data import predictions, schema
 from ns_data import stats as stats_lib
+from ns_data.lazy import tf
 
 _COLORS = ((70, 110, 200), (230, 140, 40), (90, 170, 90))
 

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
+
+from ns_data.lazy import tf
 
 IMAGE_ENCODED = "image/encoded"
 IMAGE_ID = "image/id"

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import apache_beam as beam
-import tensorflow as tf
 
 from ns_data.balance import ClassPlan
+from ns_data.lazy import tf
 from ns_data.records import (STAGE_DECODE, STAGE_FILE, STAGE_INFERENCE, STAGE_OUTPUT,
                              STAGE_PARSE)
 from ns_data.write import PSEUDO_LABEL_PREFIX

@@ -19,13 +19,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
-from tensorflow.core.protobuf import saved_model_pb2
 
 from ns_data import devices
 from ns_data.devices import TeacherRuntime
 from ns_data.images import ImageSpec
+from ns_data.lazy import tf
 
 METADATA_FILE = "assets.extra/ns_teacher.json"
 OUTPUT_KINDS = ("logits", "probabilities")
@@ -170,6 +169,7 @@ def inspect_teacher(
     pb_path = posixpath.join(path, "saved_model.pb")
     if not tf.io.gfile.exists(pb_path):
         raise ValueError(f"--teacher={path} is not a SavedModel directory (no saved_model.pb)")
+    from tensorflow.core.protobuf import saved_model_pb2  # noqa: PLC0415 - see ns_data.lazy
     saved_model = saved_model_pb2.SavedModel()
     with tf.io.gfile.GFile(pb_path, "rb") as f:
         saved_model.ParseFromString(f.read())

@@ -32,13 +32,13 @@ from collections.abc import Mapping
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import tensorflow as tf
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from ns_data import formats, schema
+from ns_data import formats, globs, schema
 from ns_data import predictions as table
 from ns_data.balance import ClassPlan, id_hash
+from ns_data.lazy import tf
 from ns_data.read import ParseFailure, parse_image_record
 from ns_data.records import STAGE_FILE, STAGE_PARSE
 from ns_data.select import file_copies
@@ -340,8 +340,8 @@ class _PairWithImages(beam.DoFn):
 
     def _encoded(self, serialized: bytes, image_id: bytes, source: str, index: int,
                  path: str) -> bytes:
-        if self._metadata.input_format == "images":
-            actual = source.encode()
+        if self._metadata.input_format == "images":  # named as the teacher pass named it
+            actual = globs.image_id(source, globs.glob_root(self._metadata.input))
             encoded = serialized
         elif self._metadata.input_format in formats.FORMATS:
             actual, encoded = serialized

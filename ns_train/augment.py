@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import tensorflow as tf
+from ns_data.lazy import tf
 
 MAX_MAGNITUDE = 30.0
 

@@ -1,4 +1,5 @@
-"""The trainer's configuration: one frozen dataclass, its command-line flags, and config files.
+"""The trainer's configuration: one frozen dataclass, its command-line flags, and config files
+(and the command line's logging, `configure_logging`, which `beam_jobs.iterate` shares).
 
 Every option is a field of `TrainConfig` with its help text next to it; `parse_args` turns the
 fields into flags, so `python -m ns_train.train --help` documents all of them. A config file
@@ -14,6 +15,8 @@ import argparse
 import dataclasses
 import difflib
 import importlib.util
+import logging
+import sys
 import typing
 from typing import Any
 
@@ -226,3 +229,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         if not getattr(config, name):
             flag_parser.error(f"--{name} is required")
     return config
+
+
+def configure_logging() -> None:
+    """Timestamped progress lines on stderr; TensorFlow's and Beam's INFO chatter hidden."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    for chatty in ("tensorflow", "apache_beam", "absl"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import tensorflow as tf
-
 from ns_data import schema
 from ns_data.images import ImageSpec, decode_and_resize
+from ns_data.lazy import tf
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,10 +28,10 @@ import math
 import sys
 
 import numpy as np
-import tensorflow as tf
 
 from ns_data import teacher_flags
 from ns_data.devices import TeacherRuntime
+from ns_data.lazy import tf
 from ns_data.teacher import (TeacherModelHandler, TeacherSpec, inspect_teacher, output_error,
                              sample_problem)
 from ns_train import data

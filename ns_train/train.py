@@ -38,7 +38,7 @@ from tensorflow.core.framework import summary_pb2
 from ns_data import completion
 from ns_train import checks, data, optim, preprocess
 from ns_train.augment import RandAugmentConfig, augment_batch
-from ns_train.config import TrainConfig, parse_args
+from ns_train.config import TrainConfig, configure_logging, parse_args
 from ns_train.efficientnet import efficientnet
 from ns_train.export import export_model
 from ns_train.models import small_resnet
@@ -476,14 +476,6 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
     with tf.io.gfile.GFile(posixpath.join(config.workdir, RESULT_FILE), "w") as f:
         json.dump(result, f, indent=2)
     return result
-
-
-def configure_logging() -> None:
-    """Timestamped progress lines on stderr; TensorFlow's and Beam's INFO chatter hidden."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
-    for chatty in ("tensorflow", "apache_beam", "absl"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,17 +1,24 @@
-"""label_and_balance on Parquet and WebDataset inputs: the same images under the same ids give
-the same pseudo-labels as TFRecords; bad rows, members and files are dead letters."""
+"""label_and_balance on Parquet and WebDataset inputs and image folders: the same images under
+the same ids give the same pseudo-labels as TFRecords; bad rows, members and files are dead
+letters."""
 from __future__ import annotations
 
+import collections
 import glob
 import os
 
+import pyarrow.parquet as pq
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
 from beam_jobs import label_and_balance as job
 from beam_jobs import rebalance
-from ns_data import predictions, schema, stats
+from ns_data import completion, predictions, schema, stats
+from ns_data.images import truncation
 from tests import fakes
-from tests.beam_jobs.fake_runs import K, SEED, corpus, output_files, read_records, run_fake
+from tests.beam_jobs.fake_runs import (K, SEED, corpus, expected_copies, output_files,
+                                       read_records, run_fake)
 from tests.ns_data.test_formats import corrupt_row_group, write_parquet, write_webdataset
 
 
@@ -197,3 +204,66 @@ def test_bad_webdataset_samples_and_a_truncated_tar_become_dead_letters(tmp_path
         f"{truncated}: tar cannot be read from sample 6 ({images[16].image_id.decode()}) on (")
     assert message.endswith("Its first 6 records are read; the rest of the file is lost.")
     stats.check_reconciles(run_stats)
+
+
+def folder_corpus(root, images) -> list[fakes.FakeImage]:
+    """`images` as PNG files under `root`: two at the top, the others in a folder per class,
+    every third a folder deeper; returns them named by their path under `root`."""
+    named = []
+    for i, im in enumerate(images):
+        folder = "" if i < 2 else f"class{im.label}/" + ("deep/" if i % 3 == 0 else "")
+        name = f"{folder}{im.image_id.decode()}.png"
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(im.encoded)
+        named.append(fakes.FakeImage(name.encode(), im.label, im.code, im.encoded))
+    return named
+
+
+def test_an_image_folder_gives_the_same_ids_and_bytes_from_any_working_directory(
+        tmp_path, monkeypatch):
+    photos = tmp_path / "data" / "photos"
+    images = folder_corpus(photos, corpus())
+    (photos / "class0" / "cut.png").write_bytes(images[0].encoded[:57])
+    (tmp_path / "elsewhere").mkdir()
+    outputs = {}
+    for name, cwd, pattern in (("relative", tmp_path / "data", "photos/**"),
+                               ("absolute", tmp_path / "elsewhere", f"{photos}/**")):
+        monkeypatch.chdir(cwd)
+        output_dir = f"{tmp_path}/{name}"
+        opts = PipelineOptions([f"--input={pattern}", "--input_format=images",
+                                "--teacher=unused", f"--output_dir={output_dir}",
+                                f"--images_per_class={K}", "--num_shards=3", f"--seed={SEED}"]
+                               ).view_as(job.LabelAndBalanceOptions)
+        job.validate(opts)  # as `run` does: the glob made absolute, checked to match
+        with BeamTestPipeline(runner="DirectRunner") as p:
+            job.build(p, opts, fakes.fake_spec(), fakes.FakeTeacherHandler())
+        completion.finish_run(output_dir, "label_and_balance", 1.0,
+                              table_dir=job.predictions_dir(opts))
+        outputs[name] = output_files(output_dir)
+    assert outputs["relative"] == outputs["absolute"]  # shards and dead letters, byte for byte
+    assert len(outputs["relative"]) == 4 and all(outputs["relative"].values())
+
+    # Ids are paths under photos/, subfolders included; the table keeps each file's full path.
+    want = {i: c for i, c in expected_copies(images, K).items() if c}
+    got = collections.Counter(r.image_id for r in pseudo_labels(f"{tmp_path}/relative"))
+    assert dict(got) == want
+    table = pq.read_table(f"{tmp_path}/relative/predictions")
+    assert sorted(zip(table.column(predictions.ID).to_pylist(),
+                      table.column(predictions.SOURCE).to_pylist())) == sorted(
+        [(im.image_id, f"{photos}/{im.image_id.decode()}") for im in images]
+        + [(b"class0/cut.png", f"{photos}/class0/cut.png")])
+    cut = truncation(images[0].encoded[:57])
+    assert cut.startswith("truncated PNG: the file ends at byte 57")
+    assert dead_letters(f"{tmp_path}/relative") == {b"class0/cut.png": ("decode",
+                                                                        f"ValueError: {cut}")}
+    run_stats = stats.read_stats(f"{tmp_path}/relative")
+    assert run_stats["totals"]["read"] == len(images) + 1
+    assert run_stats["totals"]["failed"]["decode"] == 1
+
+    # The writing pass of a rebalance run from a third directory reads the same files as ids.
+    monkeypatch.chdir(photos / "class1")
+    rebalance.run([f"--predictions={tmp_path}/relative/predictions",
+                   f"--output_dir={tmp_path}/rebalanced", "--runner=DirectRunner",
+                   f"--images_per_class={K}", "--num_shards=3", f"--seed={SEED}",
+                   "--max_failure_fraction=1"])
+    assert output_files(f"{tmp_path}/rebalanced") == outputs["relative"]

@@ -339,10 +339,9 @@ def test_image_files_input(tmp_path):
         job.build(p, opts, fakes.fake_spec(), fakes.FakeTeacherHandler())
     run_stats = stats.read_stats(output_dir)
     records = [schema.parse_pseudo_label(r) for r in read_records(output_dir)]
-    # Ids are the file paths; the selection is the brute-force one on those ids.
-    by_path = {f"{image_dir}/{im.image_id.decode()}.png".encode(): im for im in images}
-    renamed = [fakes.FakeImage(path, im.label, im.code, im.encoded)
-               for path, im in by_path.items()]
+    # Ids are the paths under the glob's folder; the selection is the brute-force one on them.
+    renamed = [fakes.FakeImage(f"{im.image_id.decode()}.png".encode(), im.label, im.code,
+                               im.encoded) for im in images]
     want = {i: c for i, c in expected_copies(renamed, K).items() if c}
     assert dict(collections.Counter(r.image_id for r in records)) == want
     assert run_stats["totals"]["read"] == 26

@@ -12,7 +12,7 @@ import tensorflow as tf
 from PIL import Image, JpegImagePlugin
 
 from ns_data.images import (DECODERS, ImageDecoder, ImageSpec, PillowDecoder, decode_and_resize,
-                            image_dimensions, make_decoder)
+                            image_dimensions, make_decoder, truncation)
 from tests.data_files import png
 
 
@@ -113,12 +113,6 @@ def test_corrupt_bytes_raise(data):
         ImageDecoder(ImageSpec(4, 4, 3))(data)
 
 
-def test_truncated_png_raises():
-    data = png(random_pixels((32, 32, 3)))
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        ImageDecoder(ImageSpec(32, 32, 3))(data[: len(data) // 2])
-
-
 def test_empty_bytes_raise():
     with pytest.raises(ValueError, match="empty image bytes"):
         ImageDecoder(ImageSpec(4, 4, 3))(b"")
@@ -173,16 +167,16 @@ def test_image_dimensions_from_headers_without_decoding():
     assert image_dimensions(tf.io.encode_jpeg(pixels).numpy()) == (7, 11)
     assert image_dimensions(pil_bytes(np.zeros((9, 4, 3), np.uint8), "GIF")) == (9, 4)
     assert image_dimensions(pil_bytes(np.zeros((3, 8, 3), np.uint8), "WEBP")) == (3, 8)
+    assert image_dimensions(tf.io.encode_png(pixels).numpy()[:30]) is None  # a cut IHDR
     assert image_dimensions(b"GIF89a....") is None
     assert image_dimensions(b"\xff\xd8 not really a jpeg") is None
 
 
 def test_decompression_bomb_is_refused_before_decoding():
-    # A valid PNG header declaring 40000x40000 pixels (1.6e9), with no pixel data behind it.
-    ihdr = struct.pack(">IIBBBBB", 40000, 40000, 8, 0, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    bomb = (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
-            + struct.pack(">I", zlib.crc32(chunk)))
+    # A PNG declaring 40000x40000 pixels (1.6e9) whose data is one small deflate stream.
+    bomb = (b"\x89PNG\r\n\x1a\n"
+            + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 0, 0, 0, 0))
+            + png_chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + png_chunk(b"IEND", b""))
     decoder = ImageDecoder(ImageSpec(4, 4, 1))
     with pytest.raises(ValueError, match="40000x40000, over the limit of 89478485 pixels"):
         decoder(bomb)
@@ -190,6 +184,97 @@ def test_decompression_bomb_is_refused_before_decoding():
     assert decoder(small).shape == (4, 4, 1)
     with pytest.raises(ValueError, match="over the limit of 24 pixels"):
         ImageDecoder(ImageSpec(4, 4, 1), max_pixels=24)(small)
+
+
+# --------------------------------------------------------------------------------------------
+# Truncated and corrupt files, named alike by both decoders
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("decoder", sorted(DECODERS))
+def test_a_png_cut_anywhere_is_named_truncated_not_huge(decoder):
+    data = pil_bytes(smooth_pixels(40, 50), "PNG")
+    size = len(data)
+    assert data[33:41] == struct.pack(">I", size - 57) + b"IDAT"  # one IDAT chunk, then IEND
+    decode = make_decoder(decoder, ImageSpec(40, 50, 3))
+    assert decode(data).shape == (40, 50, 3)
+    want = {
+        1: "truncated PNG: 1 of the header's 33 bytes",
+        8: "truncated PNG: 8 of the header's 33 bytes",  # the signature, no IHDR
+        20: "truncated PNG: 20 of the header's 33 bytes",  # cut inside the size
+        32: "truncated PNG: 32 of the header's 33 bytes",
+        33: "truncated PNG: the file ends at byte 33, after its IHDR chunk, without the IEND "
+            "chunk that ends a PNG",
+        57: f"truncated PNG: the file ends at byte 57, inside its IDAT chunk (bytes 33 to "
+            f"{size - 13})",
+        size // 2: f"truncated PNG: the file ends at byte {size // 2}, inside its IDAT chunk "
+                   f"(bytes 33 to {size - 13})",
+        size - 12: f"truncated PNG: the file ends at byte {size - 12}, after its IDAT chunk, "
+                   "without the IEND chunk that ends a PNG",
+        size - 1: f"truncated PNG: the file ends at byte {size - 1}, inside its IEND chunk "
+                  f"(bytes {size - 12} to {size - 1})",
+    }
+    for cut, message in want.items():
+        with pytest.raises(ValueError) as error:
+            decode(data[:cut])
+        assert str(error.value) == message
+        # Named before the header is trusted: with a limit the image is over, still truncated.
+        with pytest.raises(ValueError, match="^truncated PNG: "):
+            make_decoder(decoder, ImageSpec(40, 50, 3), max_pixels=100)(data[:cut])
+
+
+@pytest.mark.parametrize("decoder", sorted(DECODERS))
+@pytest.mark.parametrize("encode", [lambda p: pil_bytes(p, "JPEG"), jpeg],
+                         ids=["pillow-jpeg", "tf-jpeg"])
+def test_a_jpeg_cut_anywhere_is_named_truncated(decoder, encode):
+    data = encode(smooth_pixels(40, 50))
+    size = len(data)
+    scan = data.index(b"\xff\xda")
+    image_data = scan + 2 + int.from_bytes(data[scan + 2:scan + 4], "big")
+    decode = make_decoder(decoder, ImageSpec(40, 50, 3))
+    assert decode(data).shape == (40, 50, 3)
+    for cut in (1, 2, 4, 20, scan, image_data - 1):
+        with pytest.raises(ValueError) as error:
+            decode(data[:cut])
+        assert str(error.value) == (f"truncated JPEG: the file ends at byte {cut}, in its "
+                                    "headers, before the image data")
+    for cut in (image_data, (image_data + size) // 2, size - 2, size - 1):
+        with pytest.raises(ValueError) as error:
+            decode(data[:cut])
+        assert str(error.value) == (f"truncated JPEG: the file ends at byte {cut}, in its image "
+                                    f"data (from byte {image_data}), without the end marker")
+
+
+def test_whole_and_corrupt_files_are_not_called_truncated():
+    png_data = pil_bytes(smooth_pixels(40, 50), "PNG")
+    jpeg_data = jpeg(smooth_pixels(40, 50))
+    assert truncation(png_data) is None and truncation(jpeg_data) is None
+    assert truncation(png_data + b"trailing") is None  # bytes after IEND are ignored
+    assert truncation(jpeg_data + b"trailing") is None
+    for other in ("GIF", "BMP", "WEBP"):
+        assert truncation(pil_bytes(smooth_pixels(40, 50), other)[:30]) is None
+    assert truncation(b"definitely not an image") is None
+    # A corrupted length that runs past a whole file: corrupt, not cut.
+    damaged = bytearray(png_data)
+    damaged[33] = 0x7F
+    assert truncation(bytes(damaged)) is None
+    damaged = bytearray(jpeg_data)
+    damaged[4:6] = b"\xff\xf0"  # the APP0 segment's length
+    assert truncation(bytes(damaged)) is None
+    # Garbage where a chunk or a marker belongs: corrupt, for the decoder to name.
+    assert truncation(png_data[:33] + b"\x00" * 12) is None
+    assert truncation(b"\x89PNG\r\n\x1a\n-not-really") is None  # no IHDR, though short
+    assert truncation(b"\xff\xd8\xff\xe0" + b"\x00" * 32) is None
+
+
+@pytest.mark.parametrize("decoder", sorted(DECODERS))
+def test_a_png_whose_size_fails_its_checksum_is_refused_not_huge(decoder):
+    data = bytearray(pil_bytes(smooth_pixels(40, 50), "PNG"))
+    data[17] ^= 0x40  # the width's second byte: 50 becomes 4194354
+    message = r"^corrupt PNG: its IHDR chunk \(the image size\) fails its checksum$"
+    with pytest.raises(ValueError, match=message):
+        make_decoder(decoder, ImageSpec(40, 50, 3))(bytes(data))
+    with pytest.raises(ValueError, match=message):
+        image_dimensions(bytes(data))
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,13 +391,6 @@ def test_pillow_decodes_what_tensorflow_cannot_for_a_grayscale_teacher():
 def test_pillow_corrupt_bytes_raise(data):
     with pytest.raises((OSError, SyntaxError, ValueError)):
         PillowDecoder(ImageSpec(4, 4, 3))(data)
-
-
-@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
-def test_pillow_truncated_image_raises(fmt):
-    data = pil_bytes(smooth_pixels(64, 64), fmt)
-    with pytest.raises(OSError, match="(?i)truncated"):
-        PillowDecoder(ImageSpec(64, 64, 3))(data[: len(data) // 2])
 
 
 def test_pillow_empty_bytes_raise():

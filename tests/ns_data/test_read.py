@@ -50,7 +50,8 @@ def test_a_record_that_is_not_one_image_is_a_parse_failure(features, message):
 
 def test_a_directory_as_input_is_refused_with_the_glob_to_use(tmp_path):
     with pytest.raises(ValueError, match=f"--input={tmp_path} is a directory; give a glob of "
-                                         f"its files, e.g. --input='{tmp_path}/\\*'"):
+                                         f"its files, e.g. --input='{tmp_path}/\\*', or "
+                                         f"--input='{tmp_path}/\\*\\*' with its subfolders"):
         read.check_input_pattern(str(tmp_path))
 
 
@@ -64,18 +65,20 @@ def test_symlinks_out_of_the_image_folder_are_not_followed(tmp_path):
     with TestPipeline(runner="DirectRunner") as p:
         result = p | read.ReadImages(pattern, "images", batch_size=2)
         images = (result.images
-                  | "Sources" >> beam.FlatMap(lambda batch: [im.source for im in batch])
+                  | "Sources" >> beam.FlatMap(lambda batch: [(im.image_id, im.source)
+                                                             for im in batch])
                   | "AllRead" >> beam.combiners.ToList())
         failed = (result.failed | "Rows" >> beam.FlatMap(lambda t: zip(
+            t.column(predictions.ID).to_pylist(),
             t.column(predictions.SOURCE).to_pylist(),
             t.column(predictions.ERROR_STAGE).to_pylist(),
             t.column(predictions.ERROR_MESSAGE).to_pylist()))
                   | "AllFailed" >> beam.combiners.ToList())
-        assert_that(images, lambda got: _equal(
-            sorted(got[0]), [f"{tmp_path}/in/a.png", f"{tmp_path}/in/inside.png"]),
+        assert_that(images, lambda got: _equal(sorted(got[0]), [
+            (b"a.png", f"{tmp_path}/in/a.png"), (b"inside.png", f"{tmp_path}/in/inside.png")]),
             label="read")
         assert_that(failed, lambda got: _equal(sorted(got[0]), [
-            (f"{tmp_path}/in/outside.png", "damaged_file",
+            (b"outside.png", f"{tmp_path}/in/outside.png", "damaged_file",
              f"{tmp_path}/in/outside.png is a symlink to {tmp_path}/secret.png, outside the "
              f"input folder {tmp_path}/in; not followed")]), label="failed")
 
