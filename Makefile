@@ -28,10 +28,13 @@ demo: venv
 
 # The whole Noisy Student loop on Fashion-MNIST (sudo apt-get install dataset-fashion-mnist).
 replicate: venv
-	$(PY) -m beam_jobs.iterate --workdir=out/replicate $(ARGS)
+	$(PY) -m beam_jobs.iterate --config=ns_train/configs/fashion_mnist_loop.py \
+		--workdir=out/replicate $(ARGS)
 
+# The same loop, tiny (the config's runlocal variant): a smoke test in a few minutes.
 replicate-quick: venv
-	$(PY) -m beam_jobs.iterate --workdir=out/replicate-quick --quick $(ARGS)
+	$(PY) -m beam_jobs.iterate --config=ns_train/configs/fashion_mnist_loop.py:runlocal \
+		--workdir=out/replicate-quick $(ARGS)
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -4,12 +4,13 @@ checks, the closing summary, and `main` (one-line errors, exit statuses)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import logging
 import os
 import posixpath
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions, StandardOptions,
@@ -42,16 +43,38 @@ def main(run: Callable[[list[str] | None], Any], prog: str,
     return 0
 
 
-def check_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
-    """Parses a job's own flags in `argv` (others are left to Beam) the way its command line
-    does, but raises `ValueError` with argparse's message (e.g. "argument --min_confidence: must
-    be in [0, 1], got 1.5") instead of printing usage and exiting: a caller that runs the job
-    later (`iterate`) checks its flags before any work."""
-    parser.exit_on_error = False
-    try:
-        return parser.parse_known_args(list(argv))[0]
-    except argparse.ArgumentError as e:
-        raise ValueError(str(e)) from e
+def check_values(parser: argparse.ArgumentParser, values: Mapping[str, Any]) -> None:
+    """Refuses a value its flag would refuse, with argparse's own message (e.g. "argument
+    --min_confidence: must be in [0, 1], got 1.5"): a job's config built in code (by `iterate`)
+    is checked exactly as its command line is, before any work.
+
+    Args:
+      parser: the job's parser; `values` are keyed by its flags' destinations.
+      values: a flag's value as its type would give it (None: not given, for flags without a
+        default).
+
+    Raises:
+      ValueError: for a value its flag's type, range or choices refuse, or of another type.
+    """
+    actions = {action.dest: action for action in parser._actions}
+    for name, value in values.items():
+        action = actions[name]
+        flag = "/".join(action.option_strings)
+        if value is None and action.default is None:
+            continue
+        if action.nargs == 0:  # --flag without a value: True or False
+            if not isinstance(value, bool):
+                raise ValueError(f"argument {flag}: takes True or False, got {value!r}")
+            continue
+        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        try:
+            parsed = parser._get_value(action, text)
+            parser._check_value(action, parsed)
+        except argparse.ArgumentError as e:
+            raise ValueError(str(e)) from e
+        if parsed != value or isinstance(value, bool):
+            raise ValueError(f"argument {flag}: takes {type(parsed).__name__} values, got "
+                             f"{value!r}")
 
 
 positive_int = teacher_flags.positive_int
@@ -128,7 +151,37 @@ class BalanceOptions(PipelineOptions):
         add_balance_args(parser)
 
 
-def balance_config(opts: BalanceOptions) -> BalanceConfig:
+@dataclasses.dataclass(frozen=True)
+class BalanceSettings:
+    """The selection and output flags as one frozen value, named and defaulted as the flags
+    are; part of the configs that `label_and_balance.run_job` and `rebalance.run_job` take."""
+
+    output_dir: str | None = None
+    min_confidence: float = 0.3
+    images_per_class: int = 130_000
+    no_duplicate: bool = False
+    seed: int = 0
+    collect_limit: int = DEFAULT_COLLECT_LIMIT
+    overwrite: bool = False
+    num_shards: int = 16
+    label_type: str = "soft"
+    topk: int = 10
+    chunk_records: int = DEFAULT_CHUNK_RECORDS
+    max_failure_fraction: float = completion.DEFAULT_MAX_FAILURE_FRACTION
+    max_copies: int = 0
+
+    def __post_init__(self):
+        parser = argparse.ArgumentParser(add_help=False)
+        add_balance_args(parser)
+        check_values(parser, dataclasses.asdict(self))
+
+    @classmethod
+    def from_options(cls, options: PipelineOptions) -> BalanceSettings:
+        view = options.view_as(BalanceOptions)
+        return cls(**{f.name: getattr(view, f.name) for f in dataclasses.fields(cls)})
+
+
+def balance_config(opts: BalanceOptions | BalanceSettings) -> BalanceConfig:
     """The selection and output settings of the flags."""
     return BalanceConfig(
         min_confidence=opts.min_confidence, images_per_class=opts.images_per_class,
@@ -168,14 +221,19 @@ def _check_clear(directory: str, patterns: list[str], what: str, overwrite: bool
             tf.io.gfile.remove(path)
 
 
-def pipeline_options(argv: list[str]) -> PipelineOptions:
+def pipeline_options(argv: list[str],
+                     values: Mapping[str, Any] | None = None) -> PipelineOptions:
     """Beam options from argv, with this project's defaults filled in.
+
+    Args:
+      argv: command-line flags, the job's own and Beam's.
+      values: option values by name, taking precedence over `argv` (a job's frozen config).
 
     Raises:
       ValueError: for a flag neither this job nor Beam knows (Beam would only log it, and a
         misspelt --images_per_class would silently run with the default K).
     """
-    options = PipelineOptions(argv)
+    options = PipelineOptions(argv, **(values or {}))
     parsers = []
     options.get_all_options(add_extra_args_fn=parsers.append)
     _, unknown = parsers[0].parse_known_args(argv)

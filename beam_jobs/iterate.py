@@ -1,18 +1,33 @@
-"""The whole Noisy Student loop on Fashion-MNIST, one command, with a report.
+"""The whole Noisy Student loop on your data, one command, with a report.
 
-    python -m beam_jobs.iterate --workdir=out/replicate            # about an hour on 2 cores
-    python -m beam_jobs.iterate --workdir=out/quick --quick        # a few minutes
+    python -m beam_jobs.iterate --config=my_loop.py --workdir=out/run \\
+        --labeled='data/labeled-*.tfrecord' --unlabeled='data/unlabeled-*.tfrecord' \\
+        --eval='data/holdout-*.tfrecord' [--test='data/test-*.tfrecord']
+    python -m beam_jobs.iterate --config=ns_train/configs/fashion_mnist_loop.py \\
+        --workdir=out/replicate                                   # about an hour on 2 cores
+    python -m beam_jobs.iterate --config=ns_train/configs/fashion_mnist_loop.py:runlocal \\
+        --workdir=out/quick                                       # a few minutes
 
-Round r: train the teacher on the labeled split (round 0) or take round r-1's student →
-`label_and_balance` on the unlabeled split (soft targets, per-class top-K with duplication,
-every score kept for re-selection) → train a noised student on labeled + pseudo-labeled data →
-evaluate teacher and student on the holdout split (for choices) and the test split (reported).
-`--ablations` trains more round-0 students from the same teacher and predictions: without noise,
-with hard labels, without balancing. Every step resumes: rerunning the command skips what is
-done and continues interrupted training from its checkpoint.
+The data are TFRecords in our schema (`ns_data.schema`): labeled records carry `label`;
+--eval is a labeled holdout for choices, --test (optional) is only reported. The config
+(`ns_train/loop_config.py`, big_vision style, `:VARIANT` for `get_config(VARIANT)`) holds the
+teacher's training settings, each round's student (students grow per round, as in the paper),
+the labeling settings, rounds, ablations and seed; a config may bring its own data step
+(Fashion-MNIST's splits), which runs when no data flags are given. The flags below override the
+config's entries of the same name.
 
-Writes WORKDIR/report/summary.md (tables + links to per-round PNGs: class counts before/after
-balancing, the confidence histogram, a sample grid with pseudo-labels) and results.json.
+Round r: train the teacher on the labeled data (round 0) or take round r-1's student →
+`label_and_balance` on the unlabeled data (per-class top-K with duplication, every score kept for
+re-selection) → train round r's noised student on labeled + pseudo-labeled data → evaluate
+teacher and student on --eval and --test. Round-0 ablations train more students from the same
+teacher and predictions: without noise, with hard labels, without balancing. Every setting of
+every step (each model's training, each label_and_balance and rebalance run) is checked before
+the first step starts, with the messages those steps give. Every step resumes: rerunning the
+command skips what is done and continues interrupted training from its checkpoint.
+
+Writes WORKDIR/report/summary.md (tables with each model's size, links to per-round PNGs:
+class counts before/after balancing, the confidence histogram, a sample grid with
+pseudo-labels) and WORKDIR/results.json.
 """
 from __future__ import annotations
 
@@ -26,320 +41,417 @@ import posixpath
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from beam_jobs import label_and_balance, prepare_fashion_mnist, rebalance
-from ns_data import fashion_mnist, report, round_report, stats
-from ns_data.lazy import tf
-from ns_data.progress import format_duration
-from ns_data.teacher_flags import int_at_least
-from ns_train.config import TrainConfig, configure_logging
-from ns_train.evaluate import evaluate_export
+from ns_data.fashion_mnist import DEFAULT_DIR as FASHION_MNIST_DIR
+
+if TYPE_CHECKING:  # they import TensorFlow; --help does not need it
+    from beam_jobs.label_and_balance import LabelAndBalanceConfig
+    from beam_jobs.rebalance import RebalanceConfig
+    from ns_train.config import TrainConfig
+    from ns_train.loop_config import LoopConfig
 
 logger = logging.getLogger("beam_jobs.iterate")
 
-ABLATIONS = ("full", "no_noise", "hard", "no_balance")
 DESCRIPTIONS = {"full": "soft targets, balanced, noised student",
-                 "no_noise": "same pseudo-labels, student without RandAugment/dropout/SD",
-                 "hard": "hard pseudo-labels, balanced, noised student",
-                 "no_balance": "soft targets above the threshold, no top-K or duplication"}
+                "no_noise": "same pseudo-labels, student without RandAugment/dropout/SD",
+                "hard": "hard pseudo-labels, balanced, noised student",
+                "no_balance": "soft targets above the threshold, no top-K or duplication"}
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
-    """Sizes and steps of one run; `--quick` swaps in a tiny version."""
+class LoopData:
+    """Where one run of the loop reads and writes. Empty globs: the config's data step
+    prepares them in WORKDIR/data."""
 
-    num_labeled: int
-    num_holdout: int
-    limit: int
-    teacher_widths: tuple[int, ...]
-    student_widths: tuple[int, ...]
-    blocks: int
-    teacher_steps: int
-    student_steps: int
-    batch_size: int
+    workdir: str
+    labeled: str = ""
+    unlabeled: str = ""
+    eval: str = ""
+    test: str = ""
+    unlabeled_truth: str = ""  # CSV of id,label for the unlabeled images (reports only)
+    fashion_mnist_dir: str = FASHION_MNIST_DIR
 
-
-# The student is wider than the teacher (the paper's "equal-or-larger student"): with an equal
-# one (16, 32, 64; 3000 steps) the student gained +0.84 holdout / +0.64 test points.
-FULL = Settings(num_labeled=5000, num_holdout=5000, limit=0, teacher_widths=(16, 32, 64),
-                student_widths=(24, 48, 96), blocks=1, teacher_steps=1500, student_steps=2400,
-                batch_size=128)
-# The loop in about three minutes: a smoke test, not a measurement. On 1,000 test images one
-# point is 10 images; at 150 steps the teacher was too unsure to label 4 classes at 0.3.
-QUICK = Settings(num_labeled=200, num_holdout=100, limit=1000, teacher_widths=(8, 16),
-                 student_widths=(8, 16), blocks=1, teacher_steps=400, student_steps=400,
-                 batch_size=32)
+    @property
+    def given(self) -> bool:
+        return bool(self.labeled or self.unlabeled or self.eval or self.test)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m beam_jobs.iterate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="Where everything of the run goes.")
-    parser.add_argument("--quick", action="store_true",
-                        help="Tiny subset and few steps: the whole loop in a few minutes.")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="Noisy Student iterations; each student teaches the next round "
-                             "(default: %(default)s).")
-    parser.add_argument("--ablations", default="full",
-                        help=f"Comma-separated round-0 students to train, of {ABLATIONS} "
-                             "(default: %(default)s).")
-    parser.add_argument("--fashion_mnist_dir", default=fashion_mnist.DEFAULT_DIR,
-                        help="Debian's dataset-fashion-mnist files (default: %(default)s).")
-    parser.add_argument("--images_per_class", type=int, default=0,
-                        help="K; 0: unlabeled images / classes (default: %(default)s).")
-    parser.add_argument("--min_confidence", type=float, default=0.3,
-                        help="Confidence threshold of pseudo-labels (default: %(default)s).")
-    parser.add_argument("--unlabeled_ratio", type=float, default=1.0,
-                        help="Unlabeled batch / labeled batch (default: %(default)s).")
-    parser.add_argument("--teacher_steps", type=int, default=0,
-                        help="Teacher training steps (default: 1500, --quick 400).")
-    parser.add_argument("--student_steps", type=int, default=0,
-                        help="Student training steps (default: 2400, --quick 400).")
-    parser.add_argument("--student_widths", type=int, nargs="+", default=None,
-                        help="Student ResNet stage widths, each at least the teacher's "
-                             "(teacher 16 32 64, default 24 48 96; --quick: both 8 16).")
-    parser.add_argument("--randaugment_magnitude", type=float, default=10.0,
-                        help="RandAugment magnitude of noised models (default: %(default)s).")
-    parser.add_argument("--seed", type=int_at_least(0), default=0,
-                        help="Seed of the splits, training and shard placement "
-                             "(default: %(default)s).")
+    parser.add_argument("--config", required=True,
+                        help="Loop config file, FILE.py or FILE.py:VARIANT (e.g. "
+                             "ns_train/configs/fashion_mnist_loop.py:runlocal).")
+    g = parser.add_argument_group("data (TFRecords in our schema; none: the config's data step)")
+    g.add_argument("--labeled", default="", help="Glob of the labeled records.")
+    g.add_argument("--unlabeled", default="", help="Glob of the unlabeled records.")
+    g.add_argument("--eval", default="",
+                   help="Glob of labeled holdout records, for choices (never the test set).")
+    g.add_argument("--test", default="",
+                   help="Glob of labeled test records, only reported (default: none).")
+    g.add_argument("--unlabeled_truth", default="",
+                   help="CSV of id,label of the unlabeled images, to report pseudo-label "
+                        "accuracy (default: none; the Fashion-MNIST step writes one).")
+    g.add_argument("--fashion_mnist_dir", default=FASHION_MNIST_DIR,
+                   help="Debian's dataset-fashion-mnist files, for a config that prepares "
+                        "Fashion-MNIST (default: %(default)s).")
+    g = parser.add_argument_group("overrides of the config's entries (default: the config's)")
+    g.add_argument("--rounds", type=int, default=None,
+                   help="Noisy Student iterations; each student teaches the next round.")
+    g.add_argument("--ablations", default=None,
+                   help="Comma-separated round-0 students to train, of full, no_noise, hard, "
+                        "no_balance.")
+    g.add_argument("--seed", type=int, default=None,
+                   help="Seed of the splits, training and shard placement.")
+    g.add_argument("--min_confidence", type=float, default=None,
+                   help="Confidence threshold of pseudo-labels.")
+    g.add_argument("--images_per_class", type=int, default=None,
+                   help="K; 0: unlabeled images / classes.")
+    g.add_argument("--teacher_steps", type=int, default=None, help="Teacher training steps.")
+    g.add_argument("--student_steps", type=int, default=None,
+                   help="Training steps of every round's student.")
+    g.add_argument("--unlabeled_ratio", type=float, default=None,
+                   help="Unlabeled batch / labeled batch, of every model.")
+    g.add_argument("--randaugment_magnitude", type=float, default=None,
+                   help="RandAugment magnitude of every noised model.")
     args = parser.parse_args(argv)
     # One name per place: "run/", "x/../run" and "run" resume the same workdir.
     args.workdir = os.path.normpath(args.workdir)
-    unknown = set(args.ablations.split(",")) - set(ABLATIONS)
-    if unknown:
-        parser.error(f"unknown ablations {sorted(unknown)}; choose from {ABLATIONS}")
-    if args.rounds < 1:
-        parser.error("--rounds must be >= 1")
-    for flag in ("teacher_steps", "student_steps", "images_per_class"):
-        if getattr(args, flag) < 0:
-            parser.error(f"--{flag} must be >= 0 (0: the default), got {getattr(args, flag)}")
-    teacher_widths = (QUICK if args.quick else FULL).teacher_widths
-    if args.student_widths and (len(args.student_widths) != len(teacher_widths) or any(
-            s < t for s, t in zip(args.student_widths, teacher_widths))):
-        parser.error(f"--student_widths {args.student_widths}: the student must be equal to or "
-                     f"larger than the teacher, {list(teacher_widths)} stage by stage")
-    if args.rounds > 1 and "full" not in args.ablations.split(","):
-        parser.error("--rounds > 1 needs the 'full' student in --ablations: it teaches the "
-                     "next round")
     return args
 
 
-# Changing these between runs of one workdir only adds work (or names the same place);
-# anything else would mix two runs.
-_MAY_CHANGE = {"workdir", "rounds", "ablations", "fashion_mnist_dir"}
+def loop_config(args: argparse.Namespace) -> LoopConfig:
+    """The config file's `LoopConfig` with the flags' overrides (checked as the config is)."""
+    from ns_train import loop_config as lc  # noqa: PLC0415 - keeps --help light
+
+    config = lc.load(args.config)
+    changes: dict[str, Any] = {name: getattr(args, name) for name in ("rounds", "seed")
+                               if getattr(args, name) is not None}
+    if args.ablations is not None:
+        changes["ablations"] = tuple(args.ablations.split(","))
+    labeling = {name: getattr(args, name) for name in ("min_confidence", "images_per_class")
+                if getattr(args, name) is not None}
+    if labeling:
+        changes["labeling"] = dataclasses.replace(config.labeling, **labeling)
+    every_model = {name: getattr(args, name) for name in ("unlabeled_ratio",
+                                                          "randaugment_magnitude")
+                   if getattr(args, name) is not None}
+    teacher = {**config.teacher, **every_model}
+    if args.teacher_steps is not None:
+        teacher["steps"] = args.teacher_steps
+    students = tuple({**student, **every_model} for student in config.students)
+    if args.student_steps is not None:
+        students = tuple({**student, "steps": args.student_steps} for student in students)
+    return dataclasses.replace(config, teacher=teacher, students=students, **changes)
 
 
-def _run_identity(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    """The flags and the sizes/steps they give (so a change of the built-in defaults is caught
-    too): what must not change, beyond _MAY_CHANGE, while a workdir is resumed."""
-    return {**vars(args), **{f"settings.{k}": v for k, v in dataclasses.asdict(settings).items()}}
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """The command line: runs (or resumes) the loop of the flags; returns `run_loop`'s result."""
+    args = parse_args(argv)
+    data = LoopData(workdir=args.workdir, labeled=args.labeled, unlabeled=args.unlabeled,
+                    eval=args.eval, test=args.test, unlabeled_truth=args.unlabeled_truth,
+                    fashion_mnist_dir=args.fashion_mnist_dir)
+    return run_loop(loop_config(args), data)
 
 
-def _trainer():
-    """`ns_train.train`, imported when first needed: its Keras model classes import TensorFlow
-    with the module, and `--help` or a flag error needs none of it (see `ns_data.lazy`)."""
-    from ns_train import train  # noqa: PLC0415
-    return train
+# Changing these between runs of one workdir only adds work or names the same place; anything
+# else would mix two runs.
+_MAY_CHANGE = {"workdir", "unlabeled_truth", "fashion_mnist_dir", "config.rounds",
+               "config.ablations", "config.name"}
 
 
-def check_workdir(args: argparse.Namespace, settings: Settings) -> None:
-    """Refuses to resume a workdir whose iterate.json records other flags or settings."""
-    _trainer().refuse_changed_settings(posixpath.join(args.workdir, "iterate.json"),
-                                       _run_identity(args, settings), _MAY_CHANGE, args.workdir)
+def _run_identity(config: LoopConfig, data: LoopData) -> dict[str, Any]:
+    """What must not change, beyond _MAY_CHANGE, while a workdir is resumed: the data and every
+    setting of the config (so an edited config file is caught too)."""
+    return {**dataclasses.asdict(data),
+            **{f"config.{name}": value for name, value in config.recorded().items()}}
 
 
-def _record_workdir(args: argparse.Namespace, settings: Settings) -> None:
+def check_workdir(config: LoopConfig, data: LoopData) -> None:
+    """Refuses to resume a workdir whose iterate.json records other data or settings."""
+    from ns_train.train import refuse_changed_settings  # noqa: PLC0415 - keeps --help light
+
+    refuse_changed_settings(posixpath.join(data.workdir, "iterate.json"),
+                            _run_identity(config, data), _MAY_CHANGE, data.workdir)
+
+
+def _record_workdir(config: LoopConfig, data: LoopData) -> None:
     """Writes iterate.json once the run has made something (its data splits)."""
-    path = posixpath.join(args.workdir, "iterate.json")
+    path = posixpath.join(data.workdir, "iterate.json")
     if not os.path.exists(path):
+        os.makedirs(data.workdir, exist_ok=True)
         with open(path, "w") as f:
-            json.dump(_run_identity(args, settings), f, indent=2)
+            json.dump(_run_identity(config, data), f, indent=2)
 
 
 @contextlib.contextmanager
 def _stage(name: str, seconds: dict[str, float]) -> Iterator[None]:
     """Times one stage into `seconds[name]` and logs it, so a run shows where its hour goes."""
+    from ns_data.progress import format_duration  # noqa: PLC0415
+
     start = time.monotonic()
     yield
     seconds[name] = round(time.monotonic() - start, 1)
     logger.info("%s: %s", name, format_duration(seconds[name]))
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    base = QUICK if args.quick else FULL
-    changes: dict[str, Any] = {}
-    if args.teacher_steps:
-        changes["teacher_steps"] = args.teacher_steps
-    if args.student_steps:
-        changes["student_steps"] = args.student_steps
-    if args.student_widths:
-        changes["student_widths"] = tuple(args.student_widths)
-    return dataclasses.replace(base, **changes)
+def resolve_data(config: LoopConfig, data: LoopData) -> LoopData:
+    """The globs the loop reads: the flags', or those of the config's data step.
+
+    Raises:
+      ValueError: for missing data flags, or a glob that matches no files.
+    """
+    if not data.given:
+        if config.fashion_mnist is None:
+            raise ValueError("--labeled, --unlabeled and --eval are required: the config "
+                             "prepares no data")
+        prepared = posixpath.join(data.workdir, "data")
+        return dataclasses.replace(
+            data, **{flag: posixpath.join(prepared, f"{split}-*.tfrecord") for flag, split in
+                     (("labeled", "labeled"), ("unlabeled", "unlabeled"), ("eval", "holdout"),
+                      ("test", "test"))},
+            unlabeled_truth=data.unlabeled_truth or posixpath.join(prepared,
+                                                                   "unlabeled_truth.csv"))
+    import tensorflow as tf  # noqa: PLC0415 - keeps --help light
+
+    missing = [f"--{flag}" for flag in ("labeled", "unlabeled", "eval")
+               if not getattr(data, flag)]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}: the loop needs labeled, unlabeled and "
+                         "eval (holdout) data")
+    for flag in ("labeled", "unlabeled", "eval", "test"):
+        pattern = getattr(data, flag)
+        if pattern and not tf.io.gfile.glob(pattern):
+            raise ValueError(f"--{flag}={pattern} matches no files")
+    if data.unlabeled_truth and not tf.io.gfile.exists(data.unlabeled_truth):
+        raise ValueError(f"--unlabeled_truth={data.unlabeled_truth} does not exist")
+    return data
 
 
-def _train_config(workdir: str, data_dir: str, settings: Settings, args: argparse.Namespace, *,
-                  widths: tuple[int, ...], steps: int, unlabeled: str = "",
-                  noise: bool = True) -> TrainConfig:
-    """The settings of one model's training (a `ValueError` names a bad one)."""
-    return TrainConfig(
-        workdir=workdir, labeled=posixpath.join(data_dir, "labeled-*.tfrecord"),
-        unlabeled=unlabeled, eval=posixpath.join(data_dir, "holdout-*.tfrecord"),
-        num_classes=10, class_names=",".join(fashion_mnist.CLASS_NAMES), image_size=(28, 28),
-        channels=1, model="small_resnet", resnet_widths=widths, resnet_blocks=settings.blocks,
-        batch_size=settings.batch_size, unlabeled_ratio=args.unlabeled_ratio, steps=steps,
-        optimizer="sgd", learning_rate=0.1, weight_decay=5e-5, schedule="cosine",
-        randaugment_ops=2 if noise else 0, randaugment_magnitude=args.randaugment_magnitude,
-        dropout=0.2 if noise else 0.0, stochastic_depth=0.8 if noise else 1.0,
-        ema_decay=0.99, normalization="tft", log_every=max(1, steps // 10),
-        checkpoint_every=max(1, steps // 4), seed=args.seed)
+def _trainings(config: LoopConfig, data: LoopData) -> Iterator[tuple[str, TrainConfig]]:
+    """Every training the loop will run, by stage name, with the paths it will use."""
+    here = data.workdir
+    yield "teacher", config.teacher_config(workdir=posixpath.join(here, "round0", "teacher"),
+                                           labeled=data.labeled, eval=data.eval)
+    for r in range(config.rounds):
+        for variant in _variants(config, r):
+            yield f"round{r} student {variant}", config.student_config(
+                r, noise=variant != "no_noise", labeled=data.labeled, eval=data.eval,
+                workdir=posixpath.join(here, f"round{r}", f"student_{variant}"),
+                unlabeled=posixpath.join(_labels_dir(here, r, variant), "pseudo_labels-*"))
 
 
-def _train(workdir: str, data_dir: str, settings: Settings, args: argparse.Namespace,
-           **model) -> str:
-    """Trains (or resumes) one model; returns its export directory."""
-    config = _train_config(workdir, data_dir, settings, args, **model)
-    return _trainer().train(config)["export_dir"]
+def _variants(config: LoopConfig, round_index: int) -> tuple[str, ...]:
+    return config.ablations if round_index == 0 else ("full",)
 
 
-def _label_argv(teacher: str, data_dir: str, output_dir: str, table_dir: str, k: int,
-                args: argparse.Namespace) -> list[str]:
-    return [f"--input={posixpath.join(data_dir, 'unlabeled-*.tfrecord')}", f"--teacher={teacher}",
-            f"--output_dir={output_dir}", f"--predictions_dir={table_dir}",
-            f"--images_per_class={k}", f"--min_confidence={args.min_confidence}",
-            "--label_type=soft", "--num_shards=8", "--batch_size=256", f"--seed={args.seed}",
-            "--overwrite"]
+_LABELS_DIRS = {"full": "pseudo_soft", "no_noise": "pseudo_soft", "hard": "pseudo_hard",
+                "no_balance": "pseudo_unbalanced"}
 
 
-def _rebalance_argv(table_dir: str, output_dir: str, k: int, label_type: str, duplicate: bool,
-                    args: argparse.Namespace) -> list[str]:
-    return ([f"--predictions={table_dir}", f"--output_dir={output_dir}",
-             f"--images_per_class={k}", f"--min_confidence={args.min_confidence}",
-             f"--label_type={label_type}", "--num_shards=8", f"--seed={args.seed}", "--overwrite"]
-            + ([] if duplicate else ["--no_duplicate"]))
+def _labels_dir(workdir: str, round_index: int, variant: str) -> str:
+    return posixpath.join(workdir, f"round{round_index}", _LABELS_DIRS[variant])
 
 
-def _pseudo_label(teacher: str, data_dir: str, output_dir: str, table_dir: str, k: int,
-                  args: argparse.Namespace) -> None:
-    if tf.io.gfile.exists(posixpath.join(output_dir, stats.STATS_FILE)):
-        return
-    label_and_balance.run(_label_argv(teacher, data_dir, output_dir, table_dir, k, args))
+def _label_config(config: LoopConfig, data: LoopData, teacher: str, round_index: int,
+                  k: int) -> LabelAndBalanceConfig:
+    """The round's label_and_balance run."""
+    from beam_jobs.cli import BalanceSettings  # noqa: PLC0415
+    from beam_jobs.label_and_balance import LabelAndBalanceConfig  # noqa: PLC0415
+
+    labeling, round_dir = config.labeling, posixpath.join(data.workdir, f"round{round_index}")
+    return LabelAndBalanceConfig(
+        input=data.unlabeled, teacher=teacher, batch_size=labeling.batch_size,
+        predictions_dir=posixpath.join(round_dir, "predictions"),
+        balance=BalanceSettings(
+            output_dir=_labels_dir(data.workdir, round_index, "full"), images_per_class=k,
+            min_confidence=labeling.min_confidence, label_type=labeling.label_type,
+            num_shards=labeling.num_shards, seed=config.seed, overwrite=True))
 
 
-def _rebalance(table_dir: str, output_dir: str, k: int, label_type: str, duplicate: bool,
-               args: argparse.Namespace) -> None:
-    if tf.io.gfile.exists(posixpath.join(output_dir, stats.STATS_FILE)):
-        return
-    rebalance.run(_rebalance_argv(table_dir, output_dir, k, label_type, duplicate, args))
+def _rebalance_config(config: LoopConfig, data: LoopData, variant: str, k: int,
+                      num_unlabeled: int) -> RebalanceConfig:
+    """Round 0's re-selection for the `hard` or `no_balance` ablation."""
+    from beam_jobs.cli import BalanceSettings  # noqa: PLC0415
+    from beam_jobs.rebalance import RebalanceConfig  # noqa: PLC0415
+
+    labeling = config.labeling
+    hard = variant == "hard"
+    return RebalanceConfig(
+        predictions=posixpath.join(data.workdir, "round0", "predictions"),
+        balance=BalanceSettings(
+            output_dir=_labels_dir(data.workdir, 0, variant),
+            images_per_class=k if hard else max(1, num_unlabeled),
+            min_confidence=labeling.min_confidence,
+            label_type="hard" if hard else labeling.label_type, no_duplicate=not hard,
+            num_shards=labeling.num_shards, seed=config.seed, overwrite=True))
 
 
-def check_settings(args: argparse.Namespace, settings: Settings) -> None:
+def check_settings(config: LoopConfig, data: LoopData, k: int) -> None:
     """Refuses, before any work, a setting that a step of the loop would refuse later: every
-    model's training settings and the flags of every label_and_balance and rebalance run, with
-    the messages those steps give."""
-    here = args.workdir
-    for widths, steps, noise in ((settings.teacher_widths, settings.teacher_steps, False),
-                                 (settings.student_widths, settings.student_steps, True)):
-        _train_config(here, here, settings, args, widths=widths, steps=steps,
-                      unlabeled=here if noise else "", noise=noise)
-    k = args.images_per_class or 1  # 0 means "from the data", known once it is prepared
-    label_and_balance.check_flags(_label_argv(here, here, here, here, k, args))
-    rebalance.check_flags(_rebalance_argv(here, here, k, "hard", False, args))
+    model's training settings and every label_and_balance and rebalance run's, with the
+    messages those steps give. Reads no data and no model (a glob's files may not exist yet).
+    """
+    k = k or 1  # 0 means "from the data", known once it is prepared
+    dict(_trainings(config, data))  # each model's TrainConfig checks itself
+    _label_config(config, data, data.workdir, 0, k)
+    for variant in ("hard", "no_balance"):
+        if variant in config.ablations:
+            _rebalance_config(config, data, variant, k, k)
 
 
-def _read_truth(data_dir: str) -> dict[bytes, int]:
-    with open(posixpath.join(data_dir, "unlabeled_truth.csv")) as f:
+def _count_records(pattern: str) -> int:
+    import tensorflow as tf  # noqa: PLC0415
+
+    files = sorted(tf.io.gfile.glob(pattern))
+    return int(tf.data.TFRecordDataset(files).reduce(tf.constant(0, tf.int64),
+                                                     lambda n, _: n + 1))
+
+
+def _splits_file(workdir: str) -> str:
+    return posixpath.join(workdir, "data", "splits.json")
+
+
+def _sizes(data: LoopData, prepared: bool) -> dict[str, int]:
+    """Records per split (`holdout` is --eval): counted, or as the data step wrote them."""
+    if prepared:
+        with open(_splits_file(data.workdir)) as f:
+            return json.load(f)["sizes"]
+    return {split: _count_records(getattr(data, flag)) for split, flag in
+            (("labeled", "labeled"), ("holdout", "eval"), ("unlabeled", "unlabeled"),
+             ("test", "test")) if getattr(data, flag)}
+
+
+def _read_truth(path: str) -> dict[bytes, int] | None:
+    if not path:
+        return None
+    with open(path) as f:
         next(f)
-        return {line.split(",")[0].encode(): int(line.split(",")[1]) for line in f}
+        return {line.split(",")[0].encode(): int(line.split(",")[1]) for line in f
+                if line.strip()}
 
 
-def _evaluate(export_dir: str, data_dir: str) -> dict[str, float]:
-    return {split: evaluate_export(export_dir, posixpath.join(data_dir, f"{split}-*.tfrecord"))
-            ["top1"] for split in ("holdout", "test")}
+def _evaluate(export_dir: str, data: LoopData) -> dict[str, float]:
+    from ns_train.evaluate import evaluate_export  # noqa: PLC0415
+
+    return {split: evaluate_export(export_dir, pattern)["top1"]
+            for split, pattern in (("holdout", data.eval), ("test", data.test)) if pattern}
 
 
-def run(argv: list[str] | None = None) -> dict[str, Any]:
-    """Runs (or resumes) the loop; returns what results.json holds."""
-    args = parse_args(argv)
-    settings = _settings(args)
+def _model_entry(export: str, train_config: TrainConfig, data: LoopData) -> dict[str, Any]:
+    """A trained model in results.json: its export, top-1 per split and size."""
+    from ns_train import loop_config as lc  # noqa: PLC0415
+    from ns_train.train import build_model  # noqa: PLC0415
+
+    return {"export": export, **_evaluate(export, data),
+            "architecture": lc.describe(train_config),
+            "parameters": int(build_model(train_config).count_params()),
+            "steps": train_config.steps}
+
+
+def run_loop(config: LoopConfig, given: LoopData) -> dict[str, Any]:
+    """Runs (or resumes) the loop of `config` on the data `given`; returns what results.json
+    holds.
+
+    Raises:
+      ValueError: before any work, for a setting any step would refuse, or a workdir that holds
+        a run with other settings.
+    """
+    from beam_jobs import label_and_balance, prepare_fashion_mnist, rebalance  # noqa: PLC0415
+    from ns_data import report, round_report, stats  # noqa: PLC0415
+    from ns_data.progress import format_duration  # noqa: PLC0415
+    from ns_train import train as trainer  # noqa: PLC0415
+
+    data = resolve_data(config, given)
     try:
-        check_settings(args, settings)
+        check_settings(config, data, config.labeling.images_per_class)
     except ValueError as e:
         raise ValueError(f"{e} (a setting of the loop's steps; nothing was run)") from e
-    check_workdir(args, settings)
-    workdir = args.workdir
-    data_dir = posixpath.join(workdir, "data")
+    check_workdir(config, given)
     seconds: dict[str, float] = {}
     started = time.monotonic()
-    if not os.path.exists(posixpath.join(data_dir, "splits.json")):
+    splits = config.fashion_mnist
+    if not given.given and not os.path.exists(_splits_file(data.workdir)):
         with _stage("prepare", seconds):
             sizes = prepare_fashion_mnist.prepare(
-                data_dir, num_labeled=settings.num_labeled, num_holdout=settings.num_holdout,
-                seed=args.seed, data_dir=args.fashion_mnist_dir, limit=settings.limit)
+                posixpath.join(data.workdir, "data"), num_labeled=splits.num_labeled,
+                num_holdout=splits.num_holdout, seed=config.seed,
+                data_dir=data.fashion_mnist_dir, limit=splits.limit)
         logger.info("Prepared %s", sizes)
-    _record_workdir(args, settings)
-    with open(posixpath.join(data_dir, "splits.json")) as f:
-        sizes = json.load(f)["sizes"]
-    k = args.images_per_class or sizes["unlabeled"] // 10
-    truth = _read_truth(data_dir)
-    ablations = args.ablations.split(",")
+    _record_workdir(config, given)
+    sizes = _sizes(data, prepared=not given.given)
+    teacher_config = config.teacher_config()
+    k = config.labeling.images_per_class or max(1, sizes["unlabeled"]
+                                                // teacher_config.num_classes)
+    class_names = teacher_config.class_name_list or [
+        str(c) for c in range(teacher_config.num_classes)]
+    truth = _read_truth(data.unlabeled_truth)
+    models = dict(_trainings(config, data))
 
     with _stage("round0 teacher", seconds):
-        teacher = _train(posixpath.join(workdir, "round0", "teacher"), data_dir, settings, args,
-                         widths=settings.teacher_widths, steps=settings.teacher_steps)
+        teacher = trainer.train(models["teacher"])["export_dir"]
+    teacher_entry = _model_entry(teacher, models["teacher"], data)
     rounds = []
-    for r in range(args.rounds):
-        round_dir = posixpath.join(workdir, f"round{r}")
-        table_dir = posixpath.join(round_dir, "predictions")
-        labels = {"full": posixpath.join(round_dir, "pseudo_soft")}
+    for r in range(config.rounds):
+        label_config = _label_config(config, data, teacher, r, k)
         with _stage(f"round{r} label_and_balance", seconds):
-            _pseudo_label(teacher, data_dir, labels["full"], table_dir, k, args)
-        variants = ablations if r == 0 else ["full"]
-        if "hard" in variants:
-            labels["hard"] = posixpath.join(round_dir, "pseudo_hard")
-            with _stage(f"round{r} rebalance hard", seconds):
-                _rebalance(table_dir, labels["hard"], k, "hard", True, args)
-        if "no_balance" in variants:
-            labels["no_balance"] = posixpath.join(round_dir, "pseudo_unbalanced")
-            with _stage(f"round{r} rebalance no_balance", seconds):
-                _rebalance(table_dir, labels["no_balance"], sizes["unlabeled"], "soft", False,
-                           args)
+            if not _done(label_config.balance.output_dir):
+                label_and_balance.run_job(label_config)
+        variants = _variants(config, r)
+        for variant in ("hard", "no_balance"):
+            if variant in variants:
+                rebalance_config = _rebalance_config(config, data, variant, k,
+                                                     sizes["unlabeled"])
+                with _stage(f"round{r} rebalance {variant}", seconds):
+                    if not _done(rebalance_config.balance.output_dir):
+                        rebalance.run_job(rebalance_config)
         students = {}
         for variant in variants:
-            pseudo = labels.get(variant, labels["full"])
+            pseudo = _labels_dir(data.workdir, r, variant)
+            student_config = models[f"round{r} student {variant}"]
             with _stage(f"round{r} student {variant}", seconds):
-                export = _train(posixpath.join(round_dir, f"student_{variant}"), data_dir,
-                                settings, args, widths=settings.student_widths,
-                                steps=settings.student_steps,
-                                unlabeled=posixpath.join(pseudo, "pseudo_labels-*"),
-                                noise=variant != "no_noise")
+                export = trainer.train(student_config)["export_dir"]
                 students[variant] = {
-                    "export": export, **_evaluate(export, data_dir), "pseudo_labels": pseudo,
+                    **_model_entry(export, student_config, data), "pseudo_labels": pseudo,
                     "pseudo_labels_written": [c["written"] for c in
                                               stats.read_stats(pseudo)["classes"]],
                     "description": DESCRIPTIONS[variant]}
-        report_dir = posixpath.join(workdir, "report", f"round{r}")
+        report_dir = posixpath.join(data.workdir, "report", f"round{r}")
         with _stage(f"round{r} report", seconds):
-            labeling = report.write_label_report(labels["full"], table_dir, report_dir,
-                                                 fashion_mnist.CLASS_NAMES, truth=truth)
-            rounds.append({"round": r,
-                           "teacher": {"export": teacher, **_evaluate(teacher, data_dir)},
-                           "students": students, "labeling": labeling, "report_dir": report_dir})
+            labeling = report.write_label_report(label_config.balance.output_dir,
+                                                 label_config.predictions_dir, report_dir,
+                                                 class_names, truth=truth)
+        rounds.append({"round": r, "teacher": teacher_entry, "students": students,
+                       "labeling": labeling, "report_dir": report_dir})
         print(round_report.format_round(rounds[-1]), flush=True)
-        teacher = students["full"]["export"] if "full" in students else teacher
+        if "full" in students:  # it teaches the next round
+            teacher = students["full"]["export"]
+            teacher_entry = {key: students["full"][key] for key in teacher_entry}
     seconds["total"] = round(time.monotonic() - started, 1)
-    result = {"settings": dataclasses.asdict(settings), "args": vars(args), "sizes": sizes,
-              "images_per_class": k, "seconds": seconds, "rounds": rounds}
-    with open(posixpath.join(workdir, "results.json"), "w") as f:
+    result = {"name": config.name, "config": config.recorded(), "data": dataclasses.asdict(data),
+              "sizes": sizes, "images_per_class": k, "seconds": seconds, "rounds": rounds}
+    with open(posixpath.join(data.workdir, "results.json"), "w") as f:
         json.dump(result, f, indent=2)
-    summary = round_report.write_summary(posixpath.join(workdir, "report"), result,
-                                         fashion_mnist.CLASS_NAMES)
+    summary = round_report.write_summary(posixpath.join(data.workdir, "report"), result,
+                                         class_names)
     print(f"\nDone in {format_duration(seconds['total'])}. Report: {summary}")
     return result
 
 
+def _done(output_dir: str) -> bool:
+    """Whether a labeling run wrote its stats.json (it finished; rerunning skips it)."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    from ns_data import stats  # noqa: PLC0415
+
+    return tf.io.gfile.exists(posixpath.join(output_dir, stats.STATS_FILE))
+
+
 def main() -> None:
+    from ns_train.config import configure_logging  # noqa: PLC0415
+
     configure_logging()
     try:
         run()

@@ -23,6 +23,7 @@ import math
 import os
 import posixpath
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -33,8 +34,8 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 from apache_beam.runners.runner import PipelineResult
 
 from beam_jobs import cli
-from beam_jobs.cli import (BalanceOptions, balance_config, check_output_dir, check_table_dir,
-                           configure_logging, pipeline_options, print_summary)
+from beam_jobs.cli import (BalanceOptions, BalanceSettings, balance_config, check_output_dir,
+                           check_table_dir, configure_logging, pipeline_options, print_summary)
 from ns_data import completion, devices, formats, predictions, schema, teacher_flags
 from ns_data.images import DECODERS, DEFAULT_DECODER, DEFAULT_MAX_PIXELS, make_decoder
 from ns_data.inference import TeacherInference
@@ -110,6 +111,68 @@ class LabelAndBalanceOptions(PipelineOptions):
         g.add_argument("--predictions_topk", type=cli.positive_int, default=None,
                        help="Classes kept per image in the table (default: all classes with "
                        "--label_type=soft, else max(--topk, 10)).")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelAndBalanceConfig:
+    """Every flag of the job as one frozen value, named and defaulted as the flags are (Beam's
+    own options aside): `run_job` takes it, from the command line or from another job.
+
+    A value its flag would refuse is refused here, with the flag's message.
+    """
+
+    input: str | None = None
+    input_format: str = "tfrecord"
+    image_column: str | None = None
+    id_column: str | None = None
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    decoder: str = DEFAULT_DECODER
+    teacher: str | None = None
+    teacher_signature: str = "serving_default"
+    teacher_outputs: str | None = None
+    output_key: str | None = None
+    image_size: tuple[int, int] | None = None
+    channels: int | None = None
+    input_range: tuple[float, float] | None = None
+    temperature: float = 1.0
+    batch_size: int = 64
+    large_model: bool = False
+    no_large_model: bool = False
+    model_copies: int | None = None
+    device: str = "auto"
+    jit_compile: bool = False
+    precision: str = "float32"
+    gpu_memory_limit_mb: int | None = None
+    skip_teacher_check: bool = False
+    predictions_dir: str | None = None
+    predictions_topk: int | None = None
+    balance: BalanceSettings = BalanceSettings()
+
+    def __post_init__(self):
+        cli.check_values(_help_parser(), {name: getattr(self, name) for name in _OWN_FLAGS})
+        teacher_flags.check_temperature(self.temperature)
+        check_sharing(self.large_model, self.no_large_model, self.model_copies)
+
+    @classmethod
+    def from_options(cls, options: PipelineOptions) -> LabelAndBalanceConfig:
+        view = options.view_as(LabelAndBalanceOptions)
+        return cls(**{name: getattr(view, name) for name in _OWN_FLAGS},
+                   balance=BalanceSettings.from_options(options))
+
+    def flag_values(self) -> dict[str, Any]:
+        """Every flag's value by its name (the Beam options of the run)."""
+        own = {name: getattr(self, name) for name in _OWN_FLAGS}
+        return {**own, **dataclasses.asdict(self.balance)}
+
+
+_OWN_FLAGS = tuple(f.name for f in dataclasses.fields(LabelAndBalanceConfig)
+                   if f.name != "balance")
+
+
+def check_sharing(large_model: bool, no_large_model: bool, model_copies: int | None) -> None:
+    """Refuses --no_large_model with a flag that asks for sharing."""
+    if no_large_model and (large_model or model_copies):
+        raise ValueError("--no_large_model contradicts --large_model/--model_copies; pick one")
 
 
 def shares_model(opts: LabelAndBalanceOptions) -> bool:
@@ -220,8 +283,7 @@ def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
     if missing:
         raise ValueError(f"missing required flags: {', '.join(missing)} (see --help)")
     teacher_flags.check_temperature(opts.temperature)  # before the teacher is even opened
-    if opts.no_large_model and (opts.large_model or opts.model_copies):
-        raise ValueError("--no_large_model contradicts --large_model/--model_copies; pick one")
+    check_sharing(opts.large_model, opts.no_large_model, opts.model_copies)
     if opts.precision == "mixed" and opts.jit_compile and opts.device != "tpu":
         logging.warning("--precision=mixed does nothing with --jit_compile: XLA compiles the "
                         "teacher without TensorFlow's mixed precision rewrite (outputs measured "
@@ -290,13 +352,6 @@ def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSp
                             run_config(opts, spec))
 
 
-def check_flags(argv: list[str]) -> None:
-    """Refuses (`ValueError`, naming the flag) a flag of this job that `run` would refuse at
-    parse time: an unknown flag or a bad value. Reads no input and no model."""
-    cli.check_flags(_help_parser(), argv)
-    pipeline_options(argv)
-
-
 def _help_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m beam_jobs.label_and_balance", description=__doc__, allow_abbrev=False,
@@ -311,7 +366,7 @@ def _help_parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None,
         model_handler: ModelHandler | None = None) -> PipelineResult | None:
-    """Runs the job and prints a per-class summary; returns the result (None for --help).
+    """The command line: runs the job on its flags (`run_job`); None for --help.
 
     Args:
       argv: command-line flags; defaults to sys.argv.
@@ -323,7 +378,23 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         _help_parser().print_help()
         return None
     _help_parser().parse_known_args(argv)  # argparse-quality errors for our own flags
-    options = pipeline_options(argv)
+    config = LabelAndBalanceConfig.from_options(pipeline_options(argv))
+    return run_job(config, argv, test_pipeline, model_handler)
+
+
+def run_job(config: LabelAndBalanceConfig, pipeline_args: Sequence[str] = (),
+            test_pipeline: beam.Pipeline | None = None,
+            model_handler: ModelHandler | None = None) -> PipelineResult:
+    """Runs the job and prints a per-class summary; returns the result.
+
+    Args:
+      config: the job's settings.
+      pipeline_args: Beam's own flags (--runner, ...); the job's flags among them are ignored,
+        `config` says those.
+      test_pipeline: a pipeline to build into instead of a new one (tests).
+      model_handler: replaces the teacher's handler (tests); the teacher is then not checked.
+    """
+    options = pipeline_options(list(pipeline_args), config.flag_values())
     opts = options.view_as(LabelAndBalanceOptions)
     dry_run = options.view_as(TestOptions).dry_run
     validate(opts, check_output=not dry_run)

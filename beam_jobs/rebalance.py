@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import posixpath
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -22,8 +25,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from apache_beam.runners.runner import PipelineResult
 
 from beam_jobs import cli
-from beam_jobs.cli import (BalanceOptions, balance_config, check_output_dir, configure_logging,
-                           pipeline_options, print_summary)
+from beam_jobs.cli import (BalanceOptions, BalanceSettings, balance_config, check_output_dir,
+                           configure_logging, pipeline_options, print_summary)
 from ns_data import completion, predictions
 from ns_data.lazy import tf
 from ns_data.pipeline import check_table_serves, select_and_write
@@ -41,6 +44,34 @@ class RebalanceOptions(PipelineOptions):
         parser.add_argument("--allow_incomplete", action="store_true",
                             help="Read a table whose run did not finish (its directory has no "
                             f"{completion.SUCCESS_FILE} marker).")
+
+
+@dataclasses.dataclass(frozen=True)
+class RebalanceConfig:
+    """Every flag of the job as one frozen value, named and defaulted as the flags are (Beam's
+    own options aside): `run_job` takes it, from the command line or from another job.
+
+    A value its flag would refuse is refused here, with the flag's message.
+    """
+
+    predictions: str | None = None
+    allow_incomplete: bool = False
+    balance: BalanceSettings = BalanceSettings()
+
+    def __post_init__(self):
+        cli.check_values(_help_parser(), {"predictions": self.predictions,
+                                          "allow_incomplete": self.allow_incomplete})
+
+    @classmethod
+    def from_options(cls, options: PipelineOptions) -> RebalanceConfig:
+        view = options.view_as(RebalanceOptions)
+        return cls(predictions=view.predictions, allow_incomplete=view.allow_incomplete,
+                   balance=BalanceSettings.from_options(options))
+
+    def flag_values(self) -> dict[str, Any]:
+        """Every flag's value by its name (the Beam options of the run)."""
+        return {"predictions": self.predictions, "allow_incomplete": self.allow_incomplete,
+                **dataclasses.asdict(self.balance)}
 
 
 def table_pattern(opts: RebalanceOptions) -> str:
@@ -62,13 +93,6 @@ def build(pipeline: beam.Pipeline, opts: RebalanceOptions,
     recorded = {"predictions": table_pattern(opts), "input": metadata.input,
                 "teacher": metadata.teacher, **config.recorded()}
     return select_and_write(paths, balance.output_dir, config, metadata, recorded)
-
-
-def check_flags(argv: list[str]) -> None:
-    """Refuses (`ValueError`, naming the flag) a flag of this job that `run` would refuse at
-    parse time: an unknown flag or a bad value. Reads no input and no model."""
-    cli.check_flags(_help_parser(), argv)
-    pipeline_options(argv)
 
 
 def _help_parser() -> argparse.ArgumentParser:
@@ -114,13 +138,26 @@ _FOOTER_THREADS = 32
 
 def run(argv: list[str] | None = None,
         test_pipeline: beam.Pipeline | None = None) -> PipelineResult | None:
-    """Runs the job and prints a per-class summary; returns the result (None for --help)."""
+    """The command line: runs the job on its flags (`run_job`); None for --help."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         _help_parser().print_help()
         return None
     _help_parser().parse_known_args(argv)
-    options = pipeline_options(argv)
+    return run_job(RebalanceConfig.from_options(pipeline_options(argv)), argv, test_pipeline)
+
+
+def run_job(config: RebalanceConfig, pipeline_args: Sequence[str] = (),
+            test_pipeline: beam.Pipeline | None = None) -> PipelineResult:
+    """Runs the job and prints a per-class summary; returns the result.
+
+    Args:
+      config: the job's settings.
+      pipeline_args: Beam's own flags (--runner, ...); the job's flags among them are ignored,
+        `config` says those.
+      test_pipeline: a pipeline to build into instead of a new one (tests).
+    """
+    options = pipeline_options(list(pipeline_args), config.flag_values())
     opts = options.view_as(RebalanceOptions)
     balance = options.view_as(BalanceOptions)
     missing = [f"--{name}" for name, value in (("predictions", opts.predictions),

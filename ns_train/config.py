@@ -15,9 +15,11 @@ import argparse
 import dataclasses
 import difflib
 import importlib.util
+import inspect
 import logging
 import sys
 import typing
+from collections.abc import Iterable
 from typing import Any
 
 from ns_data.images import ImageSpec
@@ -161,22 +163,48 @@ class TrainConfig:
         return bool(self.unlabeled)
 
 
-def load_config_file(path: str) -> dict[str, Any]:
-    """The dict returned by `get_config()` in the Python file at `path`."""
-    spec = importlib.util.spec_from_file_location("ns_train_config", path)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"--config={path} is not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def load_python_config(spec: str) -> Any:
+    """What `get_config()` returns in a config file (big_vision style).
+
+    Args:
+      spec: the file's path, or `path.py:VARIANT` to call `get_config(VARIANT)` (e.g.
+        `:runlocal` for a config's tiny variant).
+
+    Raises:
+      ValueError: naming `spec`, for a file that is not a config or a variant it does not take.
+    """
+    path, variant = spec.rsplit(":", 1) if ".py:" in spec else (spec, None)
+    module_spec = importlib.util.spec_from_file_location("ns_train_config", path)
+    if module_spec is None or module_spec.loader is None:
+        raise ValueError(f"--config={spec} is not a Python file")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise ValueError(f"--config={path} has no get_config() function")
-    values = dict(module.get_config())
+        raise ValueError(f"--config={spec} has no get_config() function")
+    if variant is None:
+        return module.get_config()
+    try:
+        inspect.signature(module.get_config).bind(variant)
+    except TypeError:
+        raise ValueError(f"--config={spec}: get_config() of {path} takes no variant") from None
+    return module.get_config(variant)
+
+
+def check_option_names(names: Iterable[str], where: str) -> None:
+    """Refuses a name that is not a `TrainConfig` field, suggesting the closest one."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    for key in values:
+    for key in names:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"{path}: unknown option {key!r}{hint}")
+            raise ValueError(f"{where}: unknown option {key!r}{hint}")
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """The dict returned by `get_config()` in the Python file at `path` (`path.py:VARIANT` for
+    `get_config(VARIANT)`)."""
+    values = dict(load_python_config(path))
+    check_option_names(values, path)
     return values
 
 

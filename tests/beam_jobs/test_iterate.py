@@ -1,40 +1,105 @@
-"""beam_jobs.iterate --quick: the whole loop (prepare, teacher, label_and_balance, students,
-evaluation, report) on a tiny real subset."""
+"""beam_jobs.iterate: the whole loop (data, teacher, label_and_balance, students, evaluation,
+report) on a dataset it has never seen and on a tiny real Fashion-MNIST subset; every setting of
+every step refused before any work."""
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
-import re
+import os
+import subprocess
+import sys
 
 import pytest
 import tensorflow as tf
 from PIL import Image
 
 from beam_jobs import iterate
-from ns_data import schema
-from tests.beam_jobs import fake_fashion_mnist
+from ns_data import schema, stats
+from tests.beam_jobs import fake_fashion_mnist, fake_shapes
+
+SHAPES_CONFIG = os.path.join(os.path.dirname(__file__), "shapes_loop.py")
+RUNLOCAL = "--config=ns_train/configs/fashion_mnist_loop.py:runlocal"
+SHAPES_SIZES = {"labeled": 60, "holdout": 30, "unlabeled": 150}
+
+
+def _records(pseudo_labels_dir: str) -> list[schema.PseudoLabel]:
+    return [schema.parse_pseudo_label(s) for path in glob.glob(
+        f"{pseudo_labels_dir}/pseudo_labels-*") for s in
+        tf.data.TFRecordDataset(path).as_numpy_iterator()]
+
+
+@pytest.fixture(name="shapes")
+def _shapes(tmp_path) -> list[str]:
+    fake_shapes.make(str(tmp_path / "shapes"), SHAPES_SIZES)
+    return [f"--{flag}={tmp_path}/shapes/{split}-*" for flag, split in
+            (("labeled", "labeled"), ("unlabeled", "unlabeled"), ("eval", "holdout"))]
 
 
 @pytest.mark.slow
-def test_quick_loop_runs_end_to_end_and_reports(tmp_path, capsys, monkeypatch):
+def test_the_loop_runs_on_a_dataset_it_has_never_seen(tmp_path, shapes, capsys):
+    workdir = tmp_path / "run"
+    result = iterate.run([f"--workdir={workdir}", f"--config={SHAPES_CONFIG}", *shapes])
+    assert result["name"] == "shapes"
+    assert result["sizes"] == SHAPES_SIZES  # counted: this data has no splits.json
+    assert result["images_per_class"] == 50  # 150 unlabeled images / 3 classes
+    first, second = result["rounds"]
+    # Students grow per round and the report states each model's size.
+    teacher, student, grown = (first["teacher"], first["students"]["full"],
+                               second["students"]["full"])
+    assert [m["architecture"] for m in (teacher, student, grown)] == [
+        "small_resnet 4/8 x1", "small_resnet 4/8 x1", "small_resnet 6/12 x1"]
+    assert teacher["parameters"] == student["parameters"] < grown["parameters"]
+    assert [m["steps"] for m in (teacher, student, grown)] == [60, 60, 60]
+    assert second["teacher"] == {key: student[key] for key in second["teacher"]}
+    assert second["teacher"]["export"] == student["export"]
+    for entry in result["rounds"]:
+        (name, model), = entry["students"].items()
+        assert name == "full" and "test" not in model and 0.0 <= model["holdout"] <= 1.0
+        # No truth was given: the report has no pseudo-label accuracy, and still works.
+        assert "pseudo_label_accuracy" not in entry["labeling"]
+        # The counts reported are stats.json's and the records the student trained on.
+        run_stats = stats.read_stats(model["pseudo_labels"])
+        assert run_stats["config"]["images_per_class"] == 50
+        assert run_stats["config"]["min_confidence"] == 0.35
+        assert entry["labeling"]["written"] == [c["written"] for c in run_stats["classes"]]
+        assert model["pseudo_labels_written"] == entry["labeling"]["written"]
+        records = _records(model["pseudo_labels"])
+        assert [sum(r.label == c for r in records) for c in range(3)] == entry["labeling"][
+            "written"]
+        assert all(r.image_id.startswith(b"shape-unlabeled-") for r in records)
+        assert all(n in (0, 50) for n in entry["labeling"]["written"]) and records
+    saved = json.loads((workdir / "results.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    assert saved["config"]["students[1].resnet_widths"] == [6, 12]
+    assert saved["data"]["labeled"] == f"{tmp_path}/shapes/labeled-*"
+    summary = (workdir / "report" / "summary.md").read_text()
+    assert summary.startswith("# Noisy Student on shapes\n")
+    assert "| model | size | holdout top-1 | holdout gain | pseudo-labeled records |" in summary
+    assert "| red square |" in summary and "![samples](round1/samples.png)" in summary
+    assert "small_resnet 6/12 x1" in summary
+    printed = capsys.readouterr().out
+    assert "pseudo-label accuracy unknown (no truth given)" in printed
+    assert f"{teacher['parameters'] / 1e3:.1f}k" in printed
+
+
+@pytest.mark.slow
+def test_runlocal_fashion_mnist_loop_runs_end_to_end_and_reports(tmp_path, capsys):
     fake_fashion_mnist.make(str(tmp_path / "idx"))
     workdir = tmp_path / "run"
-    result = iterate.run([f"--workdir={workdir}", "--quick", f"--fashion_mnist_dir={tmp_path}/idx",
-                          "--teacher_steps=8", "--student_steps=6", "--ablations=full,hard",
-                          "--min_confidence=0.1"])
+    quick = [RUNLOCAL, "--teacher_steps=8", "--student_steps=6", "--min_confidence=0.1",
+             f"--fashion_mnist_dir={tmp_path}/idx"]
+    result = iterate.run([f"--workdir={workdir}", "--ablations=full,hard", *quick])
     assert result["sizes"] == {"labeled": 200, "holdout": 100, "unlabeled": 500, "test": 200}
     assert result["images_per_class"] == 50
     (entry,) = result["rounds"]
     assert set(entry["students"]) == {"full", "hard"}
     for model in [entry["teacher"], *entry["students"].values()]:
         assert 0.0 <= model["test"] <= 1.0 and 0.0 <= model["holdout"] <= 1.0
+        assert model["architecture"] == "small_resnet 8/16 x1" and model["parameters"] > 1000
     # The written counts in the report are the records in the shards the student trained on.
     records = {}
     for variant, label_type in (("full", "soft"), ("hard", "hard")):
-        records[variant] = [schema.parse_pseudo_label(s) for path in glob.glob(
-            f"{entry['students'][variant]['pseudo_labels']}/pseudo_labels-*")
-            for s in tf.data.TFRecordDataset(path).as_numpy_iterator()]
+        records[variant] = _records(entry["students"][variant]["pseudo_labels"])
         per_class = [sum(r.label == c for r in records[variant]) for c in range(10)]
         assert per_class == entry["labeling"]["written"]
         assert sum(per_class) > 0 and all(n in (0, 50) for n in per_class)
@@ -51,7 +116,9 @@ def test_quick_loop_runs_end_to_end_and_reports(tmp_path, capsys, monkeypatch):
             low, high = image.convert("L").getextrema()
             assert high - low > 100, f"{name}.png is blank"
     summary = (workdir / "report" / "summary.md").read_text()
-    assert "| teacher |" in summary and "![samples](round0/samples.png)" in summary
+    assert summary.startswith("# Noisy Student on Fashion-MNIST\n")
+    assert "| teacher | small_resnet 8/16 x1" in summary
+    assert "![samples](round0/samples.png)" in summary
     assert json.loads((workdir / "results.json").read_text())["rounds"][0]["students"]["hard"][
         "test"] == entry["students"]["hard"]["test"]
     printed = capsys.readouterr().out
@@ -61,8 +128,6 @@ def test_quick_loop_runs_end_to_end_and_reports(tmp_path, capsys, monkeypatch):
     assert entry["students"]["hard"]["pseudo_labels_written"] == per_class
 
     # Rerunning resumes (the workdir named another way): nothing is retrained.
-    quick = ["--quick", "--teacher_steps=8", "--student_steps=6", "--min_confidence=0.1",
-             f"--fashion_mnist_dir={tmp_path}/idx"]
     student = workdir / "round0" / "student_full"
     trained = (student / "result.json").read_text()
     exported = (student / "export" / "saved_model.pb").stat().st_mtime_ns
@@ -71,16 +136,23 @@ def test_quick_loop_runs_end_to_end_and_reports(tmp_path, capsys, monkeypatch):
     assert (student / "result.json").read_text() == trained
     assert (student / "export" / "saved_model.pb").stat().st_mtime_ns == exported
 
-    with pytest.raises(ValueError, match="min_confidence: 0.1 -> 0.5"):
+    with pytest.raises(ValueError, match="config.labeling.min_confidence: 0.1 -> 0.5"):
         iterate.run([f"--workdir={workdir}", "--ablations=full,hard", *quick,
                      "--min_confidence=0.5"])
-    # Built-in sizes are part of the run too, not only the flags.
-    monkeypatch.setattr(iterate, "QUICK", dataclasses.replace(iterate.QUICK, blocks=2))
-    with pytest.raises(ValueError, match="blocks: 1 -> 2"):
-        iterate.run([f"--workdir={workdir}", "--ablations=full,hard", *quick])
-    monkeypatch.undo()
+    # The config file's contents are part of the run too, not only the flags.
+    edited = tmp_path / "edited.py"
+    edited.write_text("import dataclasses\nfrom ns_train import loop_config\n\n\n"
+                      "def get_config():\n"
+                      "    c = loop_config.load('ns_train/configs/fashion_mnist_loop.py:runlocal')"
+                      "\n    return dataclasses.replace(c, teacher={**c.teacher, "
+                      "'resnet_blocks': 2}, students=tuple({**s, 'resnet_blocks': 2} "
+                      "for s in c.students))\n")
+    with pytest.raises(ValueError, match="config.teacher.resnet_blocks: 1 -> 2"):
+        iterate.run([f"--workdir={workdir}", "--ablations=full,hard", *quick[1:],
+                     f"--config={edited}"])
 
-    # More ablations and a second round only add work; round 1's teacher is round 0's student.
+    # More ablations and a second round only add work; round 1's teacher is round 0's student,
+    # and round 1's student is wider.
     two = iterate.run([f"--workdir={workdir}", "--rounds=2",
                        "--ablations=full,no_noise,hard,no_balance", *quick])
     first, second = two["rounds"]
@@ -89,6 +161,8 @@ def test_quick_loop_runs_end_to_end_and_reports(tmp_path, capsys, monkeypatch):
     assert set(second["students"]) == {"full"}
     assert second["teacher"]["export"] == first["students"]["full"]["export"]
     assert second["teacher"]["test"] == first["students"]["full"]["test"]
+    assert second["students"]["full"]["architecture"] == "small_resnet 12/24 x1"
+    assert second["students"]["full"]["parameters"] > second["teacher"]["parameters"]
     # Without balancing the student sees every image above the threshold, once.
     assert first["students"]["no_balance"]["pseudo_labels_written"] == first["labeling"][
         "above_threshold"]
@@ -99,9 +173,7 @@ def test_quick_loop_runs_end_to_end_and_reports(tmp_path, capsys, monkeypatch):
             configs["full"]["stochastic_depth"]) == (2, 0.2, 0.8)
     assert (configs["no_noise"]["randaugment_ops"], configs["no_noise"]["dropout"],
             configs["no_noise"]["stochastic_depth"]) == (0, 0.0, 1.0)
-    labeled_twice = [schema.parse_pseudo_label(s) for path in glob.glob(
-        f"{second['students']['full']['pseudo_labels']}/pseudo_labels-*")
-        for s in tf.data.TFRecordDataset(path).as_numpy_iterator()]
+    labeled_twice = _records(second["students"]["full"]["pseudo_labels"])
     assert [sum(r.label == c for r in labeled_twice) for c in range(10)] == second["labeling"][
         "written"]
     summary = (workdir / "report" / "summary.md").read_text()
@@ -112,33 +184,81 @@ def test_quick_loop_runs_end_to_end_and_reports(tmp_path, capsys, monkeypatch):
 def test_a_failed_start_does_not_lock_the_workdir(tmp_path):
     for seed in (0, 1):
         with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
-            iterate.run([f"--workdir={tmp_path}/run", "--quick", f"--seed={seed}",
+            iterate.run([f"--workdir={tmp_path}/run", RUNLOCAL, f"--seed={seed}",
                          f"--fashion_mnist_dir={tmp_path}/nowhere"])
     assert not (tmp_path / "run" / "iterate.json").exists()
 
 
+def _edited_config(tmp_path, change: str) -> str:
+    """A config file that is shapes_loop.py with `change` made to its LoopConfig `c`."""
+    path = tmp_path / "edited.py"
+    path.write_text("import dataclasses\nfrom ns_train import loop_config\n\n\n"
+                    f"def get_config():\n    c = loop_config.load({SHAPES_CONFIG!r})\n"
+                    f"    return {change}\n")
+    return f"--config={path}"
+
+
+STEP = r" \(a setting of the loop's steps; nothing was run\)"
+
+
 @pytest.mark.parametrize("flags, message", [
-    (["--ablations=full,more_noise"], "unknown ablations ['more_noise']"),
+    # label_and_balance's and rebalance's own messages
+    (["--min_confidence=1.5"], r"argument --min_confidence: must be in \[0, 1\], got 1.5" + STEP),
+    (["{config}dataclasses.replace(c, labeling=dataclasses.replace(c.labeling, "
+      "label_type='soft_top'))"], r"argument --label_type: invalid choice: 'soft_top'"),
+    (["{config}dataclasses.replace(c, labeling=dataclasses.replace(c.labeling, batch_size=0))"],
+     r"argument --batch_size: must be >= 1, got 0" + STEP),
+    (["{config}dataclasses.replace(c, labeling=dataclasses.replace(c.labeling, "
+      "num_shards=0))"], r"argument --num_shards: must be >= 1, got 0" + STEP),
+    # the trainer's messages, for the teacher and every student
+    (["--unlabeled_ratio=-2"], r"unlabeled_ratio must be > 0, got -2.0"),
+    (["--randaugment_magnitude=99"], r"randaugment_magnitude must be in \[0, 30\], got 99.0"),
+    (["--student_steps=-5"], r"steps must be >= 0, got -5"),
+    (["{config}dataclasses.replace(c, students=(c.students[0], {{**c.students[1], "
+      "'learning_rate': 0}}))"], "learning_rate must be > 0, got 0"),
+    # the loop's own
+    (["--images_per_class=-1"], "images_per_class must be >= 0"),
+    (["--rounds=3"], r"rounds must be in \[1, 2\]: the config has students for 2 rounds"),
+    (["--ablations=full,more_noise"], r"\(unknown \['more_noise'\]\)"),
     (["--rounds=2", "--ablations=hard"], "needs the 'full' student"),
-    (["--student_steps=-5"], "--student_steps must be >= 0"),
-    (["--student_widths", "24", "32", "48"], "equal to or larger than the teacher"),
-    (["--quick", "--student_widths", "8"], "equal to or larger than the teacher"),
-    (["--seed=-3"], "argument --seed: must be >= 0, got -3"),
+    (["--seed=-3"], "seed must be >= 0, got -3"),
+    (["{config}dataclasses.replace(c, students=({{'resnet_widths': (2, 8)}}, "
+      "c.students[1]))"], r"students\[0\] is smaller than the teacher"),
 ])
-def test_impossible_flags_are_refused(flags, message, capsys):
-    with pytest.raises(SystemExit):
-        iterate.parse_args(["--workdir=x"] + flags)
-    assert message in capsys.readouterr().err
+def test_a_bad_setting_of_any_step_is_refused_before_training(tmp_path, shapes, flags,
+                                                              message):
+    flags = [flag.replace("{config}", "") if "{config}" not in flag
+             else _edited_config(tmp_path, flag.replace("{config}", "").format())
+             for flag in flags]
+    if not any(flag.startswith("--config") for flag in flags):
+        flags.append(f"--config={SHAPES_CONFIG}")
+    with pytest.raises(ValueError, match=message):
+        iterate.run([f"--workdir={tmp_path}/run", *shapes, *flags])
+    assert not (tmp_path / "run" / "round0" / "teacher").exists()
+    assert not (tmp_path / "run" / "iterate.json").exists()
 
 
-@pytest.mark.parametrize("flag, message", [
-    ("--min_confidence=1.5", "argument --min_confidence: must be in [0, 1], got 1.5"),
-    ("--unlabeled_ratio=-2", "unlabeled_ratio must be > 0, got -2.0"),
-    ("--randaugment_magnitude=99", "randaugment_magnitude must be in [0, 30], got 99.0"),
+@pytest.mark.parametrize("flags, message", [
+    ([], "--labeled, --unlabeled and --eval are required: the config prepares no data"),
+    (["--labeled=x"], "missing --unlabeled, --eval: the loop needs"),
+    (["--labeled={shapes}/labeled-*", "--unlabeled={shapes}/unlabeled-*",
+      "--eval={shapes}/nothing-*"], r"--eval=.*/nothing-\* matches no files"),
+    (["--labeled={shapes}/labeled-*", "--unlabeled={shapes}/unlabeled-*",
+      "--eval={shapes}/holdout-*", "--unlabeled_truth={shapes}/truth.csv"],
+     "--unlabeled_truth=.*/truth.csv does not exist"),
 ])
-def test_a_bad_setting_of_any_step_is_refused_before_any_work(tmp_path, flag, message):
-    with pytest.raises(ValueError, match=re.escape(message) + r" \(a setting of the loop's "
-                                         r"steps; nothing was run\)"):
-        iterate.run([f"--workdir={tmp_path}/run", "--quick", flag,
-                     f"--fashion_mnist_dir={tmp_path}/idx"])
+def test_missing_data_is_refused_before_any_work(tmp_path, shapes, flags, message):
+    flags = [flag.format(shapes=f"{tmp_path}/shapes") for flag in flags]
+    with pytest.raises(ValueError, match=message):
+        iterate.run([f"--workdir={tmp_path}/run", f"--config={SHAPES_CONFIG}", *flags])
     assert not (tmp_path / "run").exists()
+
+
+def test_help_needs_no_tensorflow():
+    code = ("import sys\nfrom beam_jobs import iterate\ntry:\n    iterate.parse_args(['--help'])"
+            "\nexcept SystemExit:\n    pass\nprint('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                             os.path.abspath(__file__))))).stdout
+    assert "--unlabeled_truth" in out and "--config" in out
+    assert out.strip().splitlines()[-1] == "False"

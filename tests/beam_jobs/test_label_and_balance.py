@@ -11,6 +11,7 @@ import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
+from beam_jobs import cli
 from beam_jobs import label_and_balance as job
 from ns_data import completion, devices, predictions, schema, stats
 from tests import fakes
@@ -321,6 +322,51 @@ def test_help_documents_every_flag(capsys):
             assert action.help, action.option_strings
     for flag in ("--min_confidence", "--images_per_class", "--label_type", "--runner"):
         assert flag in text
+
+
+def test_the_config_names_and_defaults_every_flag_as_the_command_line_does(tmp_path):
+    parser = job._help_parser()
+    defaults = {a.dest: a.default for a in parser._actions if a.dest != "help"}
+    assert job.LabelAndBalanceConfig().flag_values() == defaults
+    argv = ["--input=in*", "--teacher=t", "--output_dir=o", "--image_size=12,14",
+            "--input_range=-1,1", "--no_duplicate", "--images_per_class=5", "--device=cpu"]
+    assert job.LabelAndBalanceConfig.from_options(PipelineOptions(argv)) == (
+        job.LabelAndBalanceConfig(input="in*", teacher="t", image_size=(12, 14),
+                                  input_range=(-1.0, 1.0), device="cpu",
+                                  balance=cli.BalanceSettings(output_dir="o", no_duplicate=True,
+                                                              images_per_class=5)))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"batch_size": 0}, "argument --batch_size: must be >= 1, got 0"),
+    ({"device": "fpga"}, "argument --device: invalid choice: 'fpga' (choose from 'auto', "),
+    ({"image_size": (28,)}, "argument --image_size: --image_size takes two values like 224,224"),
+    ({"channels": 2}, "argument --channels: invalid choice: 2 (choose from 1, 3)"),
+    ({"large_model": "yes"}, "argument --large_model: takes True or False, got 'yes'"),
+    ({"batch_size": 2.5}, "argument --batch_size: invalid int value: '2.5'"),
+    ({"predictions_dir": 3}, "argument --predictions_dir/--scores_dir: takes str values, got 3"),
+    ({"temperature": 0.0}, "--temperature must be a finite number > 0, got 0.0"),
+    ({"no_large_model": True, "model_copies": 2}, "--no_large_model contradicts --large_model"),
+])
+def test_the_config_refuses_what_the_flags_refuse(change, message):
+    with pytest.raises(ValueError) as error:
+        job.LabelAndBalanceConfig(input="in", teacher="t", **change)
+    assert str(error.value).startswith(message)
+
+
+@pytest.mark.parametrize("flag, change", [
+    ("--min_confidence=1.5", {"min_confidence": 1.5}),
+    ("--label_type=soft_top", {"label_type": "soft_top"}),
+    ("--images_per_class=0", {"images_per_class": 0}),
+    ("--max_copies=-1", {"max_copies": -1}),
+])
+def test_balance_settings_give_the_command_lines_messages(flag, change, capsys):
+    with pytest.raises(SystemExit):
+        job.run(["--input=in", "--teacher=t", "--output_dir=o", flag])
+    printed = capsys.readouterr().err.strip().splitlines()[-1]
+    with pytest.raises(ValueError) as error:
+        cli.BalanceSettings(**change)
+    assert printed == f"python -m beam_jobs.label_and_balance: error: {error.value}"
 
 
 def test_image_files_input(tmp_path):

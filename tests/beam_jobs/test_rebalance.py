@@ -14,7 +14,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
 from beam_jobs import label_and_balance as job
-from beam_jobs import rebalance
+from beam_jobs import cli, rebalance
 from ns_data import completion, predictions, schema, stats
 from tests import fakes
 from tests.beam_jobs.fake_runs import (K, SEED, corpus, expected_copies, output_files,
@@ -214,3 +214,14 @@ def test_a_glob_over_two_tables_is_refused_before_any_work(tmp_path):
                                          "predictions table file"):
         rebalance.run([f"--predictions={tmp_path}/a/pseudo_labels-*", *argv])
     assert not os.path.exists(tmp_path / "re")
+
+
+def test_the_config_names_and_defaults_every_flag_as_the_command_line_does():
+    parser = rebalance._help_parser()
+    defaults = {a.dest: a.default for a in parser._actions if a.dest != "help"}
+    assert rebalance.RebalanceConfig().flag_values() == defaults
+    options = PipelineOptions(["--predictions=p", "--output_dir=o", "--label_type=hard"])
+    assert rebalance.RebalanceConfig.from_options(options) == rebalance.RebalanceConfig(
+        predictions="p", balance=cli.BalanceSettings(output_dir="o", label_type="hard"))
+    with pytest.raises(ValueError, match="argument --allow_incomplete: takes True or False"):
+        rebalance.RebalanceConfig(predictions="p", allow_incomplete=1)
