@@ -6,7 +6,8 @@ exit statuses).
 Flags two jobs share live in one `PipelineOptions` class here, which each job's options class
 lists as a base beside `PipelineOptions` itself: Beam parses every job's command line with the
 flags of all of `PipelineOptions`' direct subclasses, so a flag defined by two classes would
-clash, while a view (`options.view_as(LabelAndBalanceOptions)`) shows its bases' flags too.
+clash, while a view (`options.view_as(LabelAndBalanceOptions)`) shows its bases' flags too. Such
+a class defines its own `_add_argparse_args` (Beam would call an inherited one a second time).
 """
 from __future__ import annotations
 
