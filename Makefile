@@ -59,6 +59,7 @@ bench: venv
 	$(PY) -m bench.decode
 	$(PY) -m bench.teacher
 	$(PY) -m bench.overhead
+	$(PY) -m bench.split_read
 
 clean:
 	rm -rf out .pytest_cache

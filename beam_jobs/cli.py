@@ -1,6 +1,14 @@
-"""What every job's command line shares: flag types, the selection and output flags of
-`label_and_balance` and `rebalance`, Beam options with this project's defaults, output-directory
-checks, the closing summary, and `main` (one-line errors, exit statuses)."""
+"""What every job's command line shares: flag types, the input flags of `label_and_balance` and
+`reshard`, the output flags of those and `rebalance`, the selection flags, Beam options with this
+project's defaults, output-directory checks, the closing summary, and `main` (one-line errors,
+exit statuses).
+
+Flags two jobs share live in one `PipelineOptions` class here, which each job's options class
+lists as a base beside `PipelineOptions` itself: Beam parses every job's command line with the
+flags of all of `PipelineOptions`' direct subclasses, so a flag defined by two classes would
+clash, while a view (`options.view_as(LabelAndBalanceOptions)`) shows its bases' flags too. Such
+a class defines its own `_add_argparse_args` (Beam would call an inherited one a second time).
+"""
 from __future__ import annotations
 
 import argparse
@@ -16,10 +24,11 @@ from typing import Any
 from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions, StandardOptions,
                                                   WorkerOptions)
 
-from ns_data import completion, predictions, schema, stats, teacher_flags
+from ns_data import completion, formats, predictions, schema, stats, teacher_flags
 from ns_data.balance import DEFAULT_COLLECT_LIMIT
 from ns_data.lazy import tf
 from ns_data.pipeline import BalanceConfig
+from ns_data.read import INPUT_FORMATS, check_input_pattern
 from ns_data.write import (DEAD_LETTER_PREFIX, DEFAULT_CHUNK_RECORDS, PSEUDO_LABEL_PREFIX,
                            shard_pattern)
 
@@ -95,8 +104,84 @@ def seed(text: str) -> int:
     return value
 
 
+def add_options_args(parser: argparse.ArgumentParser, options: type[PipelineOptions]) -> None:
+    """Adds the flags of an options class and of its bases to a job's --help parser, bases
+    first, as Beam does for a view."""
+    for cls in reversed(options.mro()):
+        if issubclass(cls, PipelineOptions) and "_add_argparse_args" in cls.__dict__:
+            cls._add_argparse_args(parser)
+
+
+class InputOptions(PipelineOptions):
+    """What a job reads: `label_and_balance` and `reshard`."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        g = parser.add_argument_group("input")
+        g.add_argument("--input", help="Glob of the unlabeled images: TFRecord files of "
+                       "tf.train.Example with image/encoded (and optional image/id), or image "
+                       "files, Parquet files or WebDataset tar shards with --input_format. * "
+                       "stays in one folder, ** crosses folders: 'photos/**' is every file "
+                       "under photos/, 'photos/**/*.jpg' every .jpg there, subfolders included. "
+                       "Required.")
+        g.add_argument("--input_format", choices=INPUT_FORMATS, default="tfrecord",
+                       help="What --input holds: tfrecord; images (one file each, the id is "
+                       "its path under the glob's folder: photos/cats/1.jpg is cats/1.jpg with "
+                       "--input='photos/**'); parquet (one image per row, read a row group at "
+                       "a time, a big file in splits of row groups by several workers; see "
+                       "--image_column, --id_column); webdataset (tar shards, plain or "
+                       "compressed, of key.jpg|jpeg|png|webp|gif|bmp members, the id is the key; "
+                       "other members are ignored) (default: %(default)s).")
+        g.add_argument("--image_column", default=None,
+                       help="With --input_format=parquet: the image column, binary or a struct "
+                       "with a 'bytes' field as Hugging Face datasets store images (default: "
+                       f"{formats.DEFAULT_IMAGE_COLUMN}).")
+        g.add_argument("--id_column", default=None,
+                       help="With --input_format=parquet: the image id column, string, binary "
+                       "or integer (its decimal string) (default: none, a content hash of the "
+                       "image bytes).")
+
+
+def input_columns(opts: InputOptions) -> formats.Columns:
+    """A Parquet input's image and id columns, from --image_column and --id_column."""
+    return formats.Columns(opts.image_column or formats.DEFAULT_IMAGE_COLUMN,
+                           opts.id_column or "")
+
+
+def check_input(opts: InputOptions) -> None:
+    """Refuses an --input that matches no files or names a directory, and Parquet column flags
+    with another format or naming columns the first readable file lacks. A local --input is
+    made absolute: outputs name input files by path, which then resolve from any directory."""
+    if "://" not in opts.input:
+        opts.input = os.path.abspath(opts.input)
+    check_input_pattern(opts.input)
+    for flag in ("image_column", "id_column"):
+        if getattr(opts, flag) is not None and opts.input_format != formats.PARQUET:
+            raise ValueError(f"--{flag} applies to --input_format=parquet only, not "
+                             f"--input_format={opts.input_format}")
+    formats.check_input(opts.input, opts.input_format, input_columns(opts))
+
+
+class OutputOptions(PipelineOptions):
+    """Where a job writes its TFRecord shards: `label_and_balance`, `rebalance` and `reshard`."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        g = parser.add_argument_group("output")
+        g.add_argument("--output_dir", help="Where shards, dead letters and the run's summary "
+                       "JSON go. Required.")
+        g.add_argument("--overwrite", action="store_true",
+                       help="Replace the shards an --output_dir (and the table a "
+                       "--predictions_dir) already holds; they are deleted at launch, before "
+                       "the new run writes.")
+        g.add_argument("--num_shards", type=positive_int, default=16,
+                       help="Number of TFRecord shards; with at least records/--chunk_records "
+                       "of them each pseudo-label shard is written in one piece (default: "
+                       "%(default)s).")
+
+
 def add_balance_args(parser) -> None:
-    """Selection and output flags, shared with `beam_jobs.rebalance`."""
+    """Selection and pseudo-label record flags, shared with `beam_jobs.rebalance`."""
     g = parser.add_argument_group("selection")
     g.add_argument("--min_confidence", type=probability, default=0.3,
                    help="Keep images whose top-1 probability is at least this "
@@ -111,16 +196,7 @@ def add_balance_args(parser) -> None:
     g.add_argument("--collect_limit", type=positive_int, default=DEFAULT_COLLECT_LIMIT,
                    help="Largest per-class bucket of keys the threshold search sorts in "
                    "memory (default: %(default)s).")
-    g = parser.add_argument_group("output")
-    g.add_argument("--output_dir", help="Where shards, dead letters and stats.json go. "
-                   "Required.")
-    g.add_argument("--overwrite", action="store_true",
-                   help="Replace the shards an --output_dir (and the table a --predictions_dir) "
-                   "already holds; they are deleted at launch, before the new run writes.")
-    g.add_argument("--num_shards", type=positive_int, default=16,
-                   help="Number of pseudo-label TFRecord shards; with at least "
-                   "records/--chunk_records of them each shard is written in one piece "
-                   "(default: %(default)s).")
+    g = parser.add_argument_group("pseudo-label records")
     g.add_argument("--label_type", choices=[t.value for t in schema.LabelType],
                    default="soft", help="hard: label only; soft: dense probabilities; "
                    "soft_topk: sparse top-k classes and renormalised probabilities "
@@ -143,7 +219,7 @@ def add_balance_args(parser) -> None:
                    "0, no limit; the summary always reports the most copies).")
 
 
-class BalanceOptions(PipelineOptions):
+class BalanceOptions(OutputOptions, PipelineOptions):
     """Selection and output flags, shared by `label_and_balance` and `rebalance`."""
 
     @classmethod
@@ -172,6 +248,7 @@ class BalanceSettings:
 
     def __post_init__(self):
         parser = argparse.ArgumentParser(add_help=False)
+        OutputOptions._add_argparse_args(parser)
         add_balance_args(parser)
         check_values(parser, dataclasses.asdict(self))
 
@@ -196,20 +273,22 @@ def check_output_dir(output_dir: str, overwrite: bool, delete: bool = False) -> 
     With `overwrite` and `delete`, removes the old completion marker first, then the old
     shards, dead letters and stats.json, so an interrupted rerun never looks complete.
     """
-    _check_clear(output_dir, [shard_pattern(output_dir, PSEUDO_LABEL_PREFIX),
-                              shard_pattern(output_dir, DEAD_LETTER_PREFIX),
-                              posixpath.join(output_dir, stats.STATS_FILE)],
-                 "pseudo_labels shards", overwrite, delete)
+    check_clear(output_dir, [shard_pattern(output_dir, PSEUDO_LABEL_PREFIX),
+                             shard_pattern(output_dir, DEAD_LETTER_PREFIX),
+                             posixpath.join(output_dir, stats.STATS_FILE)],
+                "pseudo_labels shards", overwrite, delete)
 
 
 def check_table_dir(table_dir: str, overwrite: bool, delete: bool = False) -> None:
     """The same for a predictions table."""
-    _check_clear(table_dir, [predictions.table_pattern(table_dir)], "predictions table files",
-                 overwrite, delete)
+    check_clear(table_dir, [predictions.table_pattern(table_dir)], "predictions table files",
+                overwrite, delete)
 
 
-def _check_clear(directory: str, patterns: list[str], what: str, overwrite: bool,
-                 delete: bool) -> None:
+def check_clear(directory: str, patterns: list[str], what: str, overwrite: bool,
+                delete: bool) -> None:
+    """Refuses a `directory` holding files of `patterns` (counted by the first) unless
+    `overwrite`; with `delete`, removes the completion marker, then those files."""
     existing = [path for pattern in patterns for path in tf.io.gfile.glob(pattern)]
     if existing and not overwrite:
         counted = len(tf.io.gfile.glob(patterns[0]))

@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import logging
 import math
-import os
 import posixpath
 import sys
 from collections.abc import Sequence
@@ -34,16 +33,16 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 from apache_beam.runners.runner import PipelineResult
 
 from beam_jobs import cli
-from beam_jobs.cli import (BalanceOptions, BalanceSettings, balance_config, check_output_dir,
-                           check_table_dir, configure_logging, pipeline_options, print_summary)
+from beam_jobs.cli import (BalanceOptions, BalanceSettings, InputOptions, balance_config,
+                           check_input, check_output_dir, check_table_dir, configure_logging,
+                           input_columns, pipeline_options, print_summary)
 from ns_data import completion, devices, formats, predictions, schema, teacher_flags
 from ns_data.images import DECODERS, DEFAULT_DECODER, DEFAULT_MAX_PIXELS, make_decoder
 from ns_data.inference import TeacherInference
 from ns_data.lazy import tf
 from ns_data.pipeline import check_table_serves, select_and_write
 from ns_data.progress import Progress
-from ns_data.read import (DEFAULT_READ_BATCH, INPUT_FORMATS, ReadImages, check_input_pattern,
-                          encoded_images)
+from ns_data.read import DEFAULT_READ_BATCH, ReadImages, check_input_pattern, encoded_images
 from ns_data.teacher import (TeacherModelHandler, TeacherSpec, output_error, read_metadata,
                              sample_problem)
 from ns_data.teacher_flags import teacher_runtime, teacher_spec
@@ -52,34 +51,13 @@ from ns_data.teacher_flags import teacher_runtime, teacher_spec
 IMAGES_PER_TABLE_FILE = 4096
 
 
-class LabelAndBalanceOptions(PipelineOptions):
-    """Flags of `beam_jobs.label_and_balance` (Beam's own options are accepted too)."""
+class LabelAndBalanceOptions(InputOptions, PipelineOptions):
+    """Flags of `beam_jobs.label_and_balance`, the input flags of `cli.InputOptions` included
+    (Beam's own options are accepted too)."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        g = parser.add_argument_group("input")
-        g.add_argument("--input", help="Glob of the unlabeled images: TFRecord files of "
-                       "tf.train.Example with image/encoded (and optional image/id), or image "
-                       "files, Parquet files or WebDataset tar shards with --input_format. * "
-                       "stays in one folder, ** crosses folders: 'photos/**' is every file "
-                       "under photos/, 'photos/**/*.jpg' every .jpg there, subfolders included. "
-                       "Required.")
-        g.add_argument("--input_format", choices=INPUT_FORMATS, default="tfrecord",
-                       help="What --input holds: tfrecord; images (one file each, the id is "
-                       "its path under the glob's folder: photos/cats/1.jpg is cats/1.jpg with "
-                       "--input='photos/**'); "
-                       "parquet (one image per row, read a row group at a time; "
-                       "see --image_column, --id_column); webdataset (tar shards, plain or "
-                       "compressed, of key.jpg|jpeg|png|webp|gif|bmp members, the id is the key; "
-                       "other members are ignored) (default: %(default)s).")
-        g.add_argument("--image_column", default=None,
-                       help="With --input_format=parquet: the image column, binary or a struct "
-                       "with a 'bytes' field as Hugging Face datasets store images (default: "
-                       f"{formats.DEFAULT_IMAGE_COLUMN}).")
-        g.add_argument("--id_column", default=None,
-                       help="With --input_format=parquet: the image id column, string, binary "
-                       "or integer (its decimal string) (default: none, a content hash of the "
-                       "image bytes).")
+        g = parser.add_argument_group("decoding")
         g.add_argument("--max_image_pixels", type=cli.positive_int, default=DEFAULT_MAX_PIXELS,
                        help="Images whose header declares more pixels are dead letters, not "
                        "decoded (default: %(default)s).")
@@ -230,12 +208,6 @@ def launch_sample(opts: LabelAndBalanceOptions, spec: TeacherSpec, limit: int = 
     return np.stack(pixels) if pixels else np.zeros((0, *spec.image.shape), np.uint8)
 
 
-def input_columns(opts: LabelAndBalanceOptions) -> formats.Columns:
-    """A Parquet input's image and id columns, from --image_column and --id_column."""
-    return formats.Columns(opts.image_column or formats.DEFAULT_IMAGE_COLUMN,
-                           opts.id_column or "")
-
-
 def predictions_dir(opts: LabelAndBalanceOptions) -> str:
     return opts.predictions_dir or posixpath.join(
         opts.view_as(BalanceOptions).output_dir, "predictions")
@@ -291,16 +263,9 @@ def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
     if opts.device == "tpu" and not shares_model(opts):
         logging.warning("--device=tpu with --no_large_model: only one process can open a TPU "
                         "chip; run one SDK process per worker or drop --no_large_model")
-    if "://" not in opts.input:
-        # The table names input files by path; an absolute one still resolves for a rebalance
-        # run from another directory.
-        opts.input = os.path.abspath(opts.input)
-    check_input_pattern(opts.input)
-    for flag in ("image_column", "id_column"):
-        if getattr(opts, flag) is not None and opts.input_format != formats.PARQUET:
-            raise ValueError(f"--{flag} applies to --input_format=parquet only, not "
-                             f"--input_format={opts.input_format}")
-    formats.check_input(opts.input, opts.input_format, input_columns(opts))
+    # The table names input files by path: an absolute --input still resolves for a rebalance
+    # run from another directory.
+    check_input(opts)
     if check_output:
         for flag, directory in (("--output_dir", balance.output_dir),
                                 ("--predictions_dir", opts.predictions_dir)):
@@ -359,8 +324,8 @@ def _help_parser() -> argparse.ArgumentParser:
         epilog="Beam pipeline options (--runner, --project, --region, --temp_location, "
         "--setup_file, --dataflow_service_options=worker_accelerator=..., --machine_type, "
         "--direct_num_workers, ...) are accepted as well; see Beam's documentation.")
-    LabelAndBalanceOptions._add_argparse_args(parser)
-    BalanceOptions._add_argparse_args(parser)
+    cli.add_options_args(parser, LabelAndBalanceOptions)
+    cli.add_options_args(parser, BalanceOptions)
     return parser
 
 

@@ -101,7 +101,7 @@ def _help_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Beam pipeline options are accepted as well.")
     RebalanceOptions._add_argparse_args(parser)
-    BalanceOptions._add_argparse_args(parser)
+    cli.add_options_args(parser, BalanceOptions)
     return parser
 
 

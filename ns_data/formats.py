@@ -1,15 +1,18 @@
 """Corpora as people keep them: Parquet tables of images, and WebDataset tar shards.
 
-Both passes of `label_and_balance` read these through `iter_samples`, which yields every sample
-of one input file in file order with its index, so the predictions table can name an image by
-(input file, index) as it does a TFRecord: the teacher pass streams a whole file, the writing pass
-(`read_wanted`) reads again only what it needs — the Parquet row groups that hold wanted rows, or
-the tar streamed up to the last wanted sample.
+Both passes of `label_and_balance` read these through `iter_samples` (`split_samples` for a part
+of a Parquet file), which yields every sample of one input file in file order with its index, so
+the predictions table can name an image by (input file, index) as it does a TFRecord: the teacher
+pass streams a whole tar or a split of a Parquet file, the writing pass (`read_wanted`) reads
+again only what it needs — the Parquet row groups that hold wanted rows, or the tar streamed up
+to the last wanted sample.
 
 Parquet: one image per row, in `Columns.image` (binary, or a struct with a `bytes` field as
 Hugging Face datasets store images); the id in `Columns.id` (string or binary as bytes, an
 integer as its decimal string), or a content hash of the bytes without one. Only those columns
-are read, one row group at a time, never the whole file.
+are read, one row group at a time, never the whole file. A big file is cut into `ParquetSplit`s,
+runs of consecutive row groups planned from its footer alone (`parquet_splits`), so several
+workers read it at once; a row keeps its index in the whole file whichever split reads it.
 
 WebDataset: a tar whose members `key.jpg` (`jpeg`, `png`, `webp`, `gif`, `bmp`) are the images;
 consecutive members sharing a key (the member path up to the first dot of its base name) are one
@@ -40,6 +43,10 @@ DEFAULT_IMAGE_COLUMN = "image"
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp"})
 # Rows per Arrow batch within a row group: bounds the image bytes held at once.
 _BATCH_ROWS = 256
+# Compressed bytes of the image and id columns one reader reads of a big Parquet file: enough
+# that a split's start-up (opening the file, reading its footer) is noise, small enough that a
+# file of a few GB spreads over dozens of workers.
+DEFAULT_SPLIT_BYTES = 64 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,19 +81,48 @@ class Sample:
     problem: str | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class ParquetSplit:
+    """Consecutive row groups of one Parquet file, read by one DoFn call: a reader's share of a
+    big file.
+
+    Attributes:
+      path: the file.
+      first_group: its first row group.
+      num_groups: how many row groups; None for the whole file, read exactly as an unsplit file.
+      first_row: the index in the file of its first row.
+      num_rows: how many rows; None for the whole file.
+    """
+
+    path: str
+    first_group: int = 0
+    num_groups: int | None = None
+    first_row: int = 0
+    num_rows: int | None = None
+
+    @property
+    def whole_file(self) -> bool:
+        return self.num_groups is None
+
+
 class DamagedInput(CorruptRecordError):
     """A Parquet footer or row group, or a part of a tar, that cannot be read: the samples from
-    `index` on are lost, those before it are read."""
+    `index` on are lost, those before it are read.
 
-    def __init__(self, path: str, index: int, problem: str):
+    `end` is the first sample after the lost ones when a split of the file lost only its own
+    rest (other splits read the rest of the file), None when the rest of the file is lost.
+    """
+
+    def __init__(self, path: str, index: int, problem: str, end: int | None = None):
         ValueError.__init__(self, f"{path}: {problem}")
         self.path = path
         self.index = index
         self.offset = None
         self.problem = problem
+        self.end = end
 
     def __reduce__(self):
-        return DamagedInput, (self.path, self.index, self.problem)
+        return DamagedInput, (self.path, self.index, self.problem, self.end)
 
 
 def table_columns(metadata) -> Columns:
@@ -101,10 +137,63 @@ def iter_samples(path: str, input_format: str, columns: Columns = Columns()) -> 
       DamagedInput: where the file stops being readable (`index`: the first sample lost).
     """
     if input_format == PARQUET:
-        return _parquet_samples(path, columns)
+        return split_samples(ParquetSplit(path), columns)
     if input_format == WEBDATASET:
         return _webdataset_samples(path)
     raise ValueError(f"not a sample format: {input_format!r} (one of {FORMATS})")
+
+
+def parquet_splits(path: str, columns: Columns = Columns(),
+                   target_bytes: int = DEFAULT_SPLIT_BYTES) -> list[ParquetSplit]:
+    """The splits one Parquet file is read in: consecutive row groups packed up to about
+    `target_bytes` of compressed image and id column bytes (at least one group per split),
+    planned from the footer alone.
+
+    A file of one split, or whose footer or columns cannot be read, is `[ParquetSplit(path)]`:
+    it is read, and reported damaged, as a whole, exactly as without splitting.
+    """
+    if target_bytes < 1:
+        raise ValueError(f"target_bytes must be >= 1, got {target_bytes}")
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            parquet = _ParquetFile(path, f, columns)
+    except DamagedInput:
+        return [ParquetSplit(path)]  # the reader fails the same way, with one dead letter
+    sizes = parquet.group_bytes()
+    bounds, size = [0], 0
+    for group, group_size in enumerate(sizes):
+        if group > bounds[-1] and size + group_size > target_bytes:
+            bounds.append(group)
+            size = 0
+        size += group_size
+    bounds.append(len(sizes))
+    if len(bounds) == 2:  # [0, n], or [0, 0] for a file of no row groups: one split
+        return [ParquetSplit(path)]
+    starts = parquet.starts
+    return [ParquetSplit(path, first, end - first, starts[first], starts[end] - starts[first])
+            for first, end in zip(bounds, bounds[1:])]
+
+
+def split_samples(split: ParquetSplit, columns: Columns = Columns()) -> Iterator[Sample]:
+    """The samples of one split of a Parquet file, in file order, indexed in the whole file.
+
+    Raises:
+      DamagedInput: where the split stops being readable; for a split of part of a file, `end`
+        says where its lost rows end (the file's other splits are read on their own).
+    """
+    end = None if split.whole_file else split.first_row + split.num_rows
+    with FileSystems.open(split.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        try:
+            parquet = _ParquetFile(split.path, f, columns)
+        except DamagedInput as e:  # changed since it was split: every split loses its rows
+            raise DamagedInput(split.path, split.first_row, e.problem, end) from e
+        groups = (range(len(parquet.starts) - 1) if split.whole_file
+                  else range(split.first_group, split.first_group + split.num_groups))
+        for group in groups:
+            try:
+                yield from parquet.samples(group)
+            except DamagedInput as e:
+                raise DamagedInput(e.path, e.index, e.problem, end) from e
 
 
 def read_wanted(source: str, input_format: str, columns: Columns, wanted: Mapping[int, object],
@@ -198,6 +287,16 @@ class _ParquetFile:
         for group in range(self._file.num_row_groups):
             self.starts.append(self.starts[-1] + self._file.metadata.row_group(group).num_rows)
 
+    def group_bytes(self) -> list[int]:
+        """Each row group's compressed bytes of the columns read."""
+        sizes = []
+        for group in range(self._file.num_row_groups):
+            row_group = self._file.metadata.row_group(group)
+            sizes.append(sum(row_group.column(c).total_compressed_size
+                             for c in range(row_group.num_columns)
+                             if row_group.column(c).path_in_schema in self._read))
+        return sizes
+
     def samples(self, group: int) -> Iterator[Sample]:
         index = self.starts[group]
         batches = self._file.iter_batches(batch_size=_BATCH_ROWS, row_groups=[group],
@@ -236,13 +335,6 @@ class _ParquetFile:
                           f"{self.path} row {index}: {'an empty' if image == b'' else 'a null'} "
                           "image cell")
         return Sample(index, image_id or schema.content_id(image), image, len(image))
-
-
-def _parquet_samples(path: str, columns: Columns) -> Iterator[Sample]:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        parquet = _ParquetFile(path, f, columns)
-        for group in range(len(parquet.starts) - 1):
-            yield from parquet.samples(group)
 
 
 def _parquet_rows_at(path: str, columns: Columns, indices: list[int]) -> Iterator[Sample]:

@@ -76,26 +76,33 @@ def parse_image_record(serialized: bytes) -> tuple[bytes, bytes]:
 
 
 def damaged_file(error: CorruptRecordError | OSError, path: str, index: int = 0,
-                 image_id: bytes | None = None) -> Prediction:
-    """The failed row that stands for the unreadable rest of an input file, from `index` on,
-    named `image_id` (an image file's id: the file is its one image), else `path#index`."""
+                 end: int | None = None, image_id: bytes | None = None) -> Prediction:
+    """The failed row that stands for the unreadable rest of an input file from `index` on, or,
+    for a split of a Parquet file, for its records `index`..`end - 1`; named `image_id` (an
+    image file's id: the file is its one image), else `path#index`."""
     problem = str(error) if isinstance(error, CorruptRecordError) else (
         f"{path} cannot be read at record {index}: {type(error).__name__}: {error}")
-    message = (f"{problem}. Its first {index} records are read; the rest of the file is lost."
-               if index else f"{problem}. Nothing in the file can be read.")
+    if end is not None:
+        message = (f"{problem}. Its records {index}..{end - 1}, the rest of its split, are lost; "
+                   "the file's other splits are read on their own.")
+    elif index:
+        message = f"{problem}. Its first {index} records are read; the rest of the file is lost."
+    else:
+        message = f"{problem}. Nothing in the file can be read."
     logging.warning("damaged input file: %s", message)
     return Prediction(path, index, image_id or b"%s#%d" % (path.encode(), index),
                       stage=STAGE_FILE, message=message)
 
 
 class _ReadFiles(beam.DoFn):
-    """Input file paths → [RawImage] batches, and tables of failed predictions rows (tagged
-    `failed`) for what cannot be used: records that do not parse, and the unreadable part of a
-    damaged file (`damaged_file`; the records before the damage are kept).
+    """Input files → [RawImage] batches, and tables of failed predictions rows (tagged `failed`)
+    for what cannot be used: records that do not parse, and the unreadable part of a damaged
+    file (`damaged_file`; the records before the damage are kept).
 
-    TFRecord files are read one path per element, in batches of consecutive records; image
-    files come as batches of paths, one image each, named by their path under `root`, the
-    glob's folder (`globs.image_id`).
+    TFRecord and WebDataset files are read one path per element, Parquet files one
+    `formats.ParquetSplit` per element, in batches of consecutive records; image files come as
+    batches of paths, one image each, named by their path under `root`, the glob's folder
+    (`globs.image_id`).
     """
 
     def __init__(self, input_format: str, batch_size: int, root: str = "",
@@ -148,10 +155,14 @@ class _ReadFiles(beam.DoFn):
             self._damaged.inc()
             failed.append(damaged_file(e, path, index))
 
-    def _sample_file(self, path: str, failed: list[Prediction]):
-        """A Parquet or WebDataset file (`formats`), like a TFRecord file."""
+    def _sample_file(self, element: str | formats.ParquetSplit, failed: list[Prediction]):
+        """A Parquet split or a WebDataset file (`formats`), like a TFRecord file."""
+        if self._format == formats.PARQUET:
+            path, samples = element.path, formats.split_samples(element, self._columns)
+        else:
+            path, samples = element, formats.iter_samples(element, self._format, self._columns)
         try:
-            for sample in formats.iter_samples(path, self._format, self._columns):
+            for sample in samples:
                 self._pending_bytes += sample.size
                 if sample.problem:
                     failed.append(Prediction(path, sample.index, sample.image_id,
@@ -160,7 +171,7 @@ class _ReadFiles(beam.DoFn):
                     yield RawImage(sample.image_id, sample.encoded, path, sample.index)
         except formats.DamagedInput as e:
             self._damaged.inc()
-            failed.append(damaged_file(e, path, e.index))
+            failed.append(damaged_file(e, path, e.index, e.end))
 
     def _image_files(self, paths: list[str], failed: list[Prediction]):
         for path in paths:
@@ -256,22 +267,31 @@ class ReadImages(beam.PTransform):
     that cannot be opened, or a local one reached by a symlink out of the glob's folder.
 
     File names are reshuffled before reading so that workers share the files; no image bytes
-    cross that shuffle. Images come in batches of up to `batch_size`: consecutive records of one
-    TFRecord file, or image files read together.
+    cross that shuffle. A Parquet file is read in splits of consecutive row groups of about
+    `split_bytes` compressed bytes (`formats.parquet_splits`), themselves reshuffled, so one big
+    file is read by several workers at once; a damaged row group then costs the rest of its
+    split only. TFRecord and WebDataset files cannot be split (a record's start is found only
+    by reading up to it): a few huge ones are read by as many workers, so reshard them first
+    (`beam_jobs.reshard`). Images come in batches of up to `batch_size`: consecutive records of
+    one file or split, or image files read together.
     """
 
     def __init__(self, pattern: str, input_format: str = "tfrecord",
                  batch_size: int = DEFAULT_READ_BATCH,
-                 columns: formats.Columns = formats.Columns()):
+                 columns: formats.Columns = formats.Columns(),
+                 split_bytes: int = formats.DEFAULT_SPLIT_BYTES):
         super().__init__()
         if input_format not in INPUT_FORMATS:
             raise ValueError(f"input format must be one of {INPUT_FORMATS}, got {input_format!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if split_bytes < 1:
+            raise ValueError(f"split_bytes must be >= 1, got {split_bytes}")
         self._pattern = pattern
         self._format = input_format
         self._batch_size = batch_size
         self._columns = columns
+        self._split_bytes = split_bytes
 
     def expand(self, pbegin):
         matched = (pbegin
@@ -286,6 +306,13 @@ class ReadImages(beam.PTransform):
         if self._format == "images":
             paths = paths | "BatchPaths" >> beam.BatchElements(
                 min_batch_size=self._batch_size, max_batch_size=self._batch_size)
+        elif self._format == formats.PARQUET:
+            # Footers are read after the files are spread, so a corpus of many files is planned
+            # by many workers; the splits are spread again, so one big file's are read by many.
+            paths = (paths
+                     | "SplitRowGroups" >> beam.FlatMap(formats.parquet_splits, self._columns,
+                                                        self._split_bytes)
+                     | "SpreadSplits" >> beam.Reshuffle())
         read = paths | "ReadFiles" >> beam.ParDo(
             _ReadFiles(self._format, self._batch_size, globs.glob_root(self._pattern),
                        self._columns),

@@ -241,7 +241,7 @@ class _Rows:
         return self._probs[self._offsets[i]:self._offsets[i + 1]]
 
 
-class _KeyedBatches:
+class KeyedBatches:
     """Collects (key, (order, record)) into (key, [(order, record), ...]) batches.
 
     A batch is emitted when it holds `_BATCH_RECORDS` records, and every batch when together
@@ -299,7 +299,7 @@ class _PairWithImages(beam.DoFn):
                   for prefix, n in self._spec.num_shards_by_prefix.items()}
         picked = _Rows(rows.take(wanted))
         by_source: dict[str, dict[int, int]] = {}
-        batches = _KeyedBatches()
+        batches = KeyedBatches()
         for i, (source, index) in enumerate(zip(picked.sources, picked.indices)):
             if picked.stages[i] == STAGE_FILE:  # no bytes to read: the file breaks there
                 yield from batches.add(*self._dead_letter(picked, i, None, chunks))

@@ -4,6 +4,7 @@ letters."""
 from __future__ import annotations
 
 import collections
+import functools
 import glob
 import os
 
@@ -14,7 +15,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
 from beam_jobs import label_and_balance as job
 from beam_jobs import rebalance
-from ns_data import completion, predictions, schema, stats
+from ns_data import completion, formats, predictions, read, schema, stats
 from ns_data.images import truncation
 from tests import fakes
 from tests.beam_jobs.fake_runs import (K, SEED, corpus, expected_copies, output_files,
@@ -78,6 +79,23 @@ def test_the_same_images_give_the_same_pseudo_labels_in_every_format(tmp_path):
     assert output_files(parquet) == output_files(webdataset) == output_files(tfrecord)
     assert parquet_stats["config"]["input_format"] == "parquet"
     assert webdataset_stats["config"]["input_format"] == "webdataset"
+
+
+def test_parquet_files_read_in_splits_give_byte_identical_outputs(tmp_path, monkeypatch):
+    images = corpus()
+    pattern = parquet_corpus(tmp_path / "pq", images)
+    flags = [f"--input={pattern}", "--input_format=parquet", "--id_column=id"]
+    whole, whole_stats = run_fake(tmp_path, images, *flags, name="whole")
+    # Every row group its own split: each file is read by several DoFn calls.
+    monkeypatch.setattr(job, "ReadImages", functools.partial(read.ReadImages, split_bytes=1))
+    split, split_stats = run_fake(tmp_path, images, *flags, name="split")
+    assert len(formats.parquet_splits(f"{tmp_path}/pq/a.parquet", target_bytes=1)) == 4
+    assert output_files(split) == output_files(whole) and len(output_files(whole)) == 4
+    tables = [{name: open(os.path.join(d, "predictions", name), "rb").read()
+               for name in os.listdir(os.path.join(d, "predictions")) if name.endswith(".parquet")}
+              for d in (whole, split)]
+    assert tables[0] == tables[1] and len(tables[0]) == 2
+    assert split_stats["totals"] == whole_stats["totals"]
 
 
 def test_bad_parquet_rows_and_files_become_dead_letters(tmp_path):

@@ -178,3 +178,57 @@ def test_a_truncated_tar_loses_the_samples_from_the_cut_on(tmp_path, cut, lost):
     assert error.value.index == lost
     assert [s.encoded for s in got] == [m[1] for m in members[:lost]]
     assert str(error.value).startswith(f"{path}: tar cannot be read from ")
+
+
+def big_parquet(tmp_path) -> str:
+    """12 rows in 6 row groups of 2, about 400 compressed bytes of image and id each (and 100
+    of a caption the job does not read); row 3 is a null cell."""
+    images = PNG + PNG[:2]
+    images[3] = None
+    return write_parquet(tmp_path / "big.parquet", images, [f"id-{i:02d}" for i in range(12)],
+                         row_group_size=2)
+
+
+def test_a_big_parquet_file_splits_into_runs_of_row_groups_read_as_the_whole_file(tmp_path):
+    path = big_parquet(tmp_path)
+    columns = formats.Columns(id="id")
+    # Two groups of image and id columns fit 850 bytes; with the caption they would not.
+    splits = formats.parquet_splits(path, columns, target_bytes=850)
+    assert splits == [formats.ParquetSplit(path, 0, 2, 0, 4),
+                      formats.ParquetSplit(path, 2, 2, 4, 4),
+                      formats.ParquetSplit(path, 4, 2, 8, 4)]
+    whole = samples(path, "parquet", columns)
+    assert len(whole) == 12 and whole[3].problem == f"{path} row 3: a null image cell"
+    for target in (850, 1):
+        split_read = [s for split in formats.parquet_splits(path, columns, target)
+                      for s in formats.split_samples(split, columns)]
+        assert split_read == whole
+    assert len(formats.parquet_splits(path, columns, 1)) == 6  # at least one group per split
+
+
+def test_a_small_or_damaged_parquet_file_is_one_split_of_the_whole_file(tmp_path):
+    path = big_parquet(tmp_path)
+    assert formats.parquet_splits(path, formats.Columns(id="id")) == [formats.ParquetSplit(path)]
+    assert formats.parquet_splits(path, formats.Columns("no_such")) == [formats.ParquetSplit(path)]
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:len(data) // 2])
+    assert formats.parquet_splits(path, target_bytes=1) == [formats.ParquetSplit(path)]
+    with pytest.raises(formats.DamagedInput, match="its footer cannot be read") as error:
+        list(formats.split_samples(formats.ParquetSplit(path)))
+    assert (error.value.index, error.value.end) == (0, None)
+
+
+def test_a_damaged_row_group_costs_only_the_rest_of_its_split(tmp_path):
+    path = big_parquet(tmp_path)
+    columns = formats.Columns(id="id")
+    splits = formats.parquet_splits(path, columns, target_bytes=850)
+    corrupt_row_group(path, 3)  # rows 6..7, the second half of split 1 (rows 4..7)
+    got = []
+    with pytest.raises(formats.DamagedInput) as error:
+        for sample in formats.split_samples(splits[1], columns):
+            got.append(sample)
+    assert [s.image_id for s in got] == [b"id-04", b"id-05"]
+    assert (error.value.index, error.value.end) == (6, 8)
+    assert str(error.value).startswith(f"{path}: row group 3 (rows 6..7) cannot be read at row 6")
+    assert [s.index for split in (splits[0], splits[2])
+            for s in formats.split_samples(split, columns)] == [0, 1, 2, 3, 8, 9, 10, 11]

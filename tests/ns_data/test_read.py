@@ -3,6 +3,7 @@ failure naming why."""
 from __future__ import annotations
 
 import os
+import pickle
 
 import apache_beam as beam
 import pytest
@@ -10,9 +11,10 @@ import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
-from ns_data import predictions, progress, read, schema
+from ns_data import formats, predictions, progress, read, schema
 from tests import fakes
 from tests.data_files import write_tfrecord
+from tests.ns_data import test_formats
 
 PNG = fakes.fake_image(1, 0, 10).encoded
 
@@ -101,3 +103,62 @@ def test_reading_reports_progress_against_the_input_bytes(tmp_path, monkeypatch)
     assert sorted(seen) == sorted([(size, 4, sum(framed[:4])), (size, 4, sum(framed[4:8])),
                                    (size, 2, sum(framed[8:]))])
     progress.Progress.finish_all()
+
+
+def read_all(pattern: str, input_format: str, out, **kwargs) -> tuple[list, list]:
+    """(sorted (id, source, index, bytes) of the images, sorted (source, index, id, stage,
+    message) of the failed rows) that ReadImages reads; passed out through the file `out`."""
+    with TestPipeline(runner="DirectRunner") as p:
+        result = p | read.ReadImages(pattern, input_format, **kwargs)
+        images = (result.images
+                  | "Images" >> beam.FlatMap(lambda batch: [
+                      (im.image_id, im.source, im.index, im.encoded) for im in batch])
+                  | "AllImages" >> beam.combiners.ToList())
+        failed = (result.failed
+                  | "Rows" >> beam.FlatMap(lambda t: zip(*(t.column(c).to_pylist() for c in (
+                      predictions.SOURCE, predictions.INDEX, predictions.ID,
+                      predictions.ERROR_STAGE, predictions.ERROR_MESSAGE))))
+                  | "AllFailed" >> beam.combiners.ToList())
+        _ = (images
+             | "Both" >> beam.Map(lambda i, f: (sorted(i), sorted(f)),
+                                  beam.pvalue.AsSingleton(failed))
+             | "Save" >> beam.Map(_save, str(out)))
+    with open(out, "rb") as f:
+        return pickle.load(f)
+
+
+def _save(value, path: str) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(value, f)
+
+
+def test_parquet_splits_read_the_same_images_under_the_same_indices(tmp_path):
+    path = test_formats.big_parquet(tmp_path)
+    columns = formats.Columns(id="id")
+    whole = read_all(path, "parquet", tmp_path / "got", columns=columns, batch_size=3)
+    split = read_all(path, "parquet", tmp_path / "got", columns=columns, batch_size=3,
+                     split_bytes=1)
+    assert split == whole
+    images, failed = whole
+    assert [(i, source, index) for i, source, index, _ in images] == sorted(
+        (b"id-%02d" % i, path, i) for i in range(12) if i != 3)
+    assert failed == [(path, 3, b"id-03", "parse", f"{path} row 3: a null image cell")]
+
+
+def test_a_damaged_row_group_in_a_split_file_costs_the_rest_of_its_split(tmp_path):
+    path = test_formats.big_parquet(tmp_path)
+    test_formats.corrupt_row_group(path, 3)  # rows 6..7
+    # Splits of rows 0..3, 4..7 and 8..11.
+    images, failed = read_all(path, "parquet", tmp_path / "got",
+                              columns=formats.Columns(id="id"), split_bytes=850)
+    assert [index for _, _, index, _ in images] == [0, 1, 2, 4, 5, 8, 9, 10, 11]
+    (source, index, image_id, stage, message), = [f for f in failed if f[3] == "damaged_file"]
+    assert (source, index, image_id, stage) == (path, 6, f"{path}#6".encode(), "damaged_file")
+    assert message.startswith(f"{path}: row group 3 (rows 6..7) cannot be read at row 6 (")
+    assert message.endswith(". Its records 6..7, the rest of its split, are lost; the file's "
+                            "other splits are read on their own.")
+    unsplit, unsplit_failed = read_all(path, "parquet", tmp_path / "got",
+                                       columns=formats.Columns(id="id"))
+    assert [index for _, _, index, _ in unsplit] == [0, 1, 2, 4, 5]  # rows 6..11 are lost
+    assert [f[1:4] for f in unsplit_failed if f[3] == "damaged_file"] == [
+        (6, f"{path}#6".encode(), "damaged_file")]

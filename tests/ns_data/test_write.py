@@ -89,7 +89,7 @@ def shard_names(num_shards: int, prefix: str = PREFIX) -> list[str]:
 def test_keyed_batches_bound_records_and_bytes(monkeypatch):
     monkeypatch.setattr(write_module, "_BATCH_RECORDS", 3)
     monkeypatch.setattr(write_module, "_BATCH_BYTES", 100)
-    batches = write_module._KeyedBatches()
+    batches = write_module.KeyedBatches()
     out = []
     for i in range(4):  # key a fills a batch of 3; the 4th waits
         out += batches.add(("a",), (i, b"x" * 10))

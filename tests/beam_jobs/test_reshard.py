@@ -1,0 +1,133 @@
+"""beam_jobs.reshard: a corpus re-cut into TFRecord shards keeps every image under its id, counts
+what it could not read, and writes the same bytes every time."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from beam_jobs import reshard
+from ns_data import read, schema
+from ns_data.balance import id_hash
+from ns_data.tfrecord import iter_records
+from tests import fakes
+from tests.beam_jobs.test_input_formats import parquet_corpus, pseudo_labels
+from tests.beam_jobs.test_label_and_balance import corpus, run_fake
+from tests.beam_jobs.test_rebalance import output_files, truncate_last_record
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tfrecord_corpus(folder) -> tuple[str, list[tuple[bytes, bytes]], str, str]:
+    """Two TFRecord files of fake images, a third of them without an id; the first holds a
+    record that is not an Example (record 5), the second is cut in its last record. Returns
+    their glob, the (id, bytes) label_and_balance reads from them, and the two paths."""
+    os.makedirs(folder, exist_ok=True)
+    images = corpus()
+    records = [schema.image_example(im.encoded, im.image_id if i % 3 else None)
+               for i, im in enumerate(images)]
+    first = fakes.write_tfrecord(folder / "a.tfrecord",
+                                 records[:5] + [b"not an example"] + records[5:30])
+    second = fakes.write_tfrecord(folder / "b.tfrecord", records[30:])
+    truncate_last_record(second)
+    readable = records[:-1]
+    return (str(folder / "*.tfrecord"), sorted(map(read.parse_image_record, readable)), first,
+            second)
+
+
+def shard_images(output_dir: str) -> dict[str, list[tuple[bytes, bytes]]]:
+    """{shard file: [(id, bytes), ...] in file order}."""
+    return {os.path.basename(path): [read.parse_image_record(r) for r in iter_records(path)]
+            for path in sorted(glob.glob(f"{output_dir}/{reshard.IMAGES_PREFIX}-*"))}
+
+
+def test_every_image_keeps_its_id_and_bytes_and_failures_are_counted(tmp_path):
+    pattern, want, first, second = tfrecord_corpus(tmp_path / "in")
+    output_dir = str(tmp_path / "out")
+    reshard.run([f"--input={pattern}", f"--output_dir={output_dir}", "--num_shards=5",
+                 "--runner=DirectRunner"])
+    shards = shard_images(output_dir)
+    assert list(shards) == [f"images-{s:05d}-of-00005.tfrecord" for s in range(5)]
+    assert sorted(im for images in shards.values() for im in images) == want
+    for shard, images in enumerate(shards.values()):  # placed and ordered by a hash of the id
+        orders = [id_hash(image_id, 0) for image_id, _ in images]
+        assert orders == sorted(orders) and {o % 5 for o in orders} <= {shard}
+    summary = json.load(open(os.path.join(output_dir, reshard.SUMMARY_FILE)))
+    assert summary["images_per_shard"] == [len(images) for images in shards.values()]
+    assert summary["images"] == len(want) == len(corpus()) - 1
+    assert summary["failed"] == {"damaged_file": 1, "parse": 1}
+    letters = sorted((d[schema.ERROR_STAGE][0].decode(), d[schema.ERROR_MESSAGE][0].decode())
+                     for d in map(schema.parse_example, iter_records(
+                         f"{output_dir}/dead_letters-00000-of-00001.tfrecord")))
+    assert [stage for stage, _ in letters] == ["damaged_file", "parse"]
+    assert letters[0][1].startswith(f"{second}: record {len(corpus()) - 31} at byte ")
+    assert letters[1][1].startswith(f"{first} record 5: not a tf.train.Example: ")
+
+
+def test_label_and_balance_on_the_shards_writes_what_it_writes_on_the_original(tmp_path):
+    images = corpus()
+    pattern = parquet_corpus(tmp_path / "pq", images)
+    flags = [f"--input={pattern}", "--input_format=parquet", "--id_column=id"]
+    original, original_stats = run_fake(tmp_path, images, *flags, name="original")
+    reshard.run([*flags, f"--output_dir={tmp_path}/shards", "--num_shards=3",
+                 "--runner=DirectRunner"])
+    sharded, sharded_stats = run_fake(
+        tmp_path, images, f"--input={tmp_path}/shards/images-*.tfrecord", name="sharded")
+    assert len(pseudo_labels(original)) == len(pseudo_labels(sharded)) > 0
+    assert output_files(sharded) == output_files(original)
+    assert sharded_stats["classes"] == original_stats["classes"]
+
+
+def test_two_runs_in_separate_processes_write_identical_bytes(tmp_path):
+    pattern, _, _, _ = tfrecord_corpus(tmp_path / "in")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "random"}
+    outputs = []
+    for run in ("one", "two"):
+        output_dir = str(tmp_path / run)
+        subprocess.run([sys.executable, "-m", "beam_jobs.reshard", f"--input={pattern}",
+                        f"--output_dir={output_dir}", "--num_shards=4", "--runner=DirectRunner"],
+                       cwd=REPO, env=env, check=True, capture_output=True)
+        outputs.append({name: open(os.path.join(output_dir, name), "rb").read()
+                        for name in sorted(os.listdir(output_dir))})
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0]) == 4 + 2  # image shards, dead letters, reshard.json
+    assert sum(len(list(iter_records(path))) for path in glob.glob(
+        f"{tmp_path}/one/images-*")) == len(corpus()) - 1
+
+
+def test_bad_flags_are_refused_with_the_flag_named_before_any_work(tmp_path, capsys):
+    pattern, _, _, _ = tfrecord_corpus(tmp_path / "in")
+    output = f"--output_dir={tmp_path}/out"
+    with pytest.raises(ValueError, match=r"^missing required flags: --input \(see --help\)$"):
+        reshard.run([output])
+    with pytest.raises(SystemExit):  # argparse's usage line and error, as every job's
+        reshard.run([f"--input={pattern}", output, "--num_shards=0"])
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "error: argument --num_shards: must be >= 1, got 0")
+    with pytest.raises(ValueError, match=r"^--id_column applies to --input_format=parquet only"):
+        reshard.run([f"--input={pattern}", output, "--id_column=id"])
+    with pytest.raises(ValueError, match=rf"^--output_dir={tmp_path}/in holds input files "
+                       rf"\({tmp_path}/in/a.tfrecord\); write the shards to another directory$"):
+        reshard.run([f"--input={pattern}", f"--output_dir={tmp_path}/in"])
+    with pytest.raises(ValueError, match=r"^unknown flags: --num_shard \(did you mean "
+                       r"--num_shards\?\)"):
+        reshard.run([f"--input={pattern}", output, "--num_shard=3"])
+    assert not os.path.exists(tmp_path / "out")
+    os.makedirs(tmp_path / "out")
+    open(tmp_path / "out" / "images-00000-of-00001.tfrecord", "wb").close()
+    with pytest.raises(ValueError, match=r"already holds 1 image shards; pass --overwrite"):
+        reshard.run([f"--input={pattern}", output])
+
+
+def test_help_documents_every_flag(capsys):
+    assert reshard.run(["--help"]) is None
+    shown = capsys.readouterr().out
+    flags = {option for action in reshard._help_parser()._actions
+             if action.help and action.dest != "help" for option in action.option_strings}
+    assert set(flags) == {"--input", "--input_format", "--image_column", "--id_column",
+                          "--output_dir", "--overwrite", "--num_shards"}
+    assert all(flag in shown for flag in flags)
