@@ -8,6 +8,7 @@ import functools
 import glob
 import os
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -79,6 +80,43 @@ def test_the_same_images_give_the_same_pseudo_labels_in_every_format(tmp_path):
     assert output_files(parquet) == output_files(webdataset) == output_files(tfrecord)
     assert parquet_stats["config"]["input_format"] == "parquet"
     assert webdataset_stats["config"]["input_format"] == "webdataset"
+
+
+@pytest.mark.slow
+def test_2000_images_in_four_formats_give_the_same_pseudo_labels_counts_and_shards(tmp_path):
+    """The same 2,000 images as TFRecords, Parquet, WebDataset and an image folder (its files
+    named by the images' ids, so every format names them alike) give the same pseudo-labels,
+    per-class counts and output bytes."""
+    rng = np.random.default_rng(13)
+    labels = rng.choice(fakes.NUM_CLASSES, size=2000, p=[0.4, 0.3, 0.2, 0.1])
+    images = [fakes.fake_image(i, int(label), int(rng.integers(256)))
+              for i, label in enumerate(labels)]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for im in images:
+        (folder / im.image_id.decode()).write_bytes(im.encoded)
+    k = ["--images_per_class=400"]  # some classes capped, others duplicated
+    runs = {
+        "tfrecord": run_fake(tmp_path, images, *k, name="tfrecord", batch_size=64),
+        "parquet": run_fake(tmp_path, images, f"--input={parquet_corpus(tmp_path / 'pq', images)}",
+                            "--input_format=parquet", "--id_column=id", *k, name="parquet",
+                            batch_size=64),
+        "webdataset": run_fake(tmp_path, images,
+                               f"--input={webdataset_corpus(tmp_path / 'wds', images)}",
+                               "--input_format=webdataset", *k, name="webdataset",
+                               batch_size=64),
+        "images": run_fake(tmp_path, images, f"--input={folder}/*", "--input_format=images",
+                           *k, name="images", batch_size=64),
+    }
+    want = pseudo_labels(runs["tfrecord"][0])
+    counts = runs["tfrecord"][1]["classes"]
+    assert len(want) == 400 * fakes.NUM_CLASSES
+    assert any(c["dropped_by_cap"] for c in counts) and any(c["duplicated"] for c in counts)
+    for name, (output_dir, run_stats) in runs.items():
+        assert run_stats["totals"]["read"] == 2000 and run_stats["totals"]["failed_total"] == 0
+        assert run_stats["classes"] == counts, name
+        assert pseudo_labels(output_dir) == want, name
+        assert output_files(output_dir) == output_files(runs["tfrecord"][0]), name
 
 
 def test_parquet_files_read_in_splits_give_byte_identical_outputs(tmp_path, monkeypatch):
