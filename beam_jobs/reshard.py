@@ -19,11 +19,23 @@ are dead letters (`dead_letters-00000-of-00001.tfrecord`: id, stage, message nam
 and record) and are counted in `reshard.json` beside the images per shard. The same input gives
 byte-identical shards. The image bytes cross one shuffle, the one that spreads them over the
 shards.
+
+Your own labeled images in: `--label_folders` labels an image folder by its class folders
+(`--input='photos/**' --input_format=images`: photos/cat/1.jpg is class `cat`), `--labels_csv`
+by a CSV of `path,label` rows (paths as the ids are: under the glob's folder, or the tar key,
+Parquet id, ...). Classes are numbered in sorted name order, every record gets its `label`,
+`reshard.json` lists the class names and images per class, and the summary prints the
+`--num_classes` and `--class_names` to train with. An image without a class is a dead letter.
+
+    python -m beam_jobs.reshard --input='photos/**' --input_format=images --label_folders \
+        --output_dir=data/labeled --num_shards=4
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -44,7 +56,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from beam_jobs import cli
 from beam_jobs.cli import (InputOptions, OutputOptions, check_input, configure_logging,
                            input_columns, pipeline_options)
-from ns_data import formats, schema
+from ns_data import formats, globs, schema
 from ns_data import predictions as table
 from ns_data.balance import id_hash
 from ns_data.lazy import tf
@@ -60,6 +72,79 @@ SUMMARY_FILE = "reshard.json"
 DEFAULT_SORT_BYTES = 256 << 20
 
 
+STAGE_LABEL = "label"  # a dead letter's stage: the image has no class
+
+
+@dataclasses.dataclass(frozen=True)
+class Labels:
+    """Each image's class, for a labeled corpus: by its first folder under the glob's folder
+    (`by_id` None), or by its id in a table (`by_id`: {id: class index})."""
+
+    class_names: tuple[str, ...]
+    by_id: dict[bytes, int] | None = None
+
+    def label_of(self, image_id: bytes) -> int:
+        """The image's class index.
+
+        Raises:
+          ValueError: naming why the image has no class.
+        """
+        if self.by_id is not None:
+            if image_id not in self.by_id:
+                raise ValueError(f"{image_id.decode(errors='replace')!r} has no row in "
+                                 "--labels_csv")
+            return self.by_id[image_id]
+        folder, sep, _ = image_id.decode(errors="replace").partition("/")
+        if not sep:
+            raise ValueError(f"{folder!r} is not in a class folder (--label_folders)")
+        return self.class_names.index(folder)
+
+
+def folder_labels(pattern: str) -> Labels:
+    """The classes of an image folder: the first folders of its files under the glob's folder,
+    sorted by name.
+
+    Raises:
+      ValueError: when no file is in a folder.
+    """
+    root = globs.glob_root(pattern)
+    names = sorted({image_id.decode().split("/")[0]
+                    for image_id in (globs.image_id(m.path, root) for m in globs.match(pattern))
+                    if b"/" in image_id})
+    if not names:
+        raise ValueError(f"--label_folders: no file of --input={pattern} is in a folder under "
+                         f"{root}; put each class's images in a folder named after it")
+    return Labels(tuple(names))
+
+
+def csv_labels(path: str) -> Labels:
+    """The classes of a CSV of `path,label` rows (a header row of exactly that is skipped),
+    sorted by name; `path` is the image's id.
+
+    Raises:
+      ValueError: for a row of another shape, an id given twice, or an empty file.
+    """
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        rows = list(csv.reader(io.TextIOWrapper(f, encoding="utf-8", newline="")))
+    if rows and [cell.strip().lower() for cell in rows[0]] == ["path", "label"]:
+        rows = rows[1:]
+    by_name: dict[bytes, str] = {}
+    for line, row in enumerate(rows, start=1):
+        if len(row) != 2 or not row[0] or not row[1]:
+            raise ValueError(f"--labels_csv={path} row {line}: expected 'path,label', got "
+                             f"{','.join(row)!r:.80}")
+        image_id = row[0].encode()
+        if image_id in by_name and by_name[image_id] != row[1]:
+            raise ValueError(f"--labels_csv={path} row {line}: {row[0]!r} is labeled both "
+                             f"{by_name[image_id]!r} and {row[1]!r}")
+        by_name[image_id] = row[1]
+    if not by_name:
+        raise ValueError(f"--labels_csv={path} has no rows")
+    names = tuple(sorted(set(by_name.values())))
+    index = {name: i for i, name in enumerate(names)}
+    return Labels(names, {image_id: index[name] for image_id, name in by_name.items()})
+
+
 @dataclasses.dataclass(frozen=True)
 class ReshardConfig:
     """What to re-cut, and into what.
@@ -71,6 +156,7 @@ class ReshardConfig:
       num_shards: image shards to write.
       columns: a Parquet input's image and id columns.
       sort_bytes: input bytes sorted in memory at once per shard.
+      labels: each image's class (a labeled corpus), or None.
     """
 
     input: str
@@ -79,6 +165,7 @@ class ReshardConfig:
     num_shards: int
     columns: formats.Columns = formats.Columns()
     sort_bytes: int = DEFAULT_SORT_BYTES
+    labels: Labels | None = None
 
     def __post_init__(self):
         if self.num_shards < 1:
@@ -98,23 +185,43 @@ class _KeyImages(beam.DoFn):
     bundle, for the shard shuffle. The order key is a hash of the image id: it picks the shard
     and the record's place in it."""
 
-    def __init__(self, num_shards: int, chunks: int):
+    def __init__(self, num_shards: int, chunks: int, labels: Labels | None = None):
         self._num_shards = num_shards
         self._chunks = chunks
+        self._labels = labels
 
     def start_bundle(self):
         self._batches = KeyedBatches()
 
     def process(self, images):
+        classes = []
         for image in images:
             order = id_hash(image.image_id, 0)
-            record = schema.image_example(image.encoded, image.image_id)
+            label = None
+            if self._labels is not None:
+                try:
+                    label = self._labels.label_of(image.image_id)
+                except ValueError as e:
+                    letter = schema.dead_letter_example(
+                        STAGE_LABEL, image.image_id, image.encoded,
+                        f"{image.source} record {image.index}: {e}")
+                    classes.append(None)
+                    yield from self._batches.add(shard_key(DEAD_LETTER_PREFIX, 0, 1, 1),
+                                                 (order, letter))
+                    continue
+                classes.append(label)
+            record = schema.image_example(image.encoded, image.image_id, label)
             yield from self._batches.add(
                 shard_key(IMAGES_PREFIX, order, self._num_shards, self._chunks), (order, record))
+        if classes:  # per-class counts, and the images without one (None)
+            yield beam.pvalue.TaggedOutput(_CLASSES, classes)
 
     def finish_bundle(self):
         for batch in self._batches.flush():
             yield WindowedValue(batch, MIN_TIMESTAMP, [GlobalWindow()])
+
+
+_CLASSES = "classes"
 
 
 def dead_letters(rows: pa.Table):
@@ -131,14 +238,21 @@ def dead_letters(rows: pa.Table):
 
 
 def _write_summary(counts: list[tuple[tuple[str, int], int]], failed: dict[str, int],
-                   config: ReshardConfig) -> str:
+                   classes: dict[int | None, int], config: ReshardConfig) -> str:
     per_shard = [0] * config.num_shards
     for (prefix, shard), n in counts:
         if prefix == IMAGES_PREFIX:
             per_shard[shard] = n
+    failed = dict(failed)
+    if classes.get(None):
+        failed[STAGE_LABEL] = classes[None]
     summary = {"input": config.input, "input_format": config.input_format,
                "num_shards": config.num_shards, "images": sum(per_shard),
                "images_per_shard": per_shard, "failed": dict(sorted(failed.items()))}
+    if config.labels is not None:
+        names = config.labels.class_names
+        summary["class_names"] = list(names)
+        summary["images_per_class"] = [classes.get(i, 0) for i in range(len(names))]
     path = posixpath.join(config.output_dir, SUMMARY_FILE)
     with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         f.write(json.dumps(summary, indent=2).encode())
@@ -155,8 +269,12 @@ def build(pipeline: beam.Pipeline, config: ReshardConfig) -> beam.PCollection:
                      config.num_shards, chunks)
     read = pipeline | "ReadImages" >> ReadImages(config.input, config.input_format,
                                                  columns=config.columns)
-    keyed = (read.images | "KeyByShard" >> beam.ParDo(_KeyImages(config.num_shards, chunks)),
-             read.failed | "DeadLetters" >> beam.FlatMap(dead_letters))
+    images = read.images | "KeyByShard" >> beam.ParDo(
+        _KeyImages(config.num_shards, chunks, config.labels)).with_outputs(_CLASSES, main="keyed")
+    classes = (images[_CLASSES]
+               | "Classes" >> beam.FlatMap(lambda labels: labels)
+               | "CountClasses" >> beam.combiners.Count.PerElement())
+    keyed = (images.keyed, read.failed | "DeadLetters" >> beam.FlatMap(dead_letters))
     written = (keyed
                | "AllRecords" >> beam.Flatten()
                | "WriteShards" >> WriteShuffledShards(
@@ -167,7 +285,8 @@ def build(pipeline: beam.Pipeline, config: ReshardConfig) -> beam.PCollection:
               | "CountFailed" >> beam.combiners.Count.PerElement())
     return (written
             | "AllShards" >> beam.combiners.ToList()
-            | "WriteSummary" >> beam.Map(_write_summary, beam.pvalue.AsDict(failed), config))
+            | "WriteSummary" >> beam.Map(_write_summary, beam.pvalue.AsDict(failed),
+                                         beam.pvalue.AsDict(classes), config))
 
 
 def reshard_config(options: PipelineOptions) -> ReshardConfig:
@@ -193,13 +312,41 @@ def reshard_config(options: PipelineOptions) -> ReshardConfig:
                          "shards to another directory")
     cli.check_clear(output_dir, output_patterns(output_dir), "image shards", output.overwrite,
                     delete=False)
+    labeling = options.view_as(LabelOptions)
+    labels = None
+    if labeling.label_folders and labeling.labels_csv:
+        raise ValueError("--label_folders and --labels_csv: give one of them")
+    if labeling.label_folders:
+        if inputs.input_format != "images":
+            raise ValueError("--label_folders applies to --input_format=images only, not "
+                             f"--input_format={inputs.input_format}; see --labels_csv")
+        labels = folder_labels(inputs.input)
+    elif labeling.labels_csv:
+        labels = csv_labels(labeling.labels_csv)
     return ReshardConfig(input=inputs.input, input_format=inputs.input_format,
                          output_dir=output_dir, num_shards=output.num_shards,
-                         columns=input_columns(inputs))
+                         columns=input_columns(inputs), labels=labels)
+
+
+class LabelOptions(PipelineOptions):
+    """How a labeled corpus names each image's class."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        g = parser.add_argument_group("labels (a labeled corpus, e.g. a teacher's training set)")
+        g.add_argument("--label_folders", action="store_true",
+                       help="With --input_format=images: an image's class is its first folder "
+                       "under the glob's folder (photos/cat/1.jpg is 'cat' with "
+                       "--input='photos/**'); records get the class index in sorted name order.")
+        g.add_argument("--labels_csv", default=None,
+                       help="A CSV of path,label rows (an optional header 'path,label'): an "
+                       "image's class by its id (a file's path under the glob's folder, a tar "
+                       "key, a Parquet id or image/id); classes are numbered in sorted name "
+                       "order.")
 
 
 def format_summary(summary: dict) -> str:
-    """The closing lines: images per shard and what failed."""
+    """The closing lines: images per shard (and per class) and what failed."""
     per_shard = summary["images_per_shard"]
     failed = summary["failed"]
     lines = [f"{summary['images']:,} images in {summary['num_shards']} shards "
@@ -208,6 +355,13 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{sum(failed.values()):,} dead letters ("
                      + ", ".join(f"{stage}: {n:,}" for stage, n in failed.items())
                      + f") in {DEAD_LETTER_PREFIX}-00000-of-00001.tfrecord")
+    if "class_names" in summary:
+        names = summary["class_names"]
+        lines.append(f"{len(names)} classes: " + ", ".join(
+            f"{i} {name} ({n:,})" for i, (name, n) in enumerate(zip(names,
+                                                                    summary["images_per_class"]))))
+        lines.append(f"train with --num_classes={len(names)} "
+                     f"--class_names={','.join(names)}")
     return "\n".join(lines)
 
 
@@ -218,6 +372,7 @@ def _help_parser() -> argparse.ArgumentParser:
                                      epilog="Beam pipeline options are accepted as well.")
     cli.add_options_args(parser, InputOptions)
     cli.add_options_args(parser, OutputOptions)
+    cli.add_options_args(parser, LabelOptions)
     return parser
 
 

@@ -129,5 +129,92 @@ def test_help_documents_every_flag(capsys):
     flags = {option for action in reshard._help_parser()._actions
              if action.help and action.dest != "help" for option in action.option_strings}
     assert set(flags) == {"--input", "--input_format", "--image_column", "--id_column",
-                          "--output_dir", "--overwrite", "--num_shards"}
+                          "--output_dir", "--overwrite", "--num_shards", "--label_folders",
+                          "--labels_csv"}
     assert all(flag in shown for flag in flags)
+
+
+def labeled_folder(root) -> dict[bytes, bytes]:
+    """Images in class folders under `root` (one a folder deeper), and one at the top level,
+    outside any class; returns {id: bytes} of the classed ones."""
+    images = corpus()[:12]
+    classed = {}
+    for i, im in enumerate(images):
+        name = ("loose.png" if i == 0 else
+                f"{('zebra', 'ant', 'cat')[i % 3]}/{'deep/' if i % 4 == 0 else ''}{i}.png")
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(im.encoded)
+        if i:
+            classed[name.encode()] = im.encoded
+    return classed
+
+
+def labeled_records(output_dir: str) -> dict[bytes, tuple[bytes, int]]:
+    records = [schema.parse_example(r) for path in sorted(
+        glob.glob(f"{output_dir}/{reshard.IMAGES_PREFIX}-*")) for r in iter_records(path)]
+    return {f[schema.IMAGE_ID][0]: (f[schema.IMAGE_ENCODED][0], f[schema.LABEL][0])
+            for f in records}
+
+
+def test_class_folders_become_labels_in_sorted_name_order(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    classed = labeled_folder(photos)
+    output_dir = str(tmp_path / "out")
+    reshard.run([f"--input={photos}/**", "--input_format=images", "--label_folders",
+                 f"--output_dir={output_dir}", "--num_shards=2", "--runner=DirectRunner"])
+    names = ["ant", "cat", "zebra"]
+    want = {image_id: (encoded, names.index(image_id.decode().split("/")[0]))
+            for image_id, encoded in classed.items()}
+    assert labeled_records(output_dir) == want
+    summary = json.load(open(os.path.join(output_dir, reshard.SUMMARY_FILE)))
+    assert summary["class_names"] == names
+    assert summary["images_per_class"] == [sum(label == i for _, label in want.values())
+                                           for i in range(3)] == [4, 4, 3]
+    assert summary["failed"] == {"label": 1} and summary["images"] == 11
+    letters = [schema.parse_example(r) for r in iter_records(
+        os.path.join(output_dir, "dead_letters-00000-of-00001.tfrecord"))]
+    assert [(f[schema.IMAGE_ID][0], f[schema.ERROR_STAGE][0]) for f in letters] == [
+        (b"loose.png", b"label")]
+    assert b"is not in a class folder (--label_folders)" in letters[0][schema.ERROR_MESSAGE][0]
+    out = capsys.readouterr().out
+    assert "3 classes: 0 ant (4), 1 cat (4), 2 zebra (3)" in out
+    assert "train with --num_classes=3 --class_names=ant,cat,zebra" in out
+
+
+def test_a_labels_csv_names_each_images_class(tmp_path):
+    photos = tmp_path / "photos"
+    classed = labeled_folder(photos)
+    ids = sorted(classed)
+    rows = ["path,label"] + [f"{image_id.decode()},{'dog' if i % 2 else 'bird'}"
+                             for i, image_id in enumerate(ids[:-1])]  # the last one: no row
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    output_dir = str(tmp_path / "out")
+    reshard.run([f"--input={photos}/**", "--input_format=images",
+                 f"--labels_csv={tmp_path}/labels.csv", f"--output_dir={output_dir}",
+                 "--num_shards=2", "--runner=DirectRunner"])
+    assert labeled_records(output_dir) == {image_id: (classed[image_id], i % 2)
+                                           for i, image_id in enumerate(ids[:-1])}
+    summary = json.load(open(os.path.join(output_dir, reshard.SUMMARY_FILE)))
+    assert summary["class_names"] == ["bird", "dog"]
+    assert summary["failed"] == {"label": 2}  # the top-level file and the one without a row
+
+
+@pytest.mark.parametrize("flags, error", [
+    (["--label_folders", "--input_format=tfrecord"],
+     r"^--label_folders applies to --input_format=images only"),
+    (["--label_folders", "--labels_csv=x.csv"], r"^--label_folders and --labels_csv: give one"),
+])
+def test_label_flags_are_checked_before_any_work(tmp_path, flags, error):
+    pattern, _, _, _ = tfrecord_corpus(tmp_path / "in")
+    with pytest.raises(ValueError, match=error):
+        reshard.run([f"--input={pattern}", f"--output_dir={tmp_path}/out", *flags])
+    (tmp_path / "bad.csv").write_text("path,label\na.png,cat\na.png,dog\n")
+    with pytest.raises(ValueError, match=r"row 2: 'a.png' is labeled both 'cat' and 'dog'"):
+        reshard.run([f"--input={pattern}", f"--output_dir={tmp_path}/out",
+                     f"--labels_csv={tmp_path}/bad.csv"])
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.png").write_bytes(corpus()[0].encoded)
+    with pytest.raises(ValueError, match=r"^--label_folders: no file of --input="):
+        reshard.run([f"--input={tmp_path}/flat/*", "--input_format=images", "--label_folders",
+                     f"--output_dir={tmp_path}/out"])
+    assert not os.path.exists(tmp_path / "out")
