@@ -173,13 +173,19 @@ def pipeline_options(argv: list[str]) -> PipelineOptions:
 
     Raises:
       ValueError: for a flag neither this job nor Beam knows (Beam would only log it, and a
-        misspelt --images_per_class would silently run with the default K).
+        misspelt --images_per_class would silently run with the default K), and for a word
+        that is no flag's value, most often the second file of a glob the shell expanded
+        (Beam would drop it and the job read the first file only).
     """
     options = PipelineOptions(argv)
     parsers = []
     options.get_all_options(add_extra_args_fn=parsers.append)
     _, unknown = parsers[0].parse_known_args(argv)
     flags = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("--")]
+    if unknown and not flags:
+        raise ValueError(f"unexpected arguments: {' '.join(unknown[:3])}"
+                         f"{' ...' if len(unknown) > 3 else ''}; every argument is a --flag=value. "
+                         "If the shell expanded a glob, quote it: --input='data/unlabeled-*'")
     if flags:
         known = [opt for action in parsers[0]._actions for opt in action.option_strings]
         hints = [f"{f} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(f, known, 1))
