@@ -271,6 +271,14 @@ def by_id_message(letters, image_id: bytes) -> str:
     return message
 
 
+def test_an_empty_input_is_not_marked_complete(tmp_path):
+    with pytest.raises(completion.NothingReadError, match="no image was read"):
+        run_fake(tmp_path, [])
+    assert stats.read_stats(str(tmp_path / "out"))["totals"]["read"] == 0
+    assert not completion.is_complete(str(tmp_path / "out"))
+    assert not completion.is_complete(str(tmp_path / "out" / "predictions"))
+
+
 def test_missing_flags_and_existing_output_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="missing required flags: --teacher, --output_dir"):
         job.run([f"--input={tmp_path}/*.tfrecord"])
