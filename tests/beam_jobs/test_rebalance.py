@@ -140,6 +140,17 @@ def test_rebalance_refuses_a_table_that_does_not_describe_its_input(tmp_path, ch
     assert not completion.is_complete(str(tmp_path / "re"))
 
 
+def test_rebalance_does_not_write_into_its_table_directory(tmp_path):
+    first, _ = run_fake(tmp_path, corpus()[:12])
+    table_dir = os.path.join(first, "predictions")
+    with pytest.raises(ValueError, match="--output_dir=.*/predictions/ is the --predictions "
+                                         "table's own directory"):
+        rebalance.run([f"--predictions={table_dir}", f"--output_dir={table_dir}/",
+                       "--overwrite", "--images_per_class=3"])
+    assert completion.is_complete(table_dir)
+    assert not [n for n in os.listdir(table_dir) if n.endswith(".tfrecord")]
+
+
 def test_rebalance_needs_its_flags():
     with pytest.raises(ValueError, match="missing required flags: --predictions, --output_dir"):
         rebalance.run(["--images_per_class=3"])
