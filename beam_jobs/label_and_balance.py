@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
-                                                  TestOptions)
+                                                  StandardOptions, TestOptions)
 from apache_beam.runners.runner import PipelineResult
 
 from beam_jobs import cli
@@ -47,6 +47,8 @@ from ns_data.teacher import (TeacherModelHandler, TeacherSpec, output_error, rea
                              sample_problem)
 from ns_data.teacher_flags import teacher_runtime, teacher_spec
 
+# Runners (lower case, without "runner") whose workers are this machine's processes.
+LOCAL_RUNNERS = ("direct", "switchingdirect", "bundlebaseddirect", "prism")
 # Image files per predictions table file with --input_format=images.
 IMAGES_PER_TABLE_FILE = 4096
 
@@ -222,6 +224,11 @@ def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
         logging.warning("--precision=mixed does nothing with --jit_compile: XLA compiles the "
                         "teacher without TensorFlow's mixed precision rewrite (outputs measured "
                         "bit-identical to float32 on CPU); drop one of them")
+    runner = opts.view_as(StandardOptions).runner or ""
+    if runner.lower().removesuffix("runner") in LOCAL_RUNNERS:
+        missing = devices.missing_device(opts.device)
+        if missing:
+            raise ValueError(f"{missing}; with --runner={runner} the teacher runs here")
     if opts.device == "tpu" and not shares_model(opts):
         logging.warning("--device=tpu with --no_large_model: only one process can open a TPU "
                         "chip; run one SDK process per worker or drop --no_large_model")
@@ -237,9 +244,13 @@ def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
     formats.check_input(opts.input, opts.input_format, input_columns(opts))
     if check_output:
         for flag, directory in (("--output_dir", balance.output_dir),
-                                ("--predictions_dir", opts.predictions_dir)):
-            if directory and tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(directory):
+                                ("--predictions_dir", predictions_dir(opts))):
+            if tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(directory):
                 raise ValueError(f"{flag}={directory} is a file, not a directory")
+            try:  # made now, empty, so a place that cannot be written fails before the teacher
+                tf.io.gfile.makedirs(directory)
+            except (OSError, tf.errors.OpError) as e:
+                raise ValueError(f"{flag}={directory} cannot be created: {e}") from e
         check_output_dir(balance.output_dir, balance.overwrite)
         check_table_dir(predictions_dir(opts), balance.overwrite)
 

@@ -349,6 +349,7 @@ def test_mixed_precision_under_jit_is_warned_about(tmp_path, caplog):
     ("--temperature=0", "--temperature must be a finite number > 0, got 0.0"),
     ("--output_dir={tmp}/a_file", "--output_dir=.*/a_file is a file, not a directory"),
     ("--predictions_dir={tmp}/a_file", "--predictions_dir=.*/a_file is a file, not a directory"),
+    ("--output_dir={tmp}/a_file/out", "--output_dir=.*/a_file/out cannot be created"),
 ])
 def test_impossible_settings_are_refused_before_any_work(tmp_path, flag, match):
     corpus_path = tmp_path / "input.tfrecord"
@@ -358,6 +359,23 @@ def test_impossible_settings_are_refused_before_any_work(tmp_path, flag, match):
             flag.format(tmp=tmp_path)]
     with pytest.raises(ValueError, match=match):
         job.validate(_options(*argv))
+
+
+@pytest.mark.parametrize("runner, refused", [("DirectRunner", True), ("PrismRunner", True),
+                                            ("DataflowRunner", False)])
+def test_a_device_this_machine_lacks_is_refused_when_the_teacher_runs_here(
+        tmp_path, monkeypatch, runner, refused):
+    monkeypatch.setattr(devices.TensorFlowBackend, "gpus", lambda self: [])
+    corpus_path = tmp_path / "input.tfrecord"
+    corpus_path.write_bytes(b"")
+    opts = _options(f"--input={corpus_path}", "--teacher=t", f"--output_dir={tmp_path}/o",
+                    "--device=gpu", f"--runner={runner}")
+    if not refused:  # Dataflow workers have their own accelerators
+        job.validate(opts, check_output=False)
+        return
+    with pytest.raises(ValueError, match=f"--device=gpu but TensorFlow sees no GPU on this "
+                                         f"machine.*; with --runner={runner} the teacher runs"):
+        job.validate(opts)
 
 
 def test_contradicting_sharing_flags_are_refused(tmp_path):
