@@ -247,19 +247,22 @@ def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
                                 ("--predictions_dir", predictions_dir(opts))):
             if tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(directory):
                 raise ValueError(f"{flag}={directory} is a file, not a directory")
-            try:  # made now, empty, so a place that cannot be written fails before the teacher
-                tf.io.gfile.makedirs(directory)
-            except (OSError, tf.errors.OpError) as e:
-                raise ValueError(f"{flag}={directory} cannot be created: {e}") from e
         check_output_dir(balance.output_dir, balance.overwrite)
         check_table_dir(predictions_dir(opts), balance.overwrite)
 
 
 def clear_outputs(opts: LabelAndBalanceOptions) -> None:
-    """Deletes an earlier run's shards and table (validated: only with --overwrite)."""
+    """Deletes an earlier run's shards and table (validated: only with --overwrite) and makes
+    the output directories, so one that cannot be written is refused here, not by a worker."""
     balance = opts.view_as(BalanceOptions)
     check_output_dir(balance.output_dir, balance.overwrite, delete=True)
     check_table_dir(predictions_dir(opts), balance.overwrite, delete=True)
+    for flag, directory in (("--output_dir", balance.output_dir),
+                            ("--predictions_dir", predictions_dir(opts))):
+        try:
+            tf.io.gfile.makedirs(directory)
+        except (OSError, tf.errors.OpError) as e:
+            raise ValueError(f"{flag}={directory} cannot be created: {e}") from e
 
 
 def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSpec,

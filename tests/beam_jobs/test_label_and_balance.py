@@ -349,7 +349,6 @@ def test_mixed_precision_under_jit_is_warned_about(tmp_path, caplog):
     ("--temperature=0", "--temperature must be a finite number > 0, got 0.0"),
     ("--output_dir={tmp}/a_file", "--output_dir=.*/a_file is a file, not a directory"),
     ("--predictions_dir={tmp}/a_file", "--predictions_dir=.*/a_file is a file, not a directory"),
-    ("--output_dir={tmp}/a_file/out", "--output_dir=.*/a_file/out cannot be created"),
 ])
 def test_impossible_settings_are_refused_before_any_work(tmp_path, flag, match):
     corpus_path = tmp_path / "input.tfrecord"
@@ -359,6 +358,15 @@ def test_impossible_settings_are_refused_before_any_work(tmp_path, flag, match):
             flag.format(tmp=tmp_path)]
     with pytest.raises(ValueError, match=match):
         job.validate(_options(*argv))
+
+
+def test_an_output_dir_that_cannot_be_created_is_refused_before_the_pipeline(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    opts = _options("--input=x", "--teacher=t", f"--output_dir={tmp_path}/a_file/out")
+    with pytest.raises(ValueError, match="--output_dir=.*/a_file/out cannot be created"):
+        job.clear_outputs(opts)
+    job.clear_outputs(_options("--input=x", "--teacher=t", f"--output_dir={tmp_path}/o"))
+    assert os.path.isdir(tmp_path / "o" / "predictions")
 
 
 @pytest.mark.parametrize("runner, refused", [("DirectRunner", True), ("PrismRunner", True),
