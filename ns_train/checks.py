@@ -9,7 +9,10 @@ The records of --labeled and --eval also go through the trainer's own parser (`d
 schema's Example, `schema.dense_targets`, `decode_and_resize`), so a record training could not
 read stops the run here, named by flag, file and index, instead of failing inside tf.data hours
 later or, for eval data, after the last step with nothing exported. The pseudo-labeled
---unlabeled stream is label_and_balance's own output and large: its framing is checked only.
+--unlabeled stream is label_and_balance's own output and large: only the first
+`UNLABELED_CHECKED` records of each file go through the parser, enough to refuse a file of the
+wrong kind (raw unlabeled images, dead letters, soft labels of another class count), which is
+wrong from its first record. A glob that matches a directory is refused.
 """
 from __future__ import annotations
 
@@ -39,6 +42,8 @@ BAD_RECORDS_FILE = "bad_records.txt"
 # a few files checked at once hold little memory with large images.
 _BATCH = 256
 _PARALLEL_FILES = 8
+# Records parsed from the start of each --unlabeled file (all of them for --labeled and --eval).
+UNLABELED_CHECKED = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,23 +182,23 @@ def readable_records(path: str, count: int) -> Iterator[bytes]:
     return itertools.islice(iter_records(path), count)
 
 
-def _scan_file(flag: str, path: str, parser: RecordParser | None
+def _scan_file(flag: str, path: str, parser: RecordParser | None, checked: int | None
                ) -> tuple[int, DamagedFile | None, list[BadRecord]]:
-    count, damaged, bad, batch = 0, None, [], []
+    count, damaged, bad, batch = 0, None, [], []  # batch: (index, record)
 
     def check():
-        for position, reason in parser.problems(batch):
-            index = count - len(batch) + position
-            bad.append(BadRecord(flag, path, index, _image_id(batch[position]), reason))
+        for position, reason in parser.problems([record for _, record in batch]):
+            index, record = batch[position]
+            bad.append(BadRecord(flag, path, index, _image_id(record), reason))
         batch.clear()
 
     try:
         for record in iter_records(path):
-            count += 1
-            if parser:
-                batch.append(record)
+            if parser and (checked is None or count < checked):
+                batch.append((count, record))
                 if len(batch) == _BATCH:
                     check()
+            count += 1
     except CorruptRecordError as e:
         damaged = DamagedFile(flag, path, e.index, e.offset, e.problem)
         logger.warning("%s: damaged file %s; %s", flag, e,
@@ -204,19 +209,25 @@ def _scan_file(flag: str, path: str, parser: RecordParser | None
     return count, damaged, bad
 
 
-def scan_stream(flag: str, pattern: str, parser: RecordParser | None = None) -> StreamScan:
-    """Counts the readable records of every file matching `pattern`; checks them with `parser`.
+def scan_stream(flag: str, pattern: str, parser: RecordParser | None = None,
+                checked: int | None = None) -> StreamScan:
+    """Counts the readable records of every file matching `pattern`; checks them with `parser`
+    (only the first `checked` of each file when given).
 
     Raises:
-      ValueError: naming `flag`, when the pattern matches no file or no file has a readable
-        record.
+      ValueError: naming `flag`, when the pattern matches no file, matches a directory, or no
+        file has a readable record.
     """
     paths = sorted(tf.io.gfile.glob(pattern))
     if not paths:
         raise ValueError(f"{flag}={pattern} matches no files")
+    directories = [path for path in paths if tf.io.gfile.isdir(path)]
+    if directories:
+        raise ValueError(f"{flag}={pattern} matches the directory {directories[0]}; give a glob "
+                         "of TFRecord files only (e.g. OUTPUT_DIR/pseudo_labels-*)")
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(min(_PARALLEL_FILES, len(paths))) as pool:
-        scanned = list(pool.map(lambda path: _scan_file(flag, path, parser), paths))
+        scanned = list(pool.map(lambda path: _scan_file(flag, path, parser, checked), paths))
     scan = StreamScan(flag, tuple((path, count) for path, (count, _, _) in zip(paths, scanned)),
                       tuple(damaged for _, damaged, _ in scanned if damaged),
                       tuple(bad for _, _, bad_records in scanned for bad in bad_records))
@@ -230,7 +241,8 @@ def scan_stream(flag: str, pattern: str, parser: RecordParser | None = None) -> 
 
 
 def scan_inputs(config: TrainConfig) -> Inputs:
-    """Scans --labeled, --eval and (student) --unlabeled; checks every labeled and eval record.
+    """Scans --labeled, --eval and (student) --unlabeled; checks every labeled and eval record
+    and the first `UNLABELED_CHECKED` records of each unlabeled file.
 
     Writes the records that fail the check to WORKDIR/bad_records.txt (flag, file, record, id,
     reason; tab-separated), or removes that file when none does.
@@ -243,9 +255,10 @@ def scan_inputs(config: TrainConfig) -> Inputs:
     inputs = Inputs(
         labeled=scan_stream("--labeled", config.labeled, parser),
         eval=scan_stream("--eval", config.eval, parser) if config.eval else None,
-        unlabeled=scan_stream("--unlabeled", config.unlabeled) if config.student else None)
+        unlabeled=(scan_stream("--unlabeled", config.unlabeled, parser, UNLABELED_CHECKED)
+                   if config.student else None))
     report = posixpath.join(config.workdir, BAD_RECORDS_FILE)
-    checked = [s for s in (inputs.labeled, inputs.eval) if s]
+    checked = [s for s in (inputs.labeled, inputs.eval, inputs.unlabeled) if s]
     bad = [b for s in checked for b in s.bad]
     if not bad:
         if tf.io.gfile.exists(report):

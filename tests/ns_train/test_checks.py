@@ -145,3 +145,32 @@ def test_bad_labeled_and_eval_records_fail_the_scan_and_are_listed(tmp_path):
     inputs = checks.scan_inputs(config(tmp_path, labeled=good, eval=good))
     assert (inputs.labeled.count, inputs.eval.count, inputs.unlabeled) == (12, 12, None)
     assert not report.exists()  # the fixed records leave no stale list behind
+
+
+def test_each_unlabeled_file_is_checked_from_its_first_records(tmp_path):
+    labeled, pseudo = str(tmp_path / "labeled.tfrecord"), str(tmp_path / "pl" / "a.tfrecord")
+    (tmp_path / "pl").mkdir()
+    toy.write_labeled(labeled, 12)
+    toy.write_pseudo_labeled(pseudo, 8, schema.LabelType.SOFT)
+    (tmp_path / "w").mkdir()
+    inputs = checks.scan_inputs(config(tmp_path, labeled=labeled, unlabeled=pseudo))
+    assert (inputs.unlabeled.count, inputs.unlabeled.bad) == (8, ())
+    raw = str(tmp_path / "pl" / "b.tfrecord")  # unlabeled images given as pseudo-labels
+    with tf.io.TFRecordWriter(raw) as w:
+        for image in toy.toy_images(checks.UNLABELED_CHECKED + 5)[0]:
+            w.write(schema.image_example(toy.png(image), b"raw"))
+    with pytest.raises(ValueError, match=rf"^--unlabeled: {checks.UNLABELED_CHECKED} records "
+                       rf"the trainer cannot use, e.g. {raw} record 0 \(id raw\): a record has "
+                       "no 'label'"):
+        checks.scan_inputs(config(tmp_path, labeled=labeled, unlabeled=str(tmp_path / "pl/*")))
+    with pytest.raises(ValueError, match=r"^--unlabeled: 8 records .*pl/a.tfrecord record 0 "
+                       r"\(id u0\): 'probabilities' width differs from num_classes=5"):
+        checks.scan_inputs(config(tmp_path, labeled=labeled, unlabeled=pseudo, num_classes=5))
+
+
+def test_a_glob_matching_a_directory_is_refused(tmp_path):
+    toy.write_pseudo_labeled(str(tmp_path / "pseudo_labels-0.tfrecord"), 4, schema.LabelType.HARD)
+    (tmp_path / "predictions").mkdir()
+    with pytest.raises(ValueError, match=rf"^--unlabeled={tmp_path}/\* matches the directory "
+                                         rf"{tmp_path}/predictions; give a glob of TFRecord"):
+        checks.scan_stream("--unlabeled", str(tmp_path / "*"))
