@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import difflib
 import importlib.util
+import os
 import typing
 from typing import Any
 
@@ -159,7 +160,14 @@ class TrainConfig:
 
 
 def load_config_file(path: str) -> dict[str, Any]:
-    """The dict returned by `get_config()` in the Python file at `path`."""
+    """The dict returned by `get_config()` in the Python file at `path`.
+
+    Raises:
+      ValueError: naming --config, when there is no such file, it has no `get_config()`, or
+        the dict has an option `TrainConfig` does not know.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"--config={path}: no such file")
     spec = importlib.util.spec_from_file_location("ns_train_config", path)
     if spec is None or spec.loader is None:
         raise ValueError(f"--config={path} is not a Python file")
@@ -211,7 +219,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """
     flag_parser = parser()
     args = flag_parser.parse_args(argv)
-    values = load_config_file(args.config) if args.config else {}
+    try:
+        values = load_config_file(args.config) if args.config else {}
+    except ValueError as e:
+        flag_parser.error(str(e))
     for name, value in vars(args).items():
         if name != "config" and value is not None:
             values[name] = value
