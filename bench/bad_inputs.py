@@ -1,12 +1,18 @@
 """Issue 11's audit: a hostile new user's bad inputs and flags against the real command lines.
 
-    python -m bench.bad_inputs [--only=SUBSTRING] [--keep]
+    python -m bench.bad_inputs [--only=SUBSTRING] [--keep] [--spawn]
 
 Every case builds its input in a temp dir — real PNG/JPEG/GIF/BMP/WebP/TIFF images made with
 Pillow, TFRecords of `ns_data.schema` examples, Parquet tables edited with pyarrow, tiny teachers
 trained on the embedded sample and exported as SavedModels — and runs the command a user types
 (`python -m beam_jobs.label_and_balance ...`, `beam_jobs.rebalance`, `ns_train.train`,
-`ns_train.evaluate`) in a subprocess, at most two at a time. What the user got is classed:
+`ns_train.evaluate`) in a child process, at most two at a time. The children are forked from a
+`bench.preloaded` server that has imported TensorFlow, Keras and Beam once, because that import
+costs more than most commands' own work: the ~140 commands took 11 to over 30 minutes with a
+fresh interpreter each on this shared 2-core machine, 3 to 5 this way. `--spawn` starts a fresh
+interpreter per command instead; it gave the same outcome for every case compared. Trainer
+cases run two steps of a tiny ResNet without tensorflow-transform (`train_flags`). What the
+user got is classed:
 
   ok            exit 0 and the output is right (a valid but unusual input, or a control run)
   refused       nonzero exit, an error line naming the problem, no Python traceback
@@ -707,24 +713,44 @@ def judge_rows(c: Ctx, run: Run, cases: Sequence[Case]) -> list[Verdict]:
 # --- the case table
 
 
-def lab_cases() -> list[Case]:
-    job = "label_and_balance"
+def case_maker(job: str, **defaults) -> Callable[..., Case]:
+    """`case(name, expect, make=None, **fields)` for one job's cases: `expect` is one outcome or
+    a tuple of them, `defaults` are fields every case of the job shares unless it says
+    otherwise."""
+    def case(name: str, expect: str | tuple[str, ...], make=None, **kw) -> Case:
+        return Case(name, job, (expect,) if isinstance(expect, str) else expect, make,
+                    **{**defaults, **kw})
+    return case
 
-    def case(name: str, expect: str | tuple[str, ...], make, **kw) -> Case:
-        return Case(name, job, (expect,) if isinstance(expect, str) else expect, make, **kw)
 
+def flag_maker(case: Callable[..., Case], argv: Callable[..., list[str]]
+               ) -> Callable[..., Case]:
+    """`flag(name, *flags, says=...)`: a case that adds `flags` to a good command line
+    (`argv(ctx, *flags)`) and expects a refusal naming one of `says` (or `expect=`)."""
     def flag(name: str, *extra: str, says: Sequence[str], **kw) -> Case:
-        return case(name, kw.pop("expect", "refused"), lambda c: lab(c, c.fx.good, *extra),
+        return case(name, kw.pop("expect", "refused"), lambda c: argv(c, *extra),
                     says=tuple(says), **kw)
+    return flag
+
+
+def labeled_plus(*records: bytes | Callable[[Ctx], bytes]) -> Callable[[Ctx], str]:
+    """The labeled records followed by `records` (or builders of them), in one file."""
+    return lambda c: write_records(c.path("in", "part.tfrecord"), c.fx.labeled_records + [
+        r(c) if callable(r) else r for r in records])
+
+
+def lab_cases() -> list[Case]:
+    case = case_maker("label_and_balance")
+    flag = flag_maker(case, lambda c, *extra: lab(c, c.fx.good, *extra))
 
     def one(shared: Shared, name: str, record: Callable[[Ctx], bytes] | bytes,
             expect: str | tuple[str, ...] = "dead-letter", **kw) -> Case:
-        return Case(name, job, (expect,) if isinstance(expect, str) else expect, shared=shared,
-                    record=record if callable(record) else (lambda c: record), cost=2, **kw)
+        return case(name, expect, shared=shared, cost=2,
+                    record=record if callable(record) else (lambda c: record), **kw)
 
     def file(shared: Shared, name: str, write: Callable[[Ctx, str], object],
              expect: str = "dead-letter", **kw) -> Case:
-        return Case(name, job, (expect,), shared=shared, file=write, cost=2, **kw)
+        return case(name, expect, shared=shared, file=write, cost=2, **kw)
 
     def image(shared: Shared, name: str, encoded, **kw) -> Case:
         """A record of `encoded` (bytes, or a builder from the reference image's pixels)."""
@@ -961,15 +987,10 @@ def lab_cases() -> list[Case]:
 
 
 def rebalance_cases() -> list[Case]:
-    job = "rebalance"
-
-    def case(name: str, expect: str | tuple[str, ...], make, needs=("base",), **kw) -> Case:
-        return Case(name, job, (expect,) if isinstance(expect, str) else expect, make,
-                    needs=needs, **kw)
+    case = case_maker("rebalance", needs=("base",))
 
     def row(name: str, **values) -> Case:
-        return Case(name, job, ("dead-letter",), shared=rows, row=values, needs=("base",),
-                    cost=2)
+        return case(name, "dead-letter", shared=rows, row=values, cost=2)
 
     def bad_table(name: str, edit: Callable[[list[dict]], list[dict]], says=(), **kw) -> Case:
         return case(name, "refused", lambda c: rb(c, edit_table(c, edit)), says=says, **kw)
@@ -1055,15 +1076,8 @@ def rebalance_cases() -> list[Case]:
 
 
 def train_cases() -> list[Case]:
-    job = "train"
-
-    def case(name: str, expect: str | tuple[str, ...], make, **kw) -> Case:
-        return Case(name, job, (expect,) if isinstance(expect, str) else expect, make, **kw)
-
-    def labeled_with(*records: bytes | Callable[[Ctx], bytes]) -> Callable[[Ctx], str]:
-        """The labeled records and `records` (or builders of them) in one file of the case."""
-        return lambda c: write_records(c.path("in", "part.tfrecord"), c.fx.labeled_records + [
-            r(c) if callable(r) else r for r in records])
+    case = case_maker("train")
+    flag = flag_maker(case, train_flags)
 
     def damaged_labeled(damage) -> Callable[[Ctx], str]:
         return lambda c: write_bytes(c.path("in", "part.tfrecord"),
@@ -1076,9 +1090,6 @@ def train_cases() -> list[Case]:
     def bad_eval(name: str, data: Callable[[Ctx], str], says: Sequence[str]) -> Case:
         return case(name, "refused", lambda c: train_flags(c, eval_data=data(c)),
                     says=tuple(says))
-
-    def flag(name: str, *extra: str, says: Sequence[str]) -> Case:
-        return case(name, "refused", lambda c: train_flags(c, *extra), says=tuple(says))
 
     unlabeled = lambda c: schema.image_example(c.fx.ref.encoded, b"u")  # noqa: E731
     label_12 = lambda c: schema.image_example(c.fx.ref.encoded, b"t", label=12)  # noqa: E731
@@ -1101,17 +1112,17 @@ def train_cases() -> list[Case]:
         bad_labeled("text file as --labeled", lambda c: write_bytes(
             c.path("in", "part.tfrecord"), b"label,path\n3,a.png\n" * 20),
             says=("part.tfrecord",)),
-        bad_labeled("labeled record with label 12 (10 classes)", labeled_with(label_12),
+        bad_labeled("labeled record with label 12 (10 classes)", labeled_plus(label_12),
                     says=("label", "12")),
-        bad_labeled("labeled record without a label", labeled_with(unlabeled),
+        bad_labeled("labeled record without a label", labeled_plus(unlabeled),
                     says=("label",)),
-        bad_labeled("labeled record with a corrupt PNG", labeled_with(corrupt_png),
+        bad_labeled("labeled record with a corrupt PNG", labeled_plus(corrupt_png),
                     says=("part.tfrecord", "decode", "image")),
-        bad_labeled("labeled record that is not an Example", labeled_with(b"\x0a\x05abc"),
+        bad_labeled("labeled record that is not an Example", labeled_plus(b"\x0a\x05abc"),
                     says=("part.tfrecord", "record")),
-        bad_eval("eval record with a corrupt PNG", labeled_with(corrupt_png),
+        bad_eval("eval record with a corrupt PNG", labeled_plus(corrupt_png),
                  says=("--eval", "part.tfrecord")),
-        bad_eval("eval record with label 12", labeled_with(label_12),
+        bad_eval("eval record with label 12", labeled_plus(label_12),
                  says=("--eval", "label", "12")),
         case("--eval glob matching nothing", "refused",
              lambda c: train_flags(c, eval_data=os.path.join(c.dir, "eval-*.tfrecord")),
@@ -1148,22 +1159,12 @@ def train_cases() -> list[Case]:
 
 
 def evaluate_cases() -> list[Case]:
-    job = "evaluate"
-
-    def case(name: str, expect: str | tuple[str, ...], make, **kw) -> Case:
-        return Case(name, job, (expect,) if isinstance(expect, str) else expect, make, **kw)
-
-    def data_with(*records: bytes | Callable[[Ctx], bytes]) -> Callable[[Ctx], str]:
-        return lambda c: write_records(c.path("in", "part.tfrecord"), c.fx.labeled_records + [
-            r(c) if callable(r) else r for r in records])
+    case = case_maker("evaluate")
+    flag = flag_maker(case, ev)
 
     def bad_data(name: str, data: Callable[[Ctx], str], says: Sequence[str],
                  expect: str | tuple[str, ...] = "refused", **kw) -> Case:
         return case(name, expect, lambda c: ev(c, data=data(c)), says=tuple(says), **kw)
-
-    def flag(name: str, *extra: str, says: Sequence[str], **kw) -> Case:
-        return case(name, kw.pop("expect", "refused"), lambda c: ev(c, *extra), says=tuple(says),
-                    **kw)
 
     return [
         case("control: the gray teacher on 64 labeled images", "ok", lambda c: ev(c)),
@@ -1191,14 +1192,14 @@ def evaluate_cases() -> list[Case]:
             b"".join(frame(r) for r in c.fx.labeled_records)[:-100]),
             says=("part.tfrecord",), expect=("refused", "warned"),
             check=eval_check(GOOD, "a truncated file read to its end")),
-        bad_data("--data record without a label", data_with(
+        bad_data("--data record without a label", labeled_plus(
             lambda c: schema.image_example(c.fx.ref.encoded, b"u")), says=("label",),
             check=eval_check(GOOD + 1, "a record without a label counted")),
-        bad_data("--data record with label 12", data_with(
+        bad_data("--data record with label 12", labeled_plus(
             lambda c: schema.image_example(c.fx.ref.encoded, b"t", label=12)),
             says=("label", "12"), check=eval_check(GOOD + 1, "label 12 counted")),
         bad_data("--data record with a corrupt PNG",
-                 data_with(schema.image_example(b"\x89PNG\r\n\x1a\njunk", b"bad", label=3)),
+                 labeled_plus(schema.image_example(b"\x89PNG\r\n\x1a\njunk", b"bad", label=3)),
                  says=("part.tfrecord", "decode", "image"), expect=("refused", "warned"),
                  check=eval_check(GOOD + 1, "a corrupt image counted")),
         bad_data("--data pseudo-labels, not labeled data",
