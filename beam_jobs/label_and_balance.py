@@ -98,7 +98,8 @@ class LabelAndBalanceOptions(PipelineOptions):
         g.add_argument("--skip_teacher_check", action="store_true",
                        help="Do not load the teacher at launch to check it on a blank image and "
                        "on the first 64 input images (refused: logits read from a softmax "
-                       "teacher, one class for every image, near-uniform probabilities).")
+                       "teacher, one class for every image, near-uniform probabilities), nor "
+                       "refuse teacher flags that contradict its ns_teacher.json.")
         g = parser.add_argument_group("predictions table")
         g.add_argument("--predictions_dir", "--scores_dir", dest="predictions_dir", default=None,
                        help="Where the Parquet predictions table goes: per image its id, input "
@@ -340,6 +341,12 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     spec = teacher_spec(opts)
     check_table_serves(table_metadata(opts, spec), balance_config(opts.view_as(BalanceOptions)))
     if model_handler is None and not opts.skip_teacher_check:
+        # A flag that contradicts the model's own record of how it was trained is more often a
+        # mistake than a fix of that record; the outputs alone do not always show it.
+        overridden = teacher_flags.metadata_overrides(opts)
+        if overridden:
+            raise ValueError(f"teacher {spec.path} fails its launch check: "
+                             f"{'; '.join(overridden)} (--skip_teacher_check runs anyway)")
         check_teacher(spec, teacher_runtime(opts), launch_sample(opts, spec))
     if not dry_run:
         clear_outputs(opts)  # only once every setting is known to be good
