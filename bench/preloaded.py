@@ -9,7 +9,8 @@ child per command. The child runs the module as `python -m` does (`runpy`, `__na
 "__main__"`), with the same argv, environment, working directory and fresh project modules; its
 stdout and stderr go to files, stdin is empty, and its exit status is the interpreter's: 0, the
 `SystemExit` code (a message is printed and gives 1), or 1 after an uncaught exception's
-traceback. A command that must be checked against a fresh interpreter runs with `spawn`.
+traceback. (`bench.bad_inputs --spawn` runs every command in a fresh interpreter instead, to
+check that the outcomes match.)
 
     python -m bench.preloaded   # the server: reads JSON requests, one a line, on stdin
 """
@@ -122,6 +123,10 @@ class Server:
                     self._started.pop(int(first)).set_result(int(second))
             else:
                 self._exit_future(int(first)).set_result(int(second))
+        with self._lock:  # the server is gone: nothing waiting on it may wait forever
+            for future in [*self._started.values(), *self._exits.values()]:
+                if not future.done():
+                    future.set_exception(RuntimeError("the bench.preloaded server exited"))
 
     def run(self, module: str, argv: list[str], stdout: str, stderr: str,
             timeout: float) -> int | None:
