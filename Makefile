@@ -47,6 +47,7 @@ bench: venv
 	$(PY) -m bench.decode
 	$(PY) -m bench.teacher
 	$(PY) -m bench.overhead
+	$(PY) -m bench.bad_inputs
 
 clean:
 	rm -rf out .pytest_cache
