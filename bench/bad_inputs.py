@@ -186,6 +186,9 @@ class Fixtures:
         self.teacher_rgb = self.path("teacher-rgb")
         train_tiny_teacher(train, self.teacher_rgb, spec=ImageSpec(28, 28, 3), epochs=3, seed=1)
         self.teacher_softmax = softmax_teacher(self.teacher, self.path("teacher-softmax"))
+        self.teacher_bare = self.path("teacher-bare")  # as downloaded: no ns_teacher.json
+        shutil.copytree(self.teacher, self.teacher_bare,
+                        ignore=shutil.ignore_patterns("assets.extra"))
         self.not_a_model = os.path.dirname(write_bytes(self.path("not-a-model", "README.txt"),
                                                        b"weights are on the shared drive\n"))
         self.baseline = {path: self.teacher_baseline(path)
@@ -919,6 +922,9 @@ def lab_cases() -> list[Case]:
         flag("--input_range=0,255 on a [0,1] teacher", "--input_range=0,255",
              says=("--input_range",), check=labels_check),
         flag("--input_range=-1,1 on a [0,1] teacher", "--input_range=-1,1",
+             says=("--input_range",), check=labels_check),
+        case("--input_range=0,255 on the same teacher without ns_teacher.json", "refused",
+             lambda c: lab(c, c.fx.good, "--input_range=0,255", teacher=c.fx.teacher_bare),
              says=("--input_range",), check=labels_check),
         flag("--input_range=1,0 (inverted)", "--input_range=1,0",
              says=("--input_range", "input range"), check=labels_check),
