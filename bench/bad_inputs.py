@@ -1553,8 +1553,9 @@ def report(results: list[Result], seconds: float) -> None:
     if not_clean:
         print("\nnot handled cleanly:")
         for r in not_clean:
+            line = r.line if r.line.startswith("exit ") else f"exit {r.code}: {r.line}"
             print(f"  [{r.case.job}] {r.case.name}: {r.outcome} (expected "
-                  f"{'|'.join(r.case.expect)}), exit {r.code}: {r.line}")
+                  f"{'|'.join(r.case.expect)}), {line}")
     runs = {id(r.case.shared) if r.case.shared else id(r): r.prism for r in results}
     prism = sum(runs.values())
     if prism:

@@ -131,7 +131,9 @@ def metadata_overrides(opts: Any) -> list[str]:
     """The `teacher` flags that contradict what the teacher's ns_teacher.json records.
 
     The flags win (they fix a wrong file), but overriding the model's own record of how it was
-    trained is more often a mistake: each contradiction is a sentence for a warning.
+    trained is more often a mistake: each contradiction is one sentence, which
+    `label_and_balance`'s launch check refuses (unless --skip_teacher_check) and
+    `ns_train.evaluate` warns with.
     """
     recorded = read_metadata(opts.teacher)
     pairs = (("--input_range", opts.input_range, recorded.input_range),
