@@ -60,6 +60,7 @@ bench: venv
 	$(PY) -m bench.teacher
 	$(PY) -m bench.overhead
 	$(PY) -m bench.split_read
+	$(PY) -m bench.bad_inputs
 
 clean:
 	rm -rf out .pytest_cache

@@ -310,13 +310,19 @@ def pipeline_options(argv: list[str],
 
     Raises:
       ValueError: for a flag neither this job nor Beam knows (Beam would only log it, and a
-        misspelt --images_per_class would silently run with the default K).
+        misspelt --images_per_class would silently run with the default K), and for a word
+        that is no flag's value, most often the second file of a glob the shell expanded
+        (Beam would drop it and the job read the first file only).
     """
     options = PipelineOptions(argv, **(values or {}))
     parsers = []
     options.get_all_options(add_extra_args_fn=parsers.append)
     _, unknown = parsers[0].parse_known_args(argv)
     flags = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("--")]
+    if unknown and not flags:
+        raise ValueError(f"unexpected arguments: {' '.join(unknown[:3])}"
+                         f"{' ...' if len(unknown) > 3 else ''}; every argument is a --flag=value. "
+                         "If the shell expanded a glob, quote it: --input='data/unlabeled-*'")
     if flags:
         known = [opt for action in parsers[0]._actions for opt in action.option_strings]
         hints = [f"{f} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(f, known, 1))
@@ -345,6 +351,9 @@ def print_summary(output_dir: str, class_names: list[str] | None = None) -> None
 
 
 def configure_logging() -> None:
-    """INFO for progress, minus Beam's log line for every string type hint it meets."""
+    """INFO for progress, minus Beam's log line for every string type hint it meets, and minus
+    the traceback Beam logs for an exception raised in a step before re-raising it: `main`
+    reports that same exception (one line for a bad input, the traceback for anything else)."""
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("apache_beam.typehints").setLevel(logging.WARNING)
+    logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)

@@ -29,7 +29,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
-                                                  TestOptions)
+                                                  StandardOptions, TestOptions)
 from apache_beam.runners.runner import PipelineResult
 
 from beam_jobs import cli
@@ -47,6 +47,8 @@ from ns_data.teacher import (TeacherModelHandler, TeacherSpec, output_error, rea
                              sample_problem)
 from ns_data.teacher_flags import teacher_runtime, teacher_spec
 
+# Runners (lower case, without "runner") whose workers are this machine's processes.
+LOCAL_RUNNERS = ("direct", "switchingdirect", "bundlebaseddirect", "prism")
 # Image files per predictions table file with --input_format=images.
 IMAGES_PER_TABLE_FILE = 4096
 
@@ -79,7 +81,8 @@ class LabelAndBalanceOptions(InputOptions, PipelineOptions):
         g.add_argument("--skip_teacher_check", action="store_true",
                        help="Do not load the teacher at launch to check it on a blank image and "
                        "on the first 64 input images (refused: logits read from a softmax "
-                       "teacher, one class for every image, near-uniform probabilities).")
+                       "teacher, one class for every image, near-uniform probabilities), nor "
+                       "refuse teacher flags that contradict its ns_teacher.json.")
         g = parser.add_argument_group("predictions table")
         g.add_argument("--predictions_dir", "--scores_dir", dest="predictions_dir", default=None,
                        help="Where the Parquet predictions table goes: per image its id, input "
@@ -260,6 +263,11 @@ def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
         logging.warning("--precision=mixed does nothing with --jit_compile: XLA compiles the "
                         "teacher without TensorFlow's mixed precision rewrite (outputs measured "
                         "bit-identical to float32 on CPU); drop one of them")
+    runner = opts.view_as(StandardOptions).runner or ""
+    if runner.lower().removesuffix("runner") in LOCAL_RUNNERS:
+        missing = devices.missing_device(opts.device)
+        if missing:
+            raise ValueError(f"{missing}; with --runner={runner} the teacher runs here")
     if opts.device == "tpu" and not shares_model(opts):
         logging.warning("--device=tpu with --no_large_model: only one process can open a TPU "
                         "chip; run one SDK process per worker or drop --no_large_model")
@@ -268,18 +276,25 @@ def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
     check_input(opts)
     if check_output:
         for flag, directory in (("--output_dir", balance.output_dir),
-                                ("--predictions_dir", opts.predictions_dir)):
-            if directory and tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(directory):
+                                ("--predictions_dir", predictions_dir(opts))):
+            if tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(directory):
                 raise ValueError(f"{flag}={directory} is a file, not a directory")
         check_output_dir(balance.output_dir, balance.overwrite)
         check_table_dir(predictions_dir(opts), balance.overwrite)
 
 
 def clear_outputs(opts: LabelAndBalanceOptions) -> None:
-    """Deletes an earlier run's shards and table (validated: only with --overwrite)."""
+    """Deletes an earlier run's shards and table (validated: only with --overwrite) and makes
+    the output directories, so one that cannot be written is refused here, not by a worker."""
     balance = opts.view_as(BalanceOptions)
     check_output_dir(balance.output_dir, balance.overwrite, delete=True)
     check_table_dir(predictions_dir(opts), balance.overwrite, delete=True)
+    for flag, directory in (("--output_dir", balance.output_dir),
+                            ("--predictions_dir", predictions_dir(opts))):
+        try:
+            tf.io.gfile.makedirs(directory)
+        except (OSError, tf.errors.OpError) as e:
+            raise ValueError(f"{flag}={directory} cannot be created: {e}") from e
 
 
 def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSpec,
@@ -366,6 +381,12 @@ def run_job(config: LabelAndBalanceConfig, pipeline_args: Sequence[str] = (),
     spec = teacher_spec(opts)
     check_table_serves(table_metadata(opts, spec), balance_config(opts.view_as(BalanceOptions)))
     if model_handler is None and not opts.skip_teacher_check:
+        # A flag that contradicts the model's own record of how it was trained is more often a
+        # mistake than a fix of that record; the outputs alone do not always show it.
+        overridden = teacher_flags.metadata_overrides(opts)
+        if overridden:
+            raise ValueError(f"teacher {spec.path} fails its launch check: "
+                             f"{'; '.join(overridden)} (--skip_teacher_check runs anyway)")
         check_teacher(spec, teacher_runtime(opts), launch_sample(opts, spec))
     if not dry_run:
         clear_outputs(opts)  # only once every setting is known to be good

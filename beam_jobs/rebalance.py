@@ -165,6 +165,11 @@ def run_job(config: RebalanceConfig, pipeline_args: Sequence[str] = (),
     if missing:
         raise ValueError(f"missing required flags: {', '.join(missing)} (see --help)")
     metadata = read_table_metadata(table_pattern(opts))
+    table_dirs = completion.directories_of(table_pattern(opts))
+    if balance.output_dir.rstrip("/") in table_dirs:
+        raise ValueError(f"--output_dir={balance.output_dir} is the --predictions table's own "
+                         "directory: its shards and _SUCCESS would mix with the table's; pick "
+                         "another directory")
     if not opts.allow_incomplete:
         completion.require_complete_inputs(table_pattern(opts), "--predictions",
                                            "--allow_incomplete")

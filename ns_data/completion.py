@@ -51,6 +51,10 @@ class TooManyCopiesError(RunCheckError):
     """An image is written more times than `--max_copies` allows."""
 
 
+class NothingReadError(RunCheckError):
+    """The run read no image at all: its input is empty, so its output is no result."""
+
+
 def marker_path(directory: str) -> str:
     return posixpath.join(directory.rstrip("/"), SUCCESS_FILE)
 
@@ -70,6 +74,15 @@ def check_failures(run_stats: Mapping[str, Any], max_fraction: float, where: str
             f"complete. The dead letters (dead_letters-*.tfrecord) say why each image failed.")
 
 
+def check_read(run_stats: Mapping[str, Any], where: str) -> None:
+    """Raises `NothingReadError` when the run read no image (an empty file or table): an empty
+    output marked complete would pass for a finished round with nothing to label."""
+    if not run_stats["totals"]["read"]:
+        raise NothingReadError(
+            f"no image was read: the input holds no records, so the output in {where} is not "
+            "marked complete. Check --input (or --predictions).")
+
+
 def check_copies(run_stats: Mapping[str, Any], max_copies: int, where: str) -> None:
     """Raises `TooManyCopiesError` when a class writes one image more than `max_copies` times
     (0: no limit)."""
@@ -85,12 +98,14 @@ def check_copies(run_stats: Mapping[str, Any], max_copies: int, where: str) -> N
 def finish_run(output_dir: str, job: str, max_failure_fraction: float, max_copies: int = 0,
                table_dir: str | None = None) -> dict[str, Any]:
     """After a job's pipeline: marks the table (when the run wrote one) and then the output
-    complete, unless too many images failed (`TooManyFailuresError`) or one image is written
-    more than `max_copies` times (`TooManyCopiesError`). Returns the run's stats.
+    complete, unless it read nothing (`NothingReadError`), too many images failed
+    (`TooManyFailuresError`) or one image is written more than `max_copies` times
+    (`TooManyCopiesError`). Returns the run's stats.
     """
     run_stats = stats.read_stats(output_dir)
     stats.check_reconciles(run_stats)
     summary = {"job": job, "config": run_stats["config"], "totals": run_stats["totals"]}
+    check_read(run_stats, output_dir)
     if table_dir:
         write_marker(table_dir, summary)
     check_failures(run_stats, max_failure_fraction, output_dir)

@@ -140,6 +140,21 @@ def place(runtime: TeacherRuntime, backend: Backend | None = None) -> Placement:
         return _placements[runtime]
 
 
+def missing_device(device: str, backend: Backend | None = None) -> str | None:
+    """Why an explicit `--device=gpu|tpu` cannot run on this machine, or None.
+
+    Only looks (no TPU initialisation, no GPU memory taken), so a launcher whose runner runs
+    the teacher on this same machine can refuse before any work instead of in every worker.
+    """
+    backend = backend or TensorFlowBackend()
+    if device == "gpu" and not backend.gpus():
+        return ("--device=gpu but TensorFlow sees no GPU on this machine: install "
+                "tensorflow[and-cuda] (see docker/Dockerfile.gpu) and the NVIDIA driver")
+    if device == "tpu" and not backend.tpu_present():
+        return "--device=tpu but this machine is no TPU VM (no /dev/accel* or /dev/vfio/*)"
+    return None
+
+
 def _resolve(runtime: TeacherRuntime, backend: Backend) -> Placement:
     kind = runtime.device
     if kind in ("auto", "tpu") and (kind == "tpu" or backend.tpu_present()):

@@ -7,6 +7,7 @@ by both passes so they agree on every id.
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import posixpath
@@ -38,6 +39,19 @@ def check_input_pattern(pattern: str) -> int:
     if not matched:
         raise ValueError(f"--input={pattern} matches no files")
     return len(matched)
+
+
+def broken_links(pattern: str) -> list[str]:
+    """The local files matching `pattern` (`**` crossing folders, as `globs.match` reads it)
+    that are symlinks to nothing, sorted.
+
+    Beam's file listing drops what it cannot stat, so such a file would vanish from the run
+    without a count; `ReadImages` makes each one a failed row instead.
+    """
+    if "://" in pattern:
+        return []
+    return sorted(path for path in glob.glob(pattern, recursive=True)
+                  if os.path.islink(path) and not os.path.exists(path))
 
 
 class ParseFailure(ValueError):
@@ -264,7 +278,8 @@ class ReadImages(beam.PTransform):
     A damaged file costs only what cannot be read from it: the records of a TFRecord file before
     a truncated or corrupt frame are read, and one failed row (stage "damaged_file", the file's
     path and the byte where it breaks in the message) stands for the rest; so does an image file
-    that cannot be opened, or a local one reached by a symlink out of the glob's folder.
+    that cannot be opened, a local one reached by a symlink out of the glob's folder, and a
+    local symlink to nothing (`broken_links`).
 
     File names are reshuffled before reading so that workers share the files; no image bytes
     cross that shuffle. A Parquet file is read in splits of consecutive row groups of about
@@ -317,4 +332,14 @@ class ReadImages(beam.PTransform):
             _ReadFiles(self._format, self._batch_size, globs.glob_root(self._pattern),
                        self._columns),
             total_bytes=beam.pvalue.AsSingleton(sizes)).with_outputs(FAILED, main="images")
-        return ReadResult(read["images"], read[FAILED])
+        failed = read[FAILED]
+        root = globs.glob_root(self._pattern)
+        broken = [Prediction(path, 0, globs.image_id(path, root) if self._format == "images"
+                             else b"%s#0" % path.encode(), stage=STAGE_FILE,
+                             message=f"{path} is a symlink to {os.readlink(path)}, which does "
+                             "not exist. Nothing in the file can be read.")
+                  for path in broken_links(self._pattern)]
+        if broken:
+            links = pbegin | "BrokenLinks" >> beam.Create([predictions.to_table(broken)])
+            failed = (failed, links) | "AllFailed" >> beam.Flatten()
+        return ReadResult(read["images"], failed)

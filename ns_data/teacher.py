@@ -164,7 +164,8 @@ def inspect_teacher(
     static shape, then a default (`input_range` 0..1, `outputs` logits).
 
     Raises:
-      ValueError: with an actionable message when the model cannot serve as a teacher.
+      ValueError: with an actionable message when the model cannot serve as a teacher, or an
+        `image_size` or `channels` argument contradicts the signature's fixed input shape.
     """
     pb_path = posixpath.join(path, "saved_model.pb")
     if not tf.io.gfile.exists(pb_path):
@@ -199,6 +200,14 @@ def inspect_teacher(
 
     metadata = read_metadata(path)
     height, width, in_channels = dims[1:]
+    # A fixed input shape cannot take other images: the first call would fail deep in TF.
+    if image_size and height > 0 and width > 0 and tuple(image_size) != (height, width):
+        raise ValueError(f"--image_size={image_size[0]},{image_size[1]}, but teacher input "
+                         f"{input_name!r} takes {height}x{width} images (shape {dims}); drop "
+                         "the flag")
+    if channels and in_channels > 0 and channels != in_channels:
+        raise ValueError(f"--channels={channels}, but teacher input {input_name!r} takes "
+                         f"{in_channels}-channel images (shape {dims}); drop the flag")
     image_size = image_size or metadata.image_size
     if image_size is None:
         if height <= 0 or width <= 0:

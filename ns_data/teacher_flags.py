@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ns_data import devices
-from ns_data.teacher import OUTPUT_KINDS, TeacherSpec, inspect_teacher
+from ns_data.teacher import OUTPUT_KINDS, TeacherSpec, inspect_teacher, read_metadata
 
 
 def pair(kind: type, name: str) -> Callable[[str], tuple]:
@@ -125,6 +125,29 @@ def teacher_spec(opts: Any) -> TeacherSpec:
         temperature=opts.temperature,
         batch_size=opts.batch_size,
     )
+
+
+def metadata_overrides(opts: Any) -> list[str]:
+    """The `teacher` flags that contradict what the teacher's ns_teacher.json records.
+
+    The flags win (they fix a wrong file), but overriding the model's own record of how it was
+    trained is more often a mistake: each contradiction is one sentence, which
+    `label_and_balance`'s launch check refuses (unless --skip_teacher_check) and
+    `ns_train.evaluate` warns with.
+    """
+    recorded = read_metadata(opts.teacher)
+    pairs = (("--input_range", opts.input_range, recorded.input_range),
+             ("--teacher_outputs", opts.teacher_outputs, recorded.outputs),
+             ("--image_size", opts.image_size, recorded.image_size),
+             ("--channels", opts.channels, recorded.channels))
+
+    def text(value) -> str:
+        return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
+
+    return [f"{flag}={text(given)} overrides {text(saved)}, which the teacher's ns_teacher.json "
+            "records for how it was trained"
+            for flag, given, saved in pairs
+            if given is not None and saved is not None and text(given) != text(saved)]
 
 
 def teacher_runtime(opts: Any) -> devices.TeacherRuntime:

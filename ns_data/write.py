@@ -271,13 +271,41 @@ _BATCH_RECORDS = 1024
 _BATCH_BYTES = 64 << 20
 
 
+def check_one_row_per_record(rows: pa.Table, path: str) -> None:
+    """Refuses a table file whose rows are not records 0..n-1 of each input file, once each.
+
+    The teacher pass writes one row per record read (a damaged file's last row stands for its
+    unreadable rest), so a missing or repeated index means the table was edited or damaged: a
+    deleted row would silently leave its image out, a repeated one count it twice.
+
+    Raises:
+      ValueError: naming the table file, the input file and the record.
+    """
+    sources = rows.column(table.SOURCE).combine_chunks().dictionary_encode()
+    codes = sources.indices.to_numpy()
+    indices = rows.column(table.INDEX).to_numpy()
+    order = np.lexsort((indices, codes))
+    codes, indices = codes[order], indices[order]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    expected = np.arange(len(codes)) - np.repeat(starts, np.diff(np.r_[starts, len(codes)]))
+    wrong = np.flatnonzero(indices != expected)
+    if len(wrong):
+        i = wrong[0]
+        source = sources.dictionary[codes[i]].as_py()
+        problem = (f"two rows for record {indices[i]}" if indices[i] < expected[i]
+                   else f"no row for record {expected[i]}")
+        raise ValueError(f"predictions table {path} has {problem} of {source}: the table was "
+                         "edited or is damaged (every record read has exactly one row); rerun "
+                         "beam_jobs.label_and_balance")
+
+
 class _PairWithImages(beam.DoFn):
     """Table file → its records' copies and dead letters, keyed for the shard shuffle.
 
     Reads the table file, decides each row's copies, then reads the input records the table
-    names (in file order, once) and serializes what is to be written. An input whose record no
-    longer matches the table (another id, or missing) fails the job: the table describes other
-    data.
+    names (in file order, once) and serializes what is to be written. A table whose rows are
+    not one per record, or an input whose record no longer matches the table (another id,
+    missing, or the file unreadable) fails the job: the table describes other data.
     """
 
     def __init__(self, spec: OutputSpec, metadata: table.TableMetadata):
@@ -289,6 +317,7 @@ class _PairWithImages(beam.DoFn):
                 tie_starts: Mapping[int, Mapping[str, int]], totals: Mapping[str, int]):
         rows = table.read_table_file(path)
         table.check_metadata(rows, path, self._metadata)
+        check_one_row_per_record(rows, path)
         copies = file_copies(rows, path, plans, tie_starts, self._spec.min_confidence,
                              self._spec.seed)
         failed = rows.column(table.ERROR_STAGE).is_valid().to_numpy(zero_copy_only=False)
@@ -306,15 +335,20 @@ class _PairWithImages(beam.DoFn):
             else:
                 by_source.setdefault(source, {})[index] = i
         for source, rows_at in by_source.items():
-            for index, serialized in self._read(source, rows_at, path):
-                i = rows_at[index]
-                if picked.stages[i] is not None:
-                    yield from batches.add(*self._dead_letter(picked, i, serialized, chunks))
-                    continue
-                encoded = self._encoded(serialized, picked.ids[i], source, index, path)
-                for key, value in self._copies_of(picked, i, encoded, int(copies[wanted[i]]),
-                                                  chunks):
-                    yield from batches.add(key, value)
+            try:
+                for index, serialized in self._read(source, rows_at, path):
+                    i = rows_at[index]
+                    if picked.stages[i] is not None:
+                        yield from batches.add(*self._dead_letter(picked, i, serialized, chunks))
+                        continue
+                    encoded = self._encoded(serialized, picked.ids[i], source, index, path)
+                    for key, value in self._copies_of(picked, i, encoded,
+                                                      int(copies[wanted[i]]), chunks):
+                        yield from batches.add(key, value)
+            except OSError as e:
+                raise ValueError(f"{source}, an input file of the predictions table {path}, "
+                                 f"cannot be read ({type(e).__name__}: {e}): the input changed "
+                                 "since the table was written") from e
         yield from batches.flush()
 
     def _read(self, source: str, rows_at: Mapping[int, int], path: str):

@@ -11,14 +11,18 @@ read stops the run here, named by flag, file and index, instead of failing insid
 later or, for eval data, after the last step with nothing exported.
 
 The pseudo-labeled --unlabeled stream is label_and_balance's (or rebalance's) own output and
-large. Where the glob is exactly the shards of a finished run, their record counts come from the
-run's stats.json and no shard is read: the job wrote the shards whole before its _SUCCESS marker
-(temp files, then renames), and the marker's shard sizes, compared with a listing, catch a shard
-truncated, replaced or appended to since (`ns_data.completion.recorded_records`). What a size
-cannot show, a bit flipped in place, would then stop training at that record (tf.data checks
-every CRC) instead of costing the file's rest. Any other --unlabeled file (a subset of a run's
-shards, an unfinished run, a run that predates the recorded sizes, a size or total that does not
-match) is read once and its framing checked, as every --labeled and --eval file is.
+large: only the first `UNLABELED_CHECKED` records of each file go through the parser, enough to
+refuse a file of the wrong kind (raw unlabeled images, dead letters, soft labels of another class
+count), which is wrong from its first record. A glob that matches a directory is refused. Where
+the glob is exactly the shards of a finished run, their record counts come from the run's
+stats.json and only those first records are read: the job wrote the shards whole before its
+_SUCCESS marker (temp files, then renames), and the marker's shard sizes, compared with a
+listing, catch a shard truncated, replaced or appended to since
+(`ns_data.completion.recorded_records`). What a size cannot show, a bit flipped in place, would
+then stop training at that record (tf.data checks every CRC) instead of costing the file's rest.
+Any other --unlabeled file (a subset of a run's shards, an unfinished run, a run that predates
+the recorded sizes, a size or total that does not match) is read once and its framing checked,
+as every --labeled and --eval file is.
 """
 from __future__ import annotations
 
@@ -48,6 +52,8 @@ BAD_RECORDS_FILE = "bad_records.txt"
 # a few files checked at once hold little memory with large images.
 _BATCH = 256
 _PARALLEL_FILES = 8
+# Records parsed from the start of each --unlabeled file (all of them for --labeled and --eval).
+UNLABELED_CHECKED = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,23 +194,27 @@ def readable_records(path: str, count: int) -> Iterator[bytes]:
     return itertools.islice(iter_records(path), count)
 
 
-def _scan_file(flag: str, path: str, parser: RecordParser | None
-               ) -> tuple[int, DamagedFile | None, list[BadRecord]]:
-    count, damaged, bad, batch = 0, None, [], []
+def _scan_file(flag: str, path: str, parser: RecordParser | None, checked: int | None,
+               count_all: bool = True) -> tuple[int, DamagedFile | None, list[BadRecord]]:
+    """(readable records, the damage that ends them, records `parser` refuses) of one file;
+    without `count_all`, it stops reading after the `checked` records it checks."""
+    count, damaged, bad, batch = 0, None, [], []  # batch: (index, record)
 
     def check():
-        for position, reason in parser.problems(batch):
-            index = count - len(batch) + position
-            bad.append(BadRecord(flag, path, index, _image_id(batch[position]), reason))
+        for position, reason in parser.problems([record for _, record in batch]):
+            index, record = batch[position]
+            bad.append(BadRecord(flag, path, index, _image_id(record), reason))
         batch.clear()
 
     try:
         for record in iter_records(path):
-            count += 1
-            if parser:
-                batch.append(record)
+            if not count_all and count == checked:
+                break
+            if parser and (checked is None or count < checked):
+                batch.append((count, record))
                 if len(batch) == _BATCH:
                     check()
+            count += 1
     except CorruptRecordError as e:
         damaged = DamagedFile(flag, path, e.index, e.offset, e.problem)
         logger.warning("%s: damaged file %s; %s", flag, e,
@@ -231,35 +241,52 @@ def _recorded_counts(flag: str, paths: Sequence[str]) -> dict[str, dict[str, int
 
 
 def scan_stream(flag: str, pattern: str, parser: RecordParser | None = None,
-                use_run_stats: bool = False) -> StreamScan:
-    """Counts the readable records of every file matching `pattern`; checks them with `parser`.
+                checked: int | None = None, use_run_stats: bool = False) -> StreamScan:
+    """Counts the readable records of every file matching `pattern`; checks them with `parser`
+    (only the first `checked` of each file when given).
+
+    With `use_run_stats`, files that are exactly the shards of a finished run are counted from
+    its stats.json and only their first `checked` records read (module docstring); not when
+    every record is to be checked.
 
     With `use_run_stats`, files that are exactly the shards of a finished run are counted from
     its stats.json and not read (module docstring); not with `parser`, which must read them.
 
     Raises:
-      ValueError: naming `flag`, when the pattern matches no file or no file has a readable
-        record.
+      ValueError: naming `flag`, when the pattern matches no file, matches a directory, or no
+        file has a readable record.
     """
     paths = sorted(tf.io.gfile.glob(pattern))
     if not paths:
         raise ValueError(f"{flag}={pattern} matches no files")
+    directories = [path for path in paths if tf.io.gfile.isdir(path)]
+    if directories:
+        raise ValueError(f"{flag}={pattern} matches the directory {directories[0]}; give a glob "
+                         "of TFRecord files only (e.g. OUTPUT_DIR/pseudo_labels-*)")
     started = time.monotonic()
-    recorded = _recorded_counts(flag, paths) if use_run_stats and not parser else {}
+    use_stats = use_run_stats and (parser is None or checked is not None)
+    recorded = _recorded_counts(flag, paths) if use_stats else {}
     counts = {path: n for files in recorded.values() for path, n in files.items()}
-    unread = [path for path in paths if path not in counts]
-    scanned = []
-    if unread:
-        with concurrent.futures.ThreadPoolExecutor(min(_PARALLEL_FILES, len(unread))) as pool:
-            scanned = list(pool.map(lambda path: _scan_file(flag, path, parser), unread))
-    counts.update((path, count) for path, (count, _, _) in zip(unread, scanned))
-    scan = StreamScan(flag, tuple((path, counts[path]) for path in paths),
+
+    def scan_one(path: str) -> tuple[int, DamagedFile | None, list[BadRecord]]:
+        if path not in counts:
+            return _scan_file(flag, path, parser, checked)
+        if parser is None:
+            return counts[path], None, []
+        _, damaged, bad = _scan_file(flag, path, parser, checked, count_all=False)
+        return counts[path], damaged, bad
+
+    with concurrent.futures.ThreadPoolExecutor(min(_PARALLEL_FILES, len(paths))) as pool:
+        scanned = list(pool.map(scan_one, paths))
+    scan = StreamScan(flag, tuple((path, count) for path, (count, _, _) in zip(paths, scanned)),
                       tuple(damaged for _, damaged, _ in scanned if damaged),
                       tuple(bad for _, _, bad_records in scanned for bad in bad_records),
                       tuple(sorted(recorded)))
     logger.info("%s: %d readable records (files: %d, damaged: %d)%s%s, %.1f s", flag, scan.count,
-                len(paths), len(scan.damaged), ", each checked" if parser else "",
-                f", {len(counts) - len(unread)} counted from the stats.json of "
+                len(paths), len(scan.damaged),
+                "" if not parser else ", each checked" if checked is None else
+                f", the first {checked} of each file checked",
+                f", {len(counts)} files counted from the stats.json of "
                 f"{', '.join(scan.recorded)}" if recorded else "", time.monotonic() - started)
     if not scan.count:
         raise ValueError(f"{flag}={pattern} has no readable record (files: {len(paths)}, "
@@ -268,7 +295,8 @@ def scan_stream(flag: str, pattern: str, parser: RecordParser | None = None,
 
 
 def scan_inputs(config: TrainConfig) -> Inputs:
-    """Scans --labeled, --eval and (student) --unlabeled; checks every labeled and eval record.
+    """Scans --labeled, --eval and (student) --unlabeled; checks every labeled and eval record
+    and the first `UNLABELED_CHECKED` records of each unlabeled file.
 
     --unlabeled files that are exactly a finished run's shards are counted from its stats.json.
 
@@ -283,10 +311,10 @@ def scan_inputs(config: TrainConfig) -> Inputs:
     inputs = Inputs(
         labeled=scan_stream("--labeled", config.labeled, parser),
         eval=scan_stream("--eval", config.eval, parser) if config.eval else None,
-        unlabeled=scan_stream("--unlabeled", config.unlabeled, use_run_stats=True)
-        if config.student else None)
+        unlabeled=(scan_stream("--unlabeled", config.unlabeled, parser, UNLABELED_CHECKED,
+                               use_run_stats=True) if config.student else None))
     report = posixpath.join(config.workdir, BAD_RECORDS_FILE)
-    checked = [s for s in (inputs.labeled, inputs.eval) if s]
+    checked = [s for s in (inputs.labeled, inputs.eval, inputs.unlabeled) if s]
     bad = [b for s in checked for b in s.bad]
     if not bad:
         if tf.io.gfile.exists(report):

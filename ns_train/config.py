@@ -17,6 +17,7 @@ import difflib
 import importlib.util
 import inspect
 import logging
+import os
 import sys
 import typing
 from collections.abc import Iterable
@@ -174,6 +175,8 @@ def load_python_config(spec: str) -> Any:
       ValueError: naming `spec`, for a file that is not a config or a variant it does not take.
     """
     path, variant = spec.rsplit(":", 1) if ".py:" in spec else (spec, None)
+    if not os.path.isfile(path):
+        raise ValueError(f"--config={path}: no such file")
     module_spec = importlib.util.spec_from_file_location("ns_train_config", path)
     if module_spec is None or module_spec.loader is None:
         raise ValueError(f"--config={spec} is not a Python file")
@@ -242,7 +245,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """
     flag_parser = parser()
     args = flag_parser.parse_args(argv)
-    values = load_config_file(args.config) if args.config else {}
+    try:
+        values = load_config_file(args.config) if args.config else {}
+    except ValueError as e:
+        flag_parser.error(str(e))
     for name, value in vars(args).items():
         if name != "config" and value is not None:
             values[name] = value

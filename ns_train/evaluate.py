@@ -16,8 +16,11 @@ The symptoms the job's launch check refuses (`ns_data.teacher.sample_problem`: o
 image, near-uniform probabilities, a softmax teacher read as logits) are checked on 64 images
 spread over the true classes and printed as WARNING lines naming the likely flag, and listed under
 "warnings" in the JSON. The accuracy is still printed (a softmax read as logits keeps its top-1;
-a badly trained model's accuracy is the answer) and the exit status is 0. Bad flags exit with
-status 2 and one line.
+a badly trained model's accuracy is the answer) and the exit status is 0; so are flags that
+contradict the teacher's ns_teacher.json, a damaged --data file (its readable records are
+evaluated) and pseudo-labels given as --data. A record the trainer could not use as eval data
+(no label, a label out of range, an image that does not decode) and bad flags exit with status 2
+and one line.
 """
 from __future__ import annotations
 
@@ -26,15 +29,15 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 
-from ns_data import teacher_flags
+from ns_data import schema, teacher_flags
 from ns_data.devices import TeacherRuntime
-from ns_data.lazy import tf
 from ns_data.teacher import (TeacherModelHandler, TeacherSpec, inspect_teacher, output_error,
                              sample_problem)
-from ns_train import data
+from ns_data.tfrecord import iter_records
 
 PROG = "python -m ns_train.evaluate"
 # As many images as the job's launch check runs the teacher on.
@@ -49,13 +52,20 @@ def evaluate_export(model_dir: str, pattern: str, batch_size: int = 256) -> dict
 
 
 def evaluate_teacher(spec: TeacherSpec, pattern: str,
-                     runtime: TeacherRuntime = TeacherRuntime()) -> dict:
+                     runtime: TeacherRuntime = TeacherRuntime(),
+                     flag_warnings: Sequence[str] = ()) -> dict:
     """Accuracy of the teacher's labels on the labeled records matching `pattern`.
+
+    The records are first checked as the trainer checks its eval data (`checks.scan_stream`):
+    a record the trainer could not use is refused, a damaged file costs its unreadable rest
+    and is warned about, and a file of pseudo-labels (whose labels are a teacher's) is warned
+    about.
 
     Args:
       spec: the teacher and how to serve it (`teacher_flags.teacher_spec` of the flags).
       pattern: glob of labeled TFRecords.
       runtime: where and how the teacher runs.
+      flag_warnings: warnings about the flags, listed first (`teacher_flags.metadata_overrides`).
 
     Returns:
       {"top1", "count", "per_class_top1", "invalid" (images the job would dead-letter),
@@ -64,13 +74,25 @@ def evaluate_teacher(spec: TeacherSpec, pattern: str,
       "image_shape"}. Each warning is also logged.
 
     Raises:
-      ValueError: naming --data when it matches no files or holds no records.
+      ValueError: naming --data when it matches no files, holds no readable record or a record
+        that cannot be evaluated.
     """
-    if not tf.io.gfile.glob(pattern):
-        raise ValueError(f"--data={pattern} matches no files")
+    from ns_train import checks, data  # noqa: PLC0415 - Keras at import; --help needs none
+
+    classes = spec.num_classes
+    scan = checks.scan_stream("--data", pattern, checks.RecordParser(spec.image, classes))
+    if scan.bad:
+        raise ValueError(f"--data: {len(scan.bad)} record{'s' if len(scan.bad) > 1 else ''} "
+                         f"cannot be evaluated, e.g. {scan.bad[0].describe()}")
+    warnings = list(flag_warnings) + [
+        f"damaged file {d.path}: record {d.records_kept} at byte {d.offset} {d.problem}; "
+        f"evaluated its first {d.records_kept} records"
+        for d in scan.damaged]
+    warnings += [f"{path} holds pseudo-labels (records with {schema.CONFIDENCE!r}, written by "
+                 "label_and_balance): top-1 against them measures agreement with that run's "
+                 "teacher, not accuracy" for path in _pseudo_labeled(scan.files)]
     handler = TeacherModelHandler(spec, runtime=runtime)
     model = handler.load_model()
-    classes = spec.num_classes
     correct, total = np.zeros(classes), np.zeros(classes)
     # Rows kept per true class for the launch check's test: a file sorted by class must not
     # look like a teacher that answers one class.
@@ -78,7 +100,7 @@ def evaluate_teacher(spec: TeacherSpec, pattern: str,
     sample: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(classes)]
     invalid, first_error = 0, None
     batches = data.dataset(data.InputSpec(pattern, spec.image, classes, spec.batch_size,
-                                          training=False))
+                                          training=False, files=scan.files))
     for images, targets in batches:
         outputs = [r.inference for r in handler.run_inference(images.numpy(), model)]
         errors = [output_error(raw, probs, spec.outputs) for raw, probs in outputs]
@@ -93,9 +115,6 @@ def evaluate_teacher(spec: TeacherSpec, pattern: str,
             if len(sample[label]) < per_class:
                 sample[label].append(row)
     count = int(total.sum())
-    if not count:
-        raise ValueError(f"--data={pattern} holds no records")
-    warnings = []
     if invalid:
         warnings.append(f"{invalid} of {count} images get no label (the job would dead-letter "
                         f"them), counted as wrong; the first: {first_error}")
@@ -111,6 +130,12 @@ def evaluate_teacher(spec: TeacherSpec, pattern: str,
             "invalid": invalid, "warnings": warnings, "teacher": spec.path,
             "teacher_outputs": spec.outputs, "input_range": list(spec.input_range),
             "temperature": spec.temperature, "image_shape": list(spec.image.shape)}
+
+
+def _pseudo_labeled(files: Sequence[tuple[str, int]]) -> list[str]:
+    """The files whose first record is a pseudo-label (label_and_balance's output)."""
+    return [path for path, count in files
+            if count and schema.CONFIDENCE in schema.parse_example(next(iter_records(path)))]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -143,7 +168,8 @@ def run(argv: list[str] | None = None) -> dict:
     if missing:
         raise ValueError(f"missing required flags: {', '.join(missing)} (see --help)")
     return evaluate_teacher(teacher_flags.teacher_spec(args), args.data,
-                            teacher_flags.teacher_runtime(args))
+                            teacher_flags.teacher_runtime(args),
+                            teacher_flags.metadata_overrides(args))
 
 
 def main(argv: list[str] | None = None) -> int:

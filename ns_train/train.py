@@ -405,9 +405,12 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
     records kept, byte offset and problem of each) whose unreadable rest was left out.
 
     Raises:
-      ValueError: before any training step, when an input has no readable record or a labeled
-        or eval record cannot be used (listed in WORKDIR/bad_records.txt).
+      ValueError: before any training step, when the workdir is a file, an input has no
+        readable record or a labeled or eval record cannot be used (listed in
+        WORKDIR/bad_records.txt).
     """
+    if tf.io.gfile.exists(config.workdir) and not tf.io.gfile.isdir(config.workdir):
+        raise ValueError(f"--workdir={config.workdir} is a file, not a directory")
     if config.student and not config.allow_incomplete:
         completion.require_complete_inputs(config.unlabeled, "--unlabeled",
                                            "--allow_incomplete")

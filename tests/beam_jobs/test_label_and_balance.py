@@ -223,6 +223,14 @@ def by_id_message(letters, image_id: bytes) -> str:
     return message
 
 
+def test_an_empty_input_is_not_marked_complete(tmp_path):
+    with pytest.raises(completion.NothingReadError, match="no image was read"):
+        run_fake(tmp_path, [])
+    assert stats.read_stats(str(tmp_path / "out"))["totals"]["read"] == 0
+    assert not completion.is_complete(str(tmp_path / "out"))
+    assert not completion.is_complete(str(tmp_path / "out" / "predictions"))
+
+
 def test_missing_flags_and_existing_output_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="missing required flags: --teacher, --output_dir"):
         job.run([f"--input={tmp_path}/*.tfrecord"])
@@ -302,6 +310,32 @@ def test_impossible_settings_are_refused_before_any_work(tmp_path, flag, match):
             flag.format(tmp=tmp_path)]
     with pytest.raises(ValueError, match=match):
         job.validate(_options(*argv))
+
+
+def test_an_output_dir_that_cannot_be_created_is_refused_before_the_pipeline(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    opts = _options("--input=x", "--teacher=t", f"--output_dir={tmp_path}/a_file/out")
+    with pytest.raises(ValueError, match="--output_dir=.*/a_file/out cannot be created"):
+        job.clear_outputs(opts)
+    job.clear_outputs(_options("--input=x", "--teacher=t", f"--output_dir={tmp_path}/o"))
+    assert os.path.isdir(tmp_path / "o" / "predictions")
+
+
+@pytest.mark.parametrize("runner, refused", [("DirectRunner", True), ("PrismRunner", True),
+                                            ("DataflowRunner", False)])
+def test_a_device_this_machine_lacks_is_refused_when_the_teacher_runs_here(
+        tmp_path, monkeypatch, runner, refused):
+    monkeypatch.setattr(devices.TensorFlowBackend, "gpus", lambda self: [])
+    corpus_path = tmp_path / "input.tfrecord"
+    corpus_path.write_bytes(b"")
+    opts = _options(f"--input={corpus_path}", "--teacher=t", f"--output_dir={tmp_path}/o",
+                    "--device=gpu", f"--runner={runner}")
+    if not refused:  # Dataflow workers have their own accelerators
+        job.validate(opts, check_output=False)
+        return
+    with pytest.raises(ValueError, match=f"--device=gpu but TensorFlow sees no GPU on this "
+                                         f"machine.*; with --runner={runner} the teacher runs"):
+        job.validate(opts)
 
 
 def test_contradicting_sharing_flags_are_refused(tmp_path):

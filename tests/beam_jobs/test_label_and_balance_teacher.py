@@ -281,6 +281,17 @@ def test_launch_check_refuses_a_softmax_teacher_read_as_logits(teacher, unlabele
     job.check_teacher(spec)  # the right flag passes
 
 
+def test_launch_check_refuses_flags_that_contradict_the_teachers_record(teacher, unlabeled,
+                                                                         tmp_path):
+    out = str(tmp_path / "out")
+    with pytest.raises(ValueError, match=r"fails its launch check: --input_range=0,255 overrides "
+                       r"0,1, which the teacher's ns_teacher.json records for how it was trained "
+                       r"\(--skip_teacher_check runs anyway\)"):
+        job.run([f"--input={unlabeled[0]}", f"--teacher={teacher}", f"--output_dir={out}",
+                 "--input_range=0,255"])
+    assert not os.path.exists(out)
+
+
 def test_launch_sample_is_the_first_decodable_images(unlabeled, tmp_path):
     _, records = unlabeled
     input_path = write_tfrecord(str(tmp_path / "input.tfrecord"), [

@@ -113,6 +113,40 @@ def test_rebalance_refuses_a_changed_input(tmp_path):
                        "--runner=DirectRunner", "--images_per_class=3"])
 
 
+@pytest.mark.parametrize("change, match", [
+    ("delete a row", "has no row for record 0 of .*input.tfrecord: the table was edited"),
+    ("repeat a row", "has two rows for record 0 of .*input.tfrecord"),
+    ("delete the input", "input.tfrecord, an input file of the predictions table .* cannot be "
+                         "read .*: the input changed since the table was written"),
+])
+def test_rebalance_refuses_a_table_that_does_not_describe_its_input(tmp_path, change, match):
+    first, _ = run_fake(tmp_path, corpus()[:20])
+    path, = [os.path.join(first, "predictions", n)
+             for n in os.listdir(os.path.join(first, "predictions")) if n.endswith(".parquet")]
+    rows = pq.read_table(path)
+    if change == "delete the input":
+        os.remove(tmp_path / "input.tfrecord")
+    else:
+        edited = rows.slice(1) if change == "delete a row" else pa.concat_tables(
+            [rows, rows.slice(0, 1)])
+        pq.write_table(edited, path)
+    with pytest.raises(ValueError, match=match):
+        rebalance.run([f"--predictions={first}/predictions", f"--output_dir={tmp_path}/re",
+                       "--runner=DirectRunner", "--images_per_class=3"])
+    assert not completion.is_complete(str(tmp_path / "re"))
+
+
+def test_rebalance_does_not_write_into_its_table_directory(tmp_path):
+    first, _ = run_fake(tmp_path, corpus()[:12])
+    table_dir = os.path.join(first, "predictions")
+    with pytest.raises(ValueError, match="--output_dir=.*/predictions/ is the --predictions "
+                                         "table's own directory"):
+        rebalance.run([f"--predictions={table_dir}", f"--output_dir={table_dir}/",
+                       "--overwrite", "--images_per_class=3"])
+    assert completion.is_complete(table_dir)
+    assert not [n for n in os.listdir(table_dir) if n.endswith(".tfrecord")]
+
+
 def test_rebalance_needs_its_flags():
     with pytest.raises(ValueError, match="missing required flags: --predictions, --output_dir"):
         rebalance.run(["--images_per_class=3"])

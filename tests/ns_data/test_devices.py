@@ -108,6 +108,20 @@ def test_explicit_gpu_without_one_fails_loudly():
         devices.place(TeacherRuntime(device="gpu"), FakeBackend(tpu=False))
 
 
+@pytest.mark.parametrize("device, backend, missing", [
+    ("gpu", FakeBackend(), "--device=gpu but TensorFlow sees no GPU on this machine"),
+    ("gpu", FakeBackend(gpus=1), None),
+    ("tpu", FakeBackend(gpus=1), "--device=tpu but this machine is no TPU VM"),
+    ("tpu", FakeBackend(tpu=True), None),
+    ("auto", FakeBackend(), None),
+    ("cpu", FakeBackend(), None),
+])
+def test_a_missing_device_is_found_without_setting_anything_up(device, backend, missing):
+    found = devices.missing_device(device, backend)
+    assert found == missing if missing is None else found.startswith(missing)
+    assert ("initialize_tpu",) not in backend.calls
+
+
 def test_explicit_tpu_that_does_not_initialise_fails_loudly():
     backend = FakeBackend(tpu=True, tpu_error=ValueError("no TPU found"))
     with pytest.raises(RuntimeError, match=r"--device=tpu .*ValueError: no TPU found"):

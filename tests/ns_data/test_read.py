@@ -85,6 +85,27 @@ def test_symlinks_out_of_the_image_folder_are_not_followed(tmp_path):
              f"input folder {tmp_path}/in; not followed")]), label="failed")
 
 
+@pytest.mark.parametrize("input_format, name", [("images", "gone.png"),
+                                                 ("tfrecord", "gone.tfrecord")])
+def test_a_symlink_to_nothing_is_a_failed_row_not_a_lost_file(tmp_path, input_format, name):
+    (tmp_path / "in").mkdir()
+    fakes.write_tfrecord(tmp_path / "in" / "a.tfrecord", [schema.image_example(PNG, b"a")])
+    (tmp_path / "in" / "a.png").write_bytes(PNG)
+    os.symlink(tmp_path / "deleted", tmp_path / "in" / name)
+    pattern = f"{tmp_path}/in/*.{name.split('.')[1]}"
+    with TestPipeline(runner="DirectRunner") as p:
+        result = p | read.ReadImages(pattern, input_format, batch_size=2)
+        failed = (result.failed | "Rows" >> beam.FlatMap(lambda t: zip(
+            t.column(predictions.SOURCE).to_pylist(),
+            t.column(predictions.ERROR_STAGE).to_pylist(),
+            t.column(predictions.ERROR_MESSAGE).to_pylist()))
+                  | "AllFailed" >> beam.combiners.ToList())
+        assert_that(failed, lambda got: _equal(got[0], [
+            (f"{tmp_path}/in/{name}", "damaged_file",
+             f"{tmp_path}/in/{name} is a symlink to {tmp_path}/deleted, which does not exist. "
+             "Nothing in the file can be read.")]))
+
+
 def _equal(got, want):
     assert got == want
 

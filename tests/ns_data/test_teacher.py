@@ -284,6 +284,21 @@ def test_inspect_teacher_rejects_missing_signature(keras_teacher):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("override, match", [
+    (dict(image_size=(12, 10)), r"--image_size=12,10, but teacher input 'pixels' takes 6x5 "
+                                r"images \(shape \[-1, 6, 5, 3\]\)"),
+    (dict(channels=1), "--channels=1, but teacher input 'pixels' takes 3-channel images"),
+])
+def test_inspect_teacher_refuses_a_shape_its_signature_cannot_take(keras_teacher, override,
+                                                                    match):
+    with pytest.raises(ValueError, match=match):
+        teacher.inspect_teacher(keras_teacher[1], **override)
+    spec = teacher.inspect_teacher(keras_teacher[1], image_size=(HEIGHT, WIDTH),
+                                   channels=CHANNELS)
+    assert spec.image == ImageSpec(HEIGHT, WIDTH, CHANNELS)
+
+
+@pytest.mark.slow
 def test_inspect_teacher_rejects_bad_output_key(keras_teacher):
     with pytest.raises(ValueError, match=r"no output 'probs'; it has \['output_0'\]"):
         teacher.inspect_teacher(keras_teacher[1], output_name="probs")

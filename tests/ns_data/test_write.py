@@ -13,13 +13,15 @@ import os
 import pathlib
 
 import apache_beam as beam
+import pyarrow as pa
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from ns_data.balance import id_hash
+from ns_data import predictions
 from ns_data import write as write_module
+from ns_data.balance import id_hash
 from ns_data.write import (DEFAULT_CHUNK_RECORDS, OutputSpec, WriteShuffledShards,
                            chunks_per_shard, shard_key, shard_path)
 from tests.data_files import read_tfrecords
@@ -207,3 +209,20 @@ def test_chunks_and_shard_keys():
     assert chunks_per_shard(40, 4, 10) == 1
     assert chunks_per_shard(41, 4, 10) == 2
     assert shard_key("p", 4 * 7 + 3, 4, 3) == ("p", 3, 7 % 3)
+
+
+def _rows(*located: tuple[str, int]) -> pa.Table:
+    return pa.table({predictions.SOURCE: [s for s, _ in located],
+                     predictions.INDEX: pa.array([i for _, i in located], pa.int64())})
+
+
+def test_a_table_file_must_have_one_row_per_record_of_each_input():
+    write_module.check_one_row_per_record(_rows(("b", 1), ("a", 0), ("b", 0), ("a", 1)), "t")
+    write_module.check_one_row_per_record(_rows(), "t")
+    with pytest.raises(ValueError, match="predictions table t has no row for record 0 of a: "
+                                         "the table was edited"):
+        write_module.check_one_row_per_record(_rows(("a", 1), ("a", 2), ("b", 0)), "t")
+    with pytest.raises(ValueError, match="has two rows for record 1 of b"):
+        write_module.check_one_row_per_record(_rows(("a", 0), ("b", 0), ("b", 1), ("b", 1)), "t")
+    with pytest.raises(ValueError, match="has no row for record 1 of a"):
+        write_module.check_one_row_per_record(_rows(("a", 0), ("a", 2)), "t")

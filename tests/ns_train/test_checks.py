@@ -155,9 +155,9 @@ def opened(monkeypatch) -> list[str]:
     paths = []
     scan_file = checks._scan_file
 
-    def recording(flag, path, parser):
+    def recording(flag, path, *args, **kwargs):
         paths.append(path)
-        return scan_file(flag, path, parser)
+        return scan_file(flag, path, *args, **kwargs)
 
     monkeypatch.setattr(checks, "_scan_file", recording)
     return paths
@@ -231,3 +231,32 @@ def test_the_trainers_unlabeled_scan_uses_the_runs_stats(tmp_path):
                                        unlabeled=f"{run}/pseudo_labels-*"))
     assert (inputs.labeled.recorded, inputs.unlabeled.recorded) == ((), (run,))
     assert inputs.unlabeled.count == 19
+
+
+def test_each_unlabeled_file_is_checked_from_its_first_records(tmp_path):
+    labeled, pseudo = str(tmp_path / "labeled.tfrecord"), str(tmp_path / "pl" / "a.tfrecord")
+    (tmp_path / "pl").mkdir()
+    toy.write_labeled(labeled, 12)
+    toy.write_pseudo_labeled(pseudo, 8, schema.LabelType.SOFT)
+    (tmp_path / "w").mkdir()
+    inputs = checks.scan_inputs(config(tmp_path, labeled=labeled, unlabeled=pseudo))
+    assert (inputs.unlabeled.count, inputs.unlabeled.bad) == (8, ())
+    raw = str(tmp_path / "pl" / "b.tfrecord")  # unlabeled images given as pseudo-labels
+    with tf.io.TFRecordWriter(raw) as w:
+        for image in toy.toy_images(checks.UNLABELED_CHECKED + 5)[0]:
+            w.write(schema.image_example(toy.png(image), b"raw"))
+    with pytest.raises(ValueError, match=rf"^--unlabeled: {checks.UNLABELED_CHECKED} records "
+                       rf"the trainer cannot use, e.g. {raw} record 0 \(id raw\): a record has "
+                       "no 'label'"):
+        checks.scan_inputs(config(tmp_path, labeled=labeled, unlabeled=str(tmp_path / "pl/*")))
+    with pytest.raises(ValueError, match=r"^--unlabeled: 8 records .*pl/a.tfrecord record 0 "
+                       r"\(id u0\): 'probabilities' width differs from num_classes=5"):
+        checks.scan_inputs(config(tmp_path, labeled=labeled, unlabeled=pseudo, num_classes=5))
+
+
+def test_a_glob_matching_a_directory_is_refused(tmp_path):
+    toy.write_pseudo_labeled(str(tmp_path / "pseudo_labels-0.tfrecord"), 4, schema.LabelType.HARD)
+    (tmp_path / "predictions").mkdir()
+    with pytest.raises(ValueError, match=rf"^--unlabeled={tmp_path}/\* matches the directory "
+                                         rf"{tmp_path}/predictions; give a glob of TFRecord"):
+        checks.scan_stream("--unlabeled", str(tmp_path / "*"))

@@ -45,11 +45,20 @@ def test_shipped_configs_parse():
     assert fashion.class_name_list[-1] == "Ankle boot" and len(fashion.class_name_list) == 10
 
 
-def test_config_file_with_a_typo_names_the_option(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ("def get_config():\n    return {'batchsize': 8}\n", "did you mean 'batch_size'"),
+    ("CONFIG = {}\n", "has no get_config() function"),
+    (None, "c.py: no such file"),
+])
+def test_a_bad_config_file_is_one_line_naming_it(tmp_path, capsys, text, message):
     path = tmp_path / "c.py"
-    path.write_text("def get_config():\n    return {'batchsize': 8}\n")
-    with pytest.raises(ValueError, match="did you mean 'batch_size'"):
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(SystemExit):
         cfg.parse_args(FLAGS + [f"--config={path}"])
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("python -m ns_train.train: error: ")
+    assert message in last and str(path) in last
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -7,6 +7,7 @@ on class 3. Fed the default 0..1 it sees four dark quadrants and answers class 3
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -88,7 +89,11 @@ def test_flags_override_ns_teacher_json(logits_teacher, labeled, tmp_path, capsy
     assert evaluate.evaluate_export(path, labeled)["top1"] == 1.0  # the metadata suffices
     status, result, _ = run_cli(capsys, f"--teacher={path}", f"--data={labeled}",
                                 "--input_range=0,1")
-    assert status == 0 and result["top1"] == 0.25 and len(result["warnings"]) == 1
+    assert status == 0 and result["top1"] == 0.25
+    override, one_class = result["warnings"]
+    assert override == ("--input_range=0,1 overrides 0,255, which the teacher's "
+                        "ns_teacher.json records for how it was trained")
+    assert "labels all 64 sampled input images as class 3" in one_class
 
 
 def test_softmax_teacher_read_as_logits_is_warned_about(softmax_teacher, labeled, capsys,
@@ -170,3 +175,49 @@ def test_a_file_sorted_by_class_is_not_mistaken_for_a_one_class_teacher(logits_t
     spec = teacher.inspect_teacher(logits_teacher, input_range=(0.0, 255.0))
     result = evaluate.evaluate_teacher(spec, path)
     assert result["top1"] == 1.0 and result["count"] == 160 and result["warnings"] == []
+
+
+def _with(labeled: str, path: str, *records: bytes) -> str:
+    with tf.io.TFRecordWriter(path) as w:
+        for record in [*(r.numpy() for r in tf.data.TFRecordDataset(labeled)), *records]:
+            w.write(record)
+    return path
+
+
+@pytest.mark.parametrize("record, message", [
+    (schema.image_example(b"\x89PNG junk", b"bad", label=1), r"record 64 \(id bad\): Unknown "
+                                                             "image file format"),
+    (schema.image_example(toy.png(toy.toy_images(1)[0][0]), b"nolabel"),
+     r"record 64 \(id nolabel\): a record has no 'label'"),
+    (schema.image_example(toy.png(toy.toy_images(1)[0][0]), b"l9", label=9),
+     r"record 64 \(id l9\): a record's 'label' is not below num_classes=4"),
+])
+def test_a_record_that_cannot_be_evaluated_is_one_line_naming_it(logits_teacher, labeled,
+                                                                  tmp_path, capsys, record,
+                                                                  message):
+    path = _with(labeled, str(tmp_path / "test.tfrecord"), record)
+    status, result, err = run_cli(capsys, f"--teacher={logits_teacher}", f"--data={path}",
+                                  "--input_range=0,255")
+    assert status == 2 and result is None
+    assert re.match(rf"python -m ns_train.evaluate: error: --data: 1 record cannot be "
+                    rf"evaluated, e.g. {path} {message}", err)
+
+
+def test_damaged_files_and_pseudo_labels_are_evaluated_with_a_warning(logits_teacher, labeled,
+                                                                      tmp_path, capsys):
+    cut = _with(labeled, str(tmp_path / "cut.tfrecord"))
+    kept = toy.truncate_in_record(cut, 40) and 40
+    status, result, _ = run_cli(capsys, f"--teacher={logits_teacher}", f"--data={cut}",
+                                "--input_range=0,255")
+    assert status == 0 and result["count"] == kept and result["top1"] == 1.0
+    assert result["warnings"][0].startswith(f"damaged file {cut}: record 40 at byte ")
+    assert result["warnings"][0].endswith(f"evaluated its first {kept} records")
+
+    pseudo = str(tmp_path / "pseudo.tfrecord")
+    toy.write_pseudo_labeled(pseudo, 8, schema.LabelType.HARD)
+    status, result, _ = run_cli(capsys, f"--teacher={logits_teacher}", f"--data={pseudo}",
+                                "--input_range=0,255")
+    assert status == 0 and result["count"] == 8
+    assert result["warnings"] == [f"{pseudo} holds pseudo-labels (records with 'confidence', "
+                                  "written by label_and_balance): top-1 against them measures "
+                                  "agreement with that run's teacher, not accuracy"]

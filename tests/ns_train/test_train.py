@@ -208,6 +208,12 @@ def test_a_bad_eval_or_labeled_record_fails_before_the_first_step(toy_files, tmp
     assert not (tmp_path / "w" / "export").exists()
 
 
+def test_a_workdir_that_is_a_file_is_refused(toy_files, tmp_path):
+    (tmp_path / "w").write_text("notes")
+    with pytest.raises(ValueError, match=r"^--workdir=.*/w is a file, not a directory$"):
+        train.train(toy.train_config(tmp_path / "w", toy_files["labeled"], steps=2))
+
+
 def test_a_workdir_refuses_to_resume_under_other_settings(toy_files, tmp_path):
     train.check_workdir_config(toy.train_config(tmp_path, toy_files["labeled"]))
     train.check_workdir_config(toy.train_config(tmp_path, toy_files["labeled"], log_every=2,

@@ -1,0 +1,41 @@
+"""Tests of beam_jobs.cli, the command-line helpers every job shares."""
+from __future__ import annotations
+
+import logging
+
+import apache_beam as beam
+import pytest
+
+from beam_jobs import cli
+from beam_jobs import label_and_balance  # noqa: F401 - registers its flags (--input) with Beam
+
+
+def test_a_glob_the_shell_expanded_is_refused_not_cut_to_its_first_file():
+    # `--input data/a-*` unquoted reaches the job as `--input data/a-1 data/a-2`; Beam drops
+    # the extra words with a log line and the job would read data/a-1 only.
+    with pytest.raises(ValueError, match=r"unexpected arguments: data/a-2 data/a-3; .* quote "
+                       r"it: --input="):
+        cli.pipeline_options(["--input", "data/a-1", "data/a-2", "data/a-3",
+                              "--output_dir=out"])
+    options = cli.pipeline_options(["--input", "data/a-1", "--runner", "DirectRunner"])
+    assert options.get_all_options()["input"] == "data/a-1"  # a flag's spaced value is fine
+
+
+def _fail(element):
+    raise ValueError(f"row {element} is corrupt")
+
+
+def test_an_error_in_a_step_reaches_the_user_once_without_beams_traceback(caplog, capsys):
+    levels = {name: logging.getLogger(name).level
+              for name in ("", "apache_beam.typehints", "apache_beam.runners.common")}
+    cli.configure_logging()
+    try:
+        def run(argv):
+            with beam.Pipeline("DirectRunner") as p:
+                _ = p | beam.Create([7]) | beam.Map(_fail)
+        assert cli.main(run, "job", []) == 2
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+    assert "job: error: row 7 is corrupt" in capsys.readouterr().err
+    assert not [record for record in caplog.records if record.exc_info]
