@@ -300,6 +300,19 @@ def check_clear(directory: str, patterns: list[str], what: str, overwrite: bool,
             tf.io.gfile.remove(path)
 
 
+def command_line(argv: list[str] | None,
+                 help_parser: Callable[[], argparse.ArgumentParser]) -> list[str] | None:
+    """A Beam job's flags (sys.argv's when `argv` is None) once argparse has checked its own
+    ones, with argparse's usage line and exit status 2 for a bad value; None when --help was
+    asked for and printed."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        help_parser().print_help()
+        return None
+    help_parser().parse_known_args(argv)
+    return argv
+
+
 def pipeline_options(argv: list[str],
                      values: Mapping[str, Any] | None = None) -> PipelineOptions:
     """Beam options from argv, with this project's defaults filled in.

@@ -353,11 +353,9 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
       test_pipeline: a pipeline to build into instead of a new one (tests).
       model_handler: replaces the teacher's handler (tests); the teacher is then not checked.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        _help_parser().print_help()
+    argv = cli.command_line(argv, _help_parser)
+    if argv is None:
         return None
-    _help_parser().parse_known_args(argv)  # argparse-quality errors for our own flags
     config = LabelAndBalanceConfig.from_options(pipeline_options(argv))
     return run_job(config, argv, test_pipeline, model_handler)
 

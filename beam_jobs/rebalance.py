@@ -139,11 +139,9 @@ _FOOTER_THREADS = 32
 def run(argv: list[str] | None = None,
         test_pipeline: beam.Pipeline | None = None) -> PipelineResult | None:
     """The command line: runs the job on its flags (`run_job`); None for --help."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        _help_parser().print_help()
+    argv = cli.command_line(argv, _help_parser)
+    if argv is None:
         return None
-    _help_parser().parse_known_args(argv)
     return run_job(RebalanceConfig.from_options(pipeline_options(argv)), argv, test_pipeline)
 
 

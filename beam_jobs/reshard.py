@@ -379,11 +379,9 @@ def _help_parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None = None,
         test_pipeline: beam.Pipeline | None = None) -> PipelineResult | None:
     """Runs the job and prints what it wrote; returns the result (None for --help)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        _help_parser().print_help()
+    argv = cli.command_line(argv, _help_parser)
+    if argv is None:
         return None
-    _help_parser().parse_known_args(argv)
     options = pipeline_options(argv)
     config = reshard_config(options)
     dry_run = options.view_as(TestOptions).dry_run
