@@ -313,6 +313,26 @@ def command_line(argv: list[str] | None,
     return argv
 
 
+def new_pipeline(options: PipelineOptions):
+    """A pipeline for `options`. On the DirectRunner it runs on Beam's FnApiRunner, set up as
+    the DirectRunner sets it up (the options passed on to its workers): Beam 2.77's DirectRunner
+    first tries the PrismRunner, downloading its binary from GitHub when it can, so the same
+    command would run on another engine depending on the network."""
+    import apache_beam as beam  # noqa: PLC0415 - keeps the flag helpers light
+
+    runner = options.view_as(StandardOptions).runner or ""
+    if runner.lower() not in ("direct", "directrunner"):
+        return beam.Pipeline(options=options)
+    from apache_beam.portability.api import beam_provision_api_pb2  # noqa: PLC0415
+    from apache_beam.runners.portability.fn_api_runner import fn_runner  # noqa: PLC0415
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle  # noqa: PLC0415
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision = fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return beam.Pipeline(runner=fn_runner.FnApiRunner(provision_info=provision), options=options)
+
+
 def pipeline_options(argv: list[str],
                      values: Mapping[str, Any] | None = None) -> PipelineOptions:
     """Beam options from argv, with this project's defaults filled in.

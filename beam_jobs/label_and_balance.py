@@ -390,7 +390,7 @@ def run_job(config: LabelAndBalanceConfig, pipeline_args: Sequence[str] = (),
         clear_outputs(opts)  # only once every setting is known to be good
     logging.info("Teacher %s: input %s %s in %s, %d classes (%s)", spec.path, spec.image.shape,
                  spec.input_dtype, spec.input_range, spec.num_classes, spec.outputs)
-    pipeline = test_pipeline or beam.Pipeline(options=options)
+    pipeline = test_pipeline or cli.new_pipeline(options)
     build(pipeline, opts, spec, model_handler)
     result = pipeline.run()
     result.wait_until_finish()

@@ -175,7 +175,7 @@ def run_job(config: RebalanceConfig, pipeline_args: Sequence[str] = (),
     dry_run = options.view_as(TestOptions).dry_run
     if not dry_run:
         check_output_dir(balance.output_dir, balance.overwrite, delete=True)
-    pipeline = test_pipeline or beam.Pipeline(options=options)
+    pipeline = test_pipeline or cli.new_pipeline(options)
     build(pipeline, opts, metadata)
     result = pipeline.run()
     result.wait_until_finish()

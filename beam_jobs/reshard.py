@@ -388,7 +388,7 @@ def run(argv: list[str] | None = None,
     if not dry_run:
         cli.check_clear(config.output_dir, output_patterns(config.output_dir), "image shards",
                         options.view_as(OutputOptions).overwrite, delete=True)
-    pipeline = test_pipeline or beam.Pipeline(options=options)
+    pipeline = test_pipeline or cli.new_pipeline(options)
     build(pipeline, config)
     result = pipeline.run()
     result.wait_until_finish()

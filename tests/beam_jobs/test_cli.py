@@ -39,3 +39,20 @@ def test_an_error_in_a_step_reaches_the_user_once_without_beams_traceback(caplog
             logging.getLogger(name).setLevel(level)
     assert "job: error: row 7 is corrupt" in capsys.readouterr().err
     assert not [record for record in caplog.records if record.exc_info]
+
+
+def test_the_direct_runner_is_beams_fn_api_runner_never_prism(tmp_path):
+    """Beam 2.77's DirectRunner tries the PrismRunner first (downloading it when online): the jobs
+    run on the FnApiRunner it falls back to, with the options passed on, online or not."""
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    options = cli.pipeline_options([f"--temp_location={tmp_path}"])
+    pipeline = cli.new_pipeline(options)
+    assert isinstance(pipeline.runner, fn_runner.FnApiRunner)
+    out = str(tmp_path / "out")
+    _ = (pipeline | beam.Create([3, 1, 2]) | beam.Map(lambda x: x * 10)
+         | beam.io.WriteToText(out, shard_name_template=""))
+    pipeline.run().wait_until_finish()
+    assert sorted(open(out).read().split()) == ["10", "20", "30"]
+    other = cli.new_pipeline(cli.pipeline_options(["--runner=BundleBasedDirectRunner"]))
+    assert type(other.runner).__name__ == "BundleBasedDirectRunner"  # another runner: as asked
