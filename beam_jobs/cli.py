@@ -88,6 +88,7 @@ def check_values(parser: argparse.ArgumentParser, values: Mapping[str, Any]) -> 
 
 positive_int = teacher_flags.positive_int
 non_negative_int = teacher_flags.int_at_least(0)
+require_flags = teacher_flags.require_flags
 
 
 def probability(text: str) -> float:

@@ -253,10 +253,8 @@ def validate(opts: LabelAndBalanceOptions, check_output: bool = True) -> None:
     Nothing is deleted here: `clear_outputs` does that once every setting has been checked.
     """
     balance = opts.view_as(BalanceOptions)
-    missing = [f"--{name}" for name, value in (("input", opts.input), ("teacher", opts.teacher),
-                                               ("output_dir", balance.output_dir)) if not value]
-    if missing:
-        raise ValueError(f"missing required flags: {', '.join(missing)} (see --help)")
+    cli.require_flags(input=opts.input, teacher=opts.teacher,
+                      output_dir=balance.output_dir)
     teacher_flags.check_temperature(opts.temperature)  # before the teacher is even opened
     check_sharing(opts.large_model, opts.no_large_model, opts.model_copies)
     if opts.precision == "mixed" and opts.jit_compile and opts.device != "tpu":

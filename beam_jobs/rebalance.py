@@ -158,10 +158,7 @@ def run_job(config: RebalanceConfig, pipeline_args: Sequence[str] = (),
     options = pipeline_options(list(pipeline_args), config.flag_values())
     opts = options.view_as(RebalanceOptions)
     balance = options.view_as(BalanceOptions)
-    missing = [f"--{name}" for name, value in (("predictions", opts.predictions),
-                                               ("output_dir", balance.output_dir)) if not value]
-    if missing:
-        raise ValueError(f"missing required flags: {', '.join(missing)} (see --help)")
+    cli.require_flags(predictions=opts.predictions, output_dir=balance.output_dir)
     metadata = read_table_metadata(table_pattern(opts))
     table_dirs = completion.directories_of(table_pattern(opts))
     if balance.output_dir.rstrip("/") in table_dirs:

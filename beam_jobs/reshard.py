@@ -295,10 +295,7 @@ def reshard_config(options: PipelineOptions) -> ReshardConfig:
     run's shards (unless --overwrite). Reads no image and deletes nothing."""
     inputs = options.view_as(InputOptions)
     output = options.view_as(OutputOptions)
-    missing = [f"--{name}" for name, value in (("input", inputs.input),
-                                               ("output_dir", output.output_dir)) if not value]
-    if missing:
-        raise ValueError(f"missing required flags: {', '.join(missing)} (see --help)")
+    cli.require_flags(input=inputs.input, output_dir=output.output_dir)
     check_input(inputs)
     output_dir = output.output_dir.rstrip("/")
     if "://" not in output_dir:

@@ -43,6 +43,18 @@ def int_at_least(low: int) -> Callable[[str], int]:
 positive_int = int_at_least(1)
 
 
+def require_flags(**values) -> None:
+    """Refuses, in one line naming them all, the required flags given no value (a flag's
+    destination as the keyword: `require_flags(input=opts.input, output_dir=...)`).
+
+    Raises:
+      ValueError: "missing required flags: --input, --output_dir (see --help)".
+    """
+    missing = [f"--{name}" for name, value in values.items() if not value]
+    if missing:
+        raise ValueError(f"missing required flags: {', '.join(missing)} (see --help)")
+
+
 def add_teacher_args(parser: argparse.ArgumentParser,
                      teacher_flags: Sequence[str] = ("--teacher",)) -> Any:
     """Adds the `teacher` group: which SavedModel, how to feed it and how to read its answer.

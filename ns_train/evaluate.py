@@ -163,10 +163,7 @@ def run(argv: list[str] | None = None) -> dict:
       ValueError: one line naming the flag, for a missing or bad flag.
     """
     args = parser().parse_args(argv)
-    missing = [flag for flag, value in (("--teacher", args.teacher), ("--data", args.data))
-               if not value]
-    if missing:
-        raise ValueError(f"missing required flags: {', '.join(missing)} (see --help)")
+    teacher_flags.require_flags(teacher=args.teacher, data=args.data)
     return evaluate_teacher(teacher_flags.teacher_spec(args), args.data,
                             teacher_flags.teacher_runtime(args),
                             teacher_flags.metadata_overrides(args))
