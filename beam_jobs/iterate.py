@@ -20,7 +20,11 @@ Round r: train the teacher on the labeled data (round 0) or take round r-1's stu
 `label_and_balance` on the unlabeled data (per-class top-K with duplication, every score kept for
 re-selection) → train round r's noised student on labeled + pseudo-labeled data → evaluate
 teacher and student on --eval and --test. Round-0 ablations train more students from the same
-teacher and predictions: without noise, with hard labels, without balancing. Every setting of
+teacher and predictions: without noise, with hard labels, without balancing. Each round also
+trains the paper's baseline (the round's student architecture, for its steps, on the labeled data
+alone; `--no_baseline` skips it), so every table gives the gain from pseudo-labels apart from
+the gain from a larger model or longer training. `--seeds=0,1,2` runs the loop once per seed
+(WORKDIR/seed-N) and writes WORKDIR/seeds.md: mean ± std of each model and gain. Every setting of
 every step (each model's training, each label_and_balance and rebalance run) is checked before
 the first step starts, with the messages those steps give. Every step resumes: rerunning the
 command skips what is done and continues interrupted training from its checkpoint.
@@ -57,6 +61,8 @@ DESCRIPTIONS = {"full": "soft targets, balanced, noised student",
                 "no_noise": "same pseudo-labels, student without RandAugment/dropout/SD",
                 "hard": "hard pseudo-labels, balanced, noised student",
                 "no_balance": "soft targets above the threshold, no top-K or duplication"}
+
+BASELINE_DESCRIPTION = "the student's model and steps, labeled data only"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,8 +109,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--ablations", default=None,
                    help="Comma-separated round-0 students to train, of full, no_noise, hard, "
                         "no_balance.")
+    g.add_argument("--no_baseline", dest="baseline", action="store_false", default=None,
+                   help="Do not train the baseline (each round's student architecture on the "
+                        "labeled data alone).")
     g.add_argument("--seed", type=int, default=None,
                    help="Seed of the splits, training and shard placement.")
+    parser.add_argument("--seeds", default="",
+                        help="Comma-separated seeds, e.g. 0,1,2: run (or resume) the loop once "
+                             "per seed in WORKDIR/seed-N, then write WORKDIR/seeds.md and "
+                             "seeds.json with the mean and std of every model and gain. "
+                             "Not with --seed.")
     g.add_argument("--min_confidence", type=float, default=None,
                    help="Confidence threshold of pseudo-labels.")
     g.add_argument("--images_per_class", type=int, default=None,
@@ -117,6 +131,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--randaugment_magnitude", type=float, default=None,
                    help="RandAugment magnitude of every noised model.")
     args = parser.parse_args(argv)
+    try:
+        args.seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else []
+    except ValueError:
+        parser.error(f"--seeds={args.seeds}: expected comma-separated integers, e.g. 0,1,2")
+    if args.seeds and args.seed is not None:
+        parser.error("--seed and --seeds: give one (--seeds runs one loop per seed)")
+    if len(set(args.seeds)) < len(args.seeds):
+        parser.error(f"--seeds={','.join(map(str, args.seeds))}: a seed is repeated")
     # One name per place: "run/", "x/../run" and "run" resume the same workdir.
     args.workdir = os.path.normpath(args.workdir)
     return args
@@ -127,7 +149,8 @@ def loop_config(args: argparse.Namespace) -> LoopConfig:
     from ns_train import loop_config as lc  # noqa: PLC0415 - keeps --help light
 
     config = lc.load(args.config)
-    changes: dict[str, Any] = {name: getattr(args, name) for name in ("rounds", "seed")
+    changes: dict[str, Any] = {name: getattr(args, name) for name in ("rounds", "seed",
+                                                                      "baseline")
                                if getattr(args, name) is not None}
     if args.ablations is not None:
         changes["ablations"] = tuple(args.ablations.split(","))
@@ -148,18 +171,46 @@ def loop_config(args: argparse.Namespace) -> LoopConfig:
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
-    """The command line: runs (or resumes) the loop of the flags; returns `run_loop`'s result."""
+    """The command line: runs (or resumes) the loop of the flags; returns `run_loop`'s result,
+    or with --seeds `run_seeds`'."""
     args = parse_args(argv)
     data = LoopData(workdir=args.workdir, labeled=args.labeled, unlabeled=args.unlabeled,
                     eval=args.eval, test=args.test, unlabeled_truth=args.unlabeled_truth,
                     fashion_mnist_dir=args.fashion_mnist_dir)
+    if args.seeds:
+        return run_seeds(loop_config(args), data, args.seeds)
     return run_loop(loop_config(args), data)
+
+
+def run_seeds(config: LoopConfig, data: LoopData, seeds: list[int]) -> dict[str, Any]:
+    """Runs (or resumes) the loop once per seed in WORKDIR/seed-N; writes WORKDIR/seeds.md and
+    seeds.json (`round_report.seeds_table`) and returns the latter's content.
+
+    Every seed's settings are checked before the first one starts.
+    """
+    from ns_data import round_report  # noqa: PLC0415
+
+    runs = [(dataclasses.replace(config, seed=seed),
+             dataclasses.replace(data, workdir=posixpath.join(data.workdir, f"seed-{seed}")))
+            for seed in seeds]
+    for seed_config, seed_data in runs:
+        check_workdir(seed_config, seed_data)
+    results = [run_loop(seed_config, seed_data) for seed_config, seed_data in runs]
+    table = round_report.seeds_table(results)
+    os.makedirs(data.workdir, exist_ok=True)
+    with open(posixpath.join(data.workdir, "seeds.json"), "w") as f:
+        json.dump(table, f, indent=2)
+    text = round_report.format_seeds(table)
+    with open(posixpath.join(data.workdir, "seeds.md"), "w") as f:
+        f.write(text + "\n")
+    print("\n" + text, flush=True)
+    return table
 
 
 # Changing these between runs of one workdir only adds work or names the same place; anything
 # else would mix two runs.
 _MAY_CHANGE = {"workdir", "unlabeled_truth", "fashion_mnist_dir", "config.rounds",
-               "config.ablations", "config.name"}
+               "config.ablations", "config.baseline", "config.name"}
 
 
 def _run_identity(config: LoopConfig, data: LoopData) -> dict[str, Any]:
@@ -241,6 +292,17 @@ def _trainings(config: LoopConfig, data: LoopData) -> Iterator[tuple[str, TrainC
                 r, noise=variant != "no_noise", labeled=data.labeled, eval=data.eval,
                 workdir=posixpath.join(here, f"round{r}", f"student_{variant}"),
                 unlabeled=posixpath.join(_labels_dir(here, r, variant), "pseudo_labels-*"))
+        if config.baseline and _baseline_rounds(config)[r] == r:
+            yield f"round{r} baseline", config.baseline_config(
+                r, labeled=data.labeled, eval=data.eval,
+                workdir=posixpath.join(here, f"round{r}", "baseline"))
+
+
+def _baseline_rounds(config: LoopConfig) -> dict[int, int]:
+    """Round -> the round whose baseline it reports: the first round with the same student
+    model and steps (the same training, trained once)."""
+    first: dict[TrainConfig, int] = {}
+    return {r: first.setdefault(config.baseline_config(r), r) for r in range(config.rounds)}
 
 
 def _variants(config: LoopConfig, round_index: int) -> tuple[str, ...]:
@@ -418,12 +480,19 @@ def run_loop(config: LoopConfig, given: LoopData) -> dict[str, Any]:
                     "pseudo_labels_written": [c["written"] for c in
                                               stats.read_stats(pseudo)["classes"]],
                     "description": DESCRIPTIONS[variant]}
+        baseline = {}
+        if config.baseline:
+            name = f"round{_baseline_rounds(config)[r]} baseline"
+            with _stage(f"round{r} baseline", seconds):  # a shared one is trained once
+                export = trainer.train(models[name])["export_dir"]
+                baseline = {"baseline": {**_model_entry(export, models[name], data),
+                                         "description": BASELINE_DESCRIPTION}}
         report_dir = posixpath.join(data.workdir, "report", f"round{r}")
         with _stage(f"round{r} report", seconds):
             labeling = report.write_label_report(label_config.balance.output_dir,
                                                  label_config.predictions_dir, report_dir,
                                                  class_names, truth=truth)
-        rounds.append({"round": r, "teacher": teacher_entry, "students": students,
+        rounds.append({"round": r, "teacher": teacher_entry, **baseline, "students": students,
                        "labeling": labeling, "report_dir": report_dir})
         print(round_report.format_round(rounds[-1]), flush=True)
         if "full" in students:  # it teaches the next round

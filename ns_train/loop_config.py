@@ -67,6 +67,9 @@ class LoopConfig:
       labeling: the pseudo-labeling settings.
       rounds: Noisy Student iterations; round r's student teaches round r + 1.
       ablations: round-0 students to train, of `ABLATIONS`; round 1 on trains `full` only.
+      baseline: per round, also train the paper's baseline: that round's student architecture
+        for its steps, with its noise, on the labeled data alone; the tables then give each
+        student's gain over it. Rounds whose students are the same model share one.
       seed: of the data splits, training and shard placement.
       name: the dataset's name, for the report's title.
       fashion_mnist: prepare Fashion-MNIST when no data globs are given (None: never).
@@ -77,6 +80,7 @@ class LoopConfig:
     labeling: LabelingConfig = LabelingConfig()
     rounds: int = 1
     ablations: tuple[str, ...] = ("full",)
+    baseline: bool = True
     seed: int = 0
     name: str = ""
     fashion_mnist: FashionMNISTSplits | None = None
@@ -120,6 +124,13 @@ class LoopConfig:
         """Round `round_index`'s student (without noise for the `no_noise` ablation)."""
         return _train_config({**self.teacher, **self.students[round_index],
                               **({} if noise else NO_NOISE)}, seed=self.seed, **paths)
+
+    def baseline_config(self, round_index: int, **paths: str) -> TrainConfig:
+        """Round `round_index`'s baseline: its student without pseudo-labels (`paths` has no
+        `unlabeled`)."""
+        if "unlabeled" in paths:
+            raise ValueError("a baseline trains on the labeled data alone")
+        return self.student_config(round_index, **paths)
 
     def recorded(self) -> dict[str, Any]:
         """Every setting by a dotted name (`teacher.steps`, `students[1].resnet_widths`), so a

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 ENTRY_POINTS = ("beam_jobs.label_and_balance", "beam_jobs.rebalance", "beam_jobs.reshard",
-                "beam_jobs.report",
+                "beam_jobs.report", "beam_jobs.seeds_table",
                 "beam_jobs.iterate", "beam_jobs.prepare_fashion_mnist", "beam_jobs.demo",
                 "ns_train.evaluate")
 

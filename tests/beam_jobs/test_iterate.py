@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from beam_jobs import iterate
+from beam_jobs import iterate, seeds_table
 from ns_data import schema, stats
 from tests.beam_jobs import fake_fashion_mnist, fake_shapes
 
@@ -52,6 +52,16 @@ def test_the_loop_runs_on_a_dataset_it_has_never_seen(tmp_path, shapes, capsys):
     assert [m["steps"] for m in (teacher, student, grown)] == [60, 60, 60]
     assert second["teacher"] == {key: student[key] for key in second["teacher"]}
     assert second["teacher"]["export"] == student["export"]
+    # The paper's baseline: each round's student model, for its steps, on the labeled data only.
+    for entry, architecture in zip(result["rounds"], ("4/8", "6/12")):
+        baseline = entry["baseline"]
+        assert baseline["architecture"] == f"small_resnet {architecture} x1"
+        assert baseline["parameters"] == entry["students"]["full"]["parameters"]
+        assert baseline["steps"] == 60 and 0.0 <= baseline["holdout"] <= 1.0
+        trained = json.loads((workdir / f"round{entry['round']}" / "baseline" / "config.json")
+                             .read_text())
+        assert trained["unlabeled"] == "" and trained["labeled"] == f"{tmp_path}/shapes/labeled-*"
+        assert trained["randaugment_ops"] == 1 and baseline["export"].startswith(str(workdir))
     for entry in result["rounds"]:
         (name, model), = entry["students"].items()
         assert name == "full" and "test" not in model and 0.0 <= model["holdout"] <= 1.0
@@ -74,11 +84,15 @@ def test_the_loop_runs_on_a_dataset_it_has_never_seen(tmp_path, shapes, capsys):
     assert saved["data"]["labeled"] == f"{tmp_path}/shapes/labeled-*"
     summary = (workdir / "report" / "summary.md").read_text()
     assert summary.startswith("# Noisy Student on shapes\n")
-    assert "| model | size | holdout top-1 | holdout gain | pseudo-labeled records |" in summary
+    assert ("| model | size | holdout top-1 | holdout gain | holdout gain over baseline | "
+            "pseudo-labeled records |") in summary
+    assert "| baseline (the student's model and steps, labeled data only) |" in summary
     assert "| red square |" in summary and "![samples](round1/samples.png)" in summary
     assert "small_resnet 6/12 x1" in summary
     printed = capsys.readouterr().out
     assert "pseudo-label accuracy unknown (no truth given)" in printed
+    gain = 100 * (second["students"]["full"]["holdout"] - second["baseline"]["holdout"])
+    assert f"{gain:+.2f}p" in printed and "vs baseline" in printed
     assert f"{teacher['parameters'] / 1e3:.1f}k" in printed
 
 
@@ -163,6 +177,12 @@ def test_runlocal_fashion_mnist_loop_runs_end_to_end_and_reports(tmp_path, capsy
     assert second["teacher"]["test"] == first["students"]["full"]["test"]
     assert second["students"]["full"]["architecture"] == "small_resnet 12/24 x1"
     assert second["students"]["full"]["parameters"] > second["teacher"]["parameters"]
+    # Each round's baseline is that round's student architecture on the labeled data alone.
+    assert [r["baseline"]["architecture"] for r in two["rounds"]] == [
+        "small_resnet 8/16 x1", "small_resnet 12/24 x1"]
+    assert (workdir / "round1" / "baseline" / "export" / "saved_model.pb").exists()
+    baseline = json.loads((workdir / "round1" / "baseline" / "config.json").read_text())
+    assert baseline["unlabeled"] == "" and baseline["resnet_widths"] == [12, 24]
     # Without balancing the student sees every image above the threshold, once.
     assert first["students"]["no_balance"]["pseudo_labels_written"] == first["labeling"][
         "above_threshold"]
@@ -179,6 +199,46 @@ def test_runlocal_fashion_mnist_loop_runs_end_to_end_and_reports(tmp_path, capsy
     summary = (workdir / "report" / "summary.md").read_text()
     assert "## Round 1" in summary and "![samples](round1/samples.png)" in summary
     assert set(two["seconds"]) >= {"round1 label_and_balance", "round1 student full", "total"}
+
+
+@pytest.mark.slow
+def test_seeds_run_one_loop_each_and_are_tabled(tmp_path, shapes, capsys):
+    workdir = tmp_path / "seeds"
+    shared = _edited_config(tmp_path, "dataclasses.replace(c, rounds=1, students=(c.students[0], "
+                            "c.students[0]))")
+    table = iterate.run([f"--workdir={workdir}", shared, "--seeds=3,4", *shapes])
+    results = [json.loads((workdir / f"seed-{seed}" / "results.json").read_text())
+               for seed in (3, 4)]
+    assert [r["config"]["seed"] for r in results] == [3, 4] == table["seeds"]
+    (entry,) = table["rounds"]
+    assert entry["split"] == "holdout"
+    for name, key in (("teacher", "teacher"), ("baseline", "baseline")):
+        assert entry["top1"][name] == [r["rounds"][0][key]["holdout"] for r in results]
+    assert entry["top1"]["student full"] == [r["rounds"][0]["students"]["full"]["holdout"]
+                                             for r in results]
+    assert entry["gains"]["student - baseline"] == pytest.approx(
+        [100 * (s - b) for s, b in zip(entry["top1"]["student full"], entry["top1"]["baseline"])])
+    # Different seeds train different models (the splits are the given ones, shared).
+    exports = {r["rounds"][0]["students"]["full"]["export"] for r in results}
+    assert len(exports) == 2
+    text = (workdir / "seeds.md").read_text()
+    assert text.startswith("Seeds 3, 4: mean ± sample standard deviation over 2 runs")
+    assert "| student - baseline | | " in text and text.strip() in capsys.readouterr().out
+    assert json.loads((workdir / "seeds.json").read_text()) == json.loads(json.dumps(table))
+    # The same table from the kept results.json files.
+    paths = [str(workdir / f"seed-{seed}" / "results.json") for seed in (3, 4)]
+    assert seeds_table.main(paths) == text.strip()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seeds=1,x"], "--seeds=1,x: expected comma-separated integers"),
+    (["--seeds=1,2,1"], "--seeds=1,2,1: a seed is repeated"),
+    (["--seeds=1,2", "--seed=3"], "--seed and --seeds: give one"),
+])
+def test_bad_seeds_are_refused_naming_the_flag(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit):
+        iterate.parse_args([f"--workdir={tmp_path}", f"--config={SHAPES_CONFIG}", *flags])
+    assert message in capsys.readouterr().err
 
 
 def test_a_failed_start_does_not_lock_the_workdir(tmp_path):

@@ -1,6 +1,8 @@
 """ns_data.round_report: the round table and summary.md say what results.json holds."""
 from __future__ import annotations
 
+import pytest
+
 from ns_data import round_report
 
 
@@ -74,3 +76,65 @@ def test_summary_without_a_test_split(tmp_path):
     assert text.startswith("# Noisy Student\n")
     assert "| model | size | holdout top-1 | holdout gain | pseudo-labeled records |" in text
     assert "| 0.9100 | +1.00 | 15 |" in text
+
+
+def _with_baseline(entry: dict, holdout: float, test: float) -> dict:
+    return {**entry, "baseline": {"holdout": holdout, "test": test, "description": "labeled only",
+                                  "architecture": "small_resnet 24/48/96 x1",
+                                  "parameters": 123_456, "steps": 2400}}
+
+
+def test_round_table_and_summary_give_the_gain_over_the_baseline(tmp_path):
+    entry = _with_baseline(_entry(), 0.9, 0.8845)
+    lines = round_report.format_round(entry).splitlines()
+    assert lines[4].split()[-5:] == ["vs", "teacher", "vs", "baseline", "pseudo-labels"]
+    assert lines[6].split() == ["baseline", "123.5k", "0.9000", "0.8845"]
+    assert lines[7].split() == ["student", "full", "123.5k", "0.9100", "0.8945", "+1.45p",
+                                "+1.00p", "15"]
+    result = {"sizes": {"labeled": 50}, "images_per_class": 5, "config": {}, "rounds": [entry]}
+    text = open(round_report.write_summary(str(tmp_path), result, ["a", "b", "c"])).read()
+    assert ("| model | size | holdout top-1 | test top-1 | test gain | test gain over baseline "
+            "| pseudo-labeled records |\n| --- | --- | --- | --- | --- | --- | --- |\n") in text
+    assert ("| baseline (labeled only) | small_resnet 24/48/96 x1, 123.5k, 2,400 steps | 0.9000 "
+            "| 0.8845 | | | |") in text
+    assert "| 0.9100 | 0.8945 | +1.45 | +1.00 | 15 |" in text
+
+
+def _run(seed: int, teacher: float, baseline: float, student: float) -> dict:
+    entry = _with_baseline(_entry(), 0.5, baseline)
+    entry["teacher"] = {**entry["teacher"], "test": teacher}
+    entry["students"]["full"] = {**entry["students"]["full"], "test": student}
+    return {"config": {"seed": seed}, "rounds": [entry]}
+
+
+def test_seeds_table_gives_mean_and_std_of_models_and_gains():
+    table = round_report.seeds_table([_run(0, 0.88, 0.885, 0.895), _run(1, 0.87, 0.880, 0.893),
+                                      _run(2, 0.89, 0.884, 0.897)])
+    (entry,) = table["rounds"]
+    assert table["seeds"] == [0, 1, 2] and entry["split"] == "test"
+    assert entry["gains"]["student - teacher"] == pytest.approx([1.5, 2.3, 0.7])
+    assert entry["gains"]["student - baseline"] == pytest.approx([1.0, 1.3, 1.3])
+    lines = round_report.format_seeds(table).splitlines()
+    assert lines[2] == "Round 1 (test split)"
+    assert lines[4] == "| | model | test top-1 / gain | seed 0 | seed 1 | seed 2 |"
+    assert lines[6] == ("| teacher | small_resnet 16/32/64 x1 | 88.00 ± 1.00 | 88.00 | 87.00 "
+                        "| 89.00 |")
+    assert lines[7].startswith("| baseline | small_resnet 24/48/96 x1 | 88.30 ± 0.26 |")
+    assert lines[8].startswith("| student full | small_resnet 24/48/96 x1 | 89.50 ± 0.20 |")
+    assert lines[9] == "| student - teacher | | +1.50 ± 0.80 | +1.50 | +2.30 | +0.70 |"
+    assert lines[10] == "| student - baseline | | +1.20 ± 0.17 | +1.00 | +1.30 | +1.30 |"
+
+
+def test_seeds_table_of_one_seed_says_so_and_refuses_mixed_runs():
+    text = round_report.format_seeds(round_report.seeds_table([_run(3, 0.88, 0.885, 0.895)]))
+    assert "| student - baseline | | +1.00 (one seed) | +1.00 |" in text
+    two_rounds = _run(4, 0.88, 0.885, 0.895)
+    two_rounds["rounds"] *= 2
+    with pytest.raises(ValueError, match=r"different numbers of rounds \[1, 2\]"):
+        round_report.seeds_table([_run(3, 0.88, 0.885, 0.895), two_rounds])
+    no_test = _run(5, 0.88, 0.885, 0.895)
+    for model in [no_test["rounds"][0]["teacher"], no_test["rounds"][0]["baseline"],
+                  *no_test["rounds"][0]["students"].values()]:
+        del model["test"]
+    with pytest.raises(ValueError, match="some runs have a test split, some do not"):
+        round_report.seeds_table([_run(3, 0.88, 0.885, 0.895), no_test])
