@@ -214,10 +214,14 @@ def add_balance_args(parser) -> None:
                    "run to count as complete; above it the job exits with an error and the "
                    f"counts per stage, and --output_dir gets no {completion.SUCCESS_FILE} "
                    "marker (default: %(default)s).")
-    g.add_argument("--max_copies", type=non_negative_int, default=0,
-                   help="Most records one image may become when small classes are duplicated; "
-                   "above it the job exits with an error and no completion marker (default: "
-                   "0, no limit; the summary always reports the most copies).")
+    g.add_argument("--max_copies", type=non_negative_int,
+                   default=completion.DEFAULT_MAX_COPIES,
+                   help="Most records one image may become when small classes are duplicated "
+                   "up to K. Checked once the classes are counted, before any shard is "
+                   "written: above it the job exits with an error naming the class, and the "
+                   "predictions table is kept for beam_jobs.rebalance. 0: no limit. The "
+                   "summary reports the most copies and warns above "
+                   f"{stats.WARN_COPIES} (default: %(default)s).")
 
 
 class BalanceOptions(OutputOptions, PipelineOptions):
@@ -245,7 +249,7 @@ class BalanceSettings:
     topk: int = 10
     chunk_records: int = DEFAULT_CHUNK_RECORDS
     max_failure_fraction: float = completion.DEFAULT_MAX_FAILURE_FRACTION
-    max_copies: int = 0
+    max_copies: int = completion.DEFAULT_MAX_COPIES
 
     def __post_init__(self):
         parser = argparse.ArgumentParser(add_help=False)
@@ -265,7 +269,7 @@ def balance_config(opts: BalanceOptions | BalanceSettings) -> BalanceConfig:
         min_confidence=opts.min_confidence, images_per_class=opts.images_per_class,
         duplicate=not opts.no_duplicate, seed=opts.seed, collect_limit=opts.collect_limit,
         num_shards=opts.num_shards, label_type=opts.label_type, topk=opts.topk,
-        chunk_records=opts.chunk_records)
+        chunk_records=opts.chunk_records, max_copies=opts.max_copies)
 
 
 def check_output_dir(output_dir: str, overwrite: bool, delete: bool = False) -> None:

@@ -330,7 +330,8 @@ def _label_config(config: LoopConfig, data: LoopData, teacher: str, round_index:
         balance=BalanceSettings(
             output_dir=_labels_dir(data.workdir, round_index, "full"), images_per_class=k,
             min_confidence=labeling.min_confidence, label_type=labeling.label_type,
-            num_shards=labeling.num_shards, seed=config.seed, overwrite=True))
+            num_shards=labeling.num_shards, seed=config.seed, max_copies=labeling.max_copies,
+            overwrite=True))
 
 
 def _rebalance_config(config: LoopConfig, data: LoopData, variant: str, k: int,
@@ -348,7 +349,8 @@ def _rebalance_config(config: LoopConfig, data: LoopData, variant: str, k: int,
             images_per_class=k if hard else max(1, num_unlabeled),
             min_confidence=labeling.min_confidence,
             label_type="hard" if hard else labeling.label_type, no_duplicate=not hard,
-            num_shards=labeling.num_shards, seed=config.seed, overwrite=True))
+            num_shards=labeling.num_shards, seed=config.seed, max_copies=labeling.max_copies,
+            overwrite=True))
 
 
 def check_settings(config: LoopConfig, data: LoopData, k: int) -> None:

@@ -327,7 +327,8 @@ def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSp
              | "WritePredictions" >> predictions.WritePredictions(
                  predictions_dir(opts), metadata, image_buckets))
     return select_and_write(paths, opts.view_as(BalanceOptions).output_dir, config, metadata,
-                            run_config(opts, spec))
+                            run_config(opts, spec), predictions_dir(opts),
+                            mark="label_and_balance")
 
 
 def _help_parser() -> argparse.ArgumentParser:
@@ -398,8 +399,7 @@ def run_job(config: LabelAndBalanceConfig, pipeline_args: Sequence[str] = (),
         class_names = list(read_metadata(opts.teacher).class_names) or None
         print_summary(balance.output_dir, class_names)
         completion.finish_run(balance.output_dir, "label_and_balance",
-                              balance.max_failure_fraction, balance.max_copies,
-                              predictions_dir(opts))
+                              balance.max_failure_fraction)
     return result
 
 

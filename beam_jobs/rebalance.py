@@ -92,7 +92,8 @@ def build(pipeline: beam.Pipeline, opts: RebalanceOptions,
              | "TablePaths" >> beam.Map(lambda m: m.path))
     recorded = {"predictions": table_pattern(opts), "input": metadata.input,
                 "teacher": metadata.teacher, **config.recorded()}
-    return select_and_write(paths, balance.output_dir, config, metadata, recorded)
+    return select_and_write(paths, balance.output_dir, config, metadata, recorded,
+                            opts.predictions)
 
 
 def _help_parser() -> argparse.ArgumentParser:
@@ -178,8 +179,7 @@ def run_job(config: RebalanceConfig, pipeline_args: Sequence[str] = (),
     result.wait_until_finish()
     if not dry_run:
         print_summary(balance.output_dir)
-        completion.finish_run(balance.output_dir, "rebalance", balance.max_failure_fraction,
-                              balance.max_copies)
+        completion.finish_run(balance.output_dir, "rebalance", balance.max_failure_fraction)
     return result
 
 

@@ -8,6 +8,10 @@ interrupted, crashed or failed its failure check, and every reader in the projec
 job, its settings, its totals and the size of each pseudo-label shard, with no timestamp, so
 reruns stay byte-identical.
 
+A predictions table is marked by the pipeline itself (`ns_data.pipeline`) as soon as every file
+of it is written, before the writing pass: a run refused by `--max_copies` there, or one whose
+writing pass fails, keeps its table for `rebalance` without running the teacher again.
+
 The trainer counts a finished run's pseudo-labels from its `stats.json` instead of reading every
 shard (`recorded_records`), when its glob is exactly that run's shards and each still has the
 size the marker recorded.
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
@@ -29,6 +33,9 @@ SUCCESS_FILE = "_SUCCESS"
 # The marker's key for {shard file name: bytes} of the run's pseudo-label shards.
 SHARD_BYTES = "shard_bytes"
 DEFAULT_MAX_FAILURE_FRACTION = 0.01
+# The paper duplicates a small class's images a handful of times; a hundred copies of one image
+# is a forgotten --images_per_class (130,000 by default) far more often than a choice.
+DEFAULT_MAX_COPIES = 100
 
 
 class IncompleteOutputError(ValueError):
@@ -83,34 +90,45 @@ def check_read(run_stats: Mapping[str, Any], where: str) -> None:
             "marked complete. Check --input (or --predictions).")
 
 
-def check_copies(run_stats: Mapping[str, Any], max_copies: int, where: str) -> None:
-    """Raises `TooManyCopiesError` when a class writes one image more than `max_copies` times
-    (0: no limit)."""
-    worst = max(run_stats["classes"], key=lambda c: c.get("max_copies", 0), default=None)
+def check_copies(classes: Iterable[Mapping[str, Any]], max_copies: int, output_dir: str,
+                 table: str) -> None:
+    """Raises `TooManyCopiesError` when a class would write one image more than `max_copies`
+    times (0: no limit).
+
+    Args:
+      classes: per class its "class", "kept" (images), "written" (records) and "max_copies"
+        (the most records of one image), as stats.json's class rows have them.
+      max_copies: the limit, `--max_copies`.
+      output_dir: the run's output directory, for the message.
+      table: the predictions table the selection was made from (`--predictions`), for the
+        message: it is complete, so `rebalance` can select again from it.
+    """
+    worst = max(classes, key=lambda c: (c["max_copies"], -c["class"]), default=None)
     if max_copies and worst and worst["max_copies"] > max_copies:
         raise TooManyCopiesError(
-            f"class {worst['class']} writes {worst['written']} records from {worst['kept']} "
-            f"images, up to {worst['max_copies']} copies of one image, more than "
-            f"--max_copies={max_copies}: the output in {where} is not marked complete. Lower "
-            "--images_per_class or --min_confidence, or pass --no_duplicate.")
+            f"class {worst['class']} would be {worst['written']} records from "
+            f"{worst['kept']} images, up to {worst['max_copies']} copies of one image, more "
+            f"than --max_copies={max_copies}: no shard was written to {output_dir}. Lower "
+            "--images_per_class or --min_confidence, pass --no_duplicate, or --max_copies=0 "
+            f"for no limit. The predictions table {table} is complete: `python -m "
+            f"beam_jobs.rebalance --predictions={table}` with those flags selects again "
+            "without running the teacher.")
 
 
-def finish_run(output_dir: str, job: str, max_failure_fraction: float, max_copies: int = 0,
-               table_dir: str | None = None) -> dict[str, Any]:
-    """After a job's pipeline: marks the table (when the run wrote one) and then the output
-    complete, unless it read nothing (`NothingReadError`), too many images failed
-    (`TooManyFailuresError`) or one image is written more than `max_copies` times
-    (`TooManyCopiesError`). Returns the run's stats.
+def finish_run(output_dir: str, job: str, max_failure_fraction: float) -> dict[str, Any]:
+    """After a job's pipeline: marks the output complete, unless it read nothing
+    (`NothingReadError`) or too many images failed (`TooManyFailuresError`). Returns the run's
+    stats.
+
+    (`--max_copies` is checked earlier, in the pipeline, before any shard is written.)
     """
     run_stats = stats.read_stats(output_dir)
     stats.check_reconciles(run_stats)
-    summary = {"job": job, "config": run_stats["config"], "totals": run_stats["totals"]}
     check_read(run_stats, output_dir)
-    if table_dir:
-        write_marker(table_dir, summary)
     check_failures(run_stats, max_failure_fraction, output_dir)
-    check_copies(run_stats, max_copies, output_dir)
-    write_marker(output_dir, {**summary, SHARD_BYTES: shard_bytes(output_dir)})
+    write_marker(output_dir, {"job": job, "config": run_stats["config"],
+                              "totals": run_stats["totals"],
+                              SHARD_BYTES: shard_bytes(output_dir)})
     return run_stats
 
 

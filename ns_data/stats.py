@@ -22,6 +22,9 @@ from ns_data.write import PSEUDO_LABEL_PREFIX
 
 STATS_FILE = "stats.json"
 FAILURE_STAGES = (STAGE_FILE, STAGE_PARSE, STAGE_DECODE, STAGE_INFERENCE, STAGE_OUTPUT)
+# The summary warns when one image becomes more records than this: the paper's duplication is
+# a handful of copies; --max_copies refuses far more.
+WARN_COPIES = 10
 
 
 def build_stats(
@@ -148,6 +151,12 @@ def format_summary(stats: Mapping[str, Any], class_names: list[str] | None = Non
         most = max(stats["classes"], key=lambda c: c["max_copies"])
         lines.append(f"most copies of one image: {t['max_copies']} (class {most['class']}, "
                      f"{most['kept']} images for {most['written']} records)")
+        if t["max_copies"] > WARN_COPIES:
+            lines.append(f"warning: class {most['class']} writes one image up to "
+                         f"{t['max_copies']} times (more than {WARN_COPIES}): few of its images "
+                         "pass --min_confidence for --images_per_class="
+                         f"{stats['config'].get('images_per_class')}; a lower K or threshold, "
+                         "or --no_duplicate, gives fewer copies")
     if stats["empty_classes"]:
         lines.append(f"classes with no image above the threshold: {stats['empty_classes']}")
     return "\n".join(lines)

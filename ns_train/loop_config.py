@@ -16,6 +16,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from ns_data.completion import DEFAULT_MAX_COPIES
 from ns_train.config import TrainConfig, check_option_names, load_python_config
 
 ABLATIONS = ("full", "no_noise", "hard", "no_balance")
@@ -49,6 +50,9 @@ class LabelingConfig:
     label_type: str = "soft"
     num_shards: int = 8
     batch_size: int = 256  # the teacher's inference batch
+    # The jobs' --max_copies (0: no limit). With K = unlabeled images / classes, a class
+    # duplicated past it has under 1% of its share above the threshold: a broken teacher.
+    max_copies: int = DEFAULT_MAX_COPIES
 
     def __post_init__(self):
         if self.images_per_class < 0:

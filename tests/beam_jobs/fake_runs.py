@@ -73,8 +73,7 @@ def run_fake(tmp_path, images, *flags, name="out", batch_size=8, input_records=N
     with BeamTestPipeline(runner="DirectRunner") as p:
         job.build(p, opts, fakes.fake_spec(batch_size), fakes.FakeTeacherHandler(batch_size))
     # As `run` does after the pipeline; the corpora hold bad records on purpose.
-    return output_dir, completion.finish_run(output_dir, "label_and_balance", 1.0,
-                                             table_dir=job.predictions_dir(opts))
+    return output_dir, completion.finish_run(output_dir, "label_and_balance", 1.0)
 
 
 def output_files(directory: str) -> dict[str, bytes]:

@@ -153,7 +153,7 @@ def test_bad_parquet_rows_and_files_become_dead_letters(tmp_path):
     output_dir, run_stats = run_fake(tmp_path, images, f"--input={folder}/*.parquet",
                                      "--input_format=parquet", "--id_column=id",
                                      "--images_per_class=1000", "--min_confidence=0",
-                                     "--label_type=hard")
+                                     "--no_duplicate", "--label_type=hard")
     totals = run_stats["totals"]
     assert totals["read"] == 13 + 5 + 1
     assert totals["failed"] == {"damaged_file": 2, "parse": 2, "decode": 1, "inference": 0,
@@ -240,7 +240,8 @@ def test_bad_webdataset_samples_and_a_truncated_tar_become_dead_letters(tmp_path
     open(truncated, "wb").write(data[:512 * (6 * 4 + 1) + 10])
     output_dir, run_stats = run_fake(tmp_path, images, f"--input={folder}/*.tar",
                                      "--input_format=webdataset", "--images_per_class=1000",
-                                     "--min_confidence=0", "--label_type=hard")
+                                     "--min_confidence=0", "--no_duplicate",
+                                     "--label_type=hard")
     totals = run_stats["totals"]
     assert totals["read"] == 14 + 6 + 1
     assert totals["failed"] == {"damaged_file": 1, "parse": 3, "decode": 1, "inference": 0,
@@ -293,8 +294,7 @@ def test_an_image_folder_gives_the_same_ids_and_bytes_from_any_working_directory
         job.validate(opts)  # as `run` does: the glob made absolute, checked to match
         with BeamTestPipeline(runner="DirectRunner") as p:
             job.build(p, opts, fakes.fake_spec(), fakes.FakeTeacherHandler())
-        completion.finish_run(output_dir, "label_and_balance", 1.0,
-                              table_dir=job.predictions_dir(opts))
+        completion.finish_run(output_dir, "label_and_balance", 1.0)
         outputs[name] = output_files(output_dir)
     assert outputs["relative"] == outputs["absolute"]  # shards and dead letters, byte for byte
     assert len(outputs["relative"]) == 4 and all(outputs["relative"].values())

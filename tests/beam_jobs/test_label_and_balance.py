@@ -49,14 +49,8 @@ def test_exact_counts_topk_and_copies_match_brute_force(tmp_path):
     assert run_stats["totals"]["max_copies"] == 2
     assert "most copies of one image: 2 (class 1, 7 images for 10 records)" in (
         stats.format_summary(run_stats))
-    completion.remove_marker(output_dir)  # as a new run's launch does
-    with pytest.raises(completion.TooManyCopiesError,
-                       match="class 1 writes 10 records from 7 images, up to 2 copies of one "
-                             "image, more than --max_copies=1"):
-        completion.finish_run(output_dir, "label_and_balance", 1.0, max_copies=1)
-    assert not completion.is_complete(output_dir)
-    completion.finish_run(output_dir, "label_and_balance", 1.0, max_copies=2)
-    assert completion.is_complete(output_dir)
+    assert "warning" not in stats.format_summary(run_stats)  # 2 copies: the paper's few
+    assert run_stats["config"]["max_copies"] == 100  # the default limit
     assert [rows[c]["read"] for c in range(4)] == [34, 7, K, 5]
     assert [rows[c]["above_threshold"] for c in range(4)] == [30, 7, K, 0]
     assert [rows[c]["kept"] for c in range(4)] == [K, 7, K, 0]
@@ -70,6 +64,27 @@ def test_exact_counts_topk_and_copies_match_brute_force(tmp_path):
     assert totals["read"] == len(images) and totals["failed_total"] == 0
     assert totals["below_threshold"] == 9 and totals["written"] == 3 * K == len(records)
     stats.check_reconciles(run_stats)
+
+
+def test_runaway_copies_are_refused_before_any_shard_and_the_table_is_kept(tmp_path):
+    # Five images of class 0 for K=1000: 200 copies each, over the default --max_copies=100.
+    images = corpus()[:5]
+    with pytest.raises(completion.TooManyCopiesError) as e:
+        run_fake(tmp_path, images, "--images_per_class=1000")
+    out, table = tmp_path / "out", tmp_path / "out" / "predictions"
+    assert str(e.value).startswith(
+        f"class 0 would be 1000 records from 5 images, up to 200 copies of one image, more "
+        f"than --max_copies=100: no shard was written to {out}. Lower --images_per_class or "
+        "--min_confidence, pass --no_duplicate, or --max_copies=0 for no limit. The "
+        f"predictions table {table} is complete: `python -m beam_jobs.rebalance "
+        f"--predictions={table}` with those flags selects again without running the teacher.")
+    assert sorted(os.listdir(out)) == ["predictions"]  # no shard, dead letter or stats.json
+    assert completion.is_complete(str(table))
+    marker = completion.read_marker(str(table))
+    assert marker["job"] == "label_and_balance"
+    assert marker["totals"] == {"read": 5, "scored": 5, "failed_total": 0, "failed": {
+        "damaged_file": 0, "parse": 0, "decode": 0, "inference": 0, "invalid_output": 0}}
+    assert not completion.is_complete(str(out))
 
 
 def test_no_duplicate_caps_without_copies(tmp_path):
@@ -154,7 +169,7 @@ def test_a_damaged_file_costs_only_what_cannot_be_read_from_it(tmp_path):
     (tmp_path / "in" / "c-text.tfrecord").write_text("id,path\n1,a.png\n" * 20)
     output_dir, run_stats = run_fake(tmp_path, images, "--images_per_class=1000",
                                      "--min_confidence=0", f"--input={tmp_path}/in/*",
-                                     "--max_copies=1", "--label_type=hard")
+                                     "--no_duplicate", "--label_type=hard")
     totals = run_stats["totals"]
     assert totals["failed"]["damaged_file"] == 2
     assert totals["scored"] == 10 + 6  # the good file, and the flipped one before record 6

@@ -164,12 +164,16 @@ def test_an_interrupted_overwrite_leaves_nothing_that_looks_complete(tmp_path):
     job.clear_outputs(opts)
     assert not completion.is_complete(first) and not completion.is_complete(table_dir)
     assert not os.path.exists(os.path.join(first, "stats.json"))
-    # ... then writes its table, shards and stats but dies before `finish`.
+    # ... then writes its table, shards and stats but dies before `finish`: the table, marked
+    # once all its files were written, is kept; the output is not complete.
     with BeamTestPipeline(runner="DirectRunner") as p:
         job.build(p, opts, fakes.fake_spec(), fakes.FakeTeacherHandler())
     assert os.path.exists(os.path.join(first, "stats.json"))
-    assert not completion.is_complete(first) and not completion.is_complete(table_dir)
-    rerun = [f"--predictions={table_dir}", "--runner=DirectRunner", "--max_failure_fraction=1"]
+    assert not completion.is_complete(first) and completion.is_complete(table_dir)
+    # A run that died before its table was finished leaves it unmarked.
+    completion.remove_marker(table_dir)
+    rerun = [f"--predictions={table_dir}", "--runner=DirectRunner", "--max_failure_fraction=1",
+             f"--images_per_class={K}"]
     with pytest.raises(completion.IncompleteOutputError,
                        match=f"--predictions: {table_dir} has no _SUCCESS marker"):
         rebalance.run(rerun + [f"--output_dir={tmp_path}/r"])
@@ -259,3 +263,23 @@ def test_the_config_names_and_defaults_every_flag_as_the_command_line_does():
         predictions="p", balance=cli.BalanceSettings(output_dir="o", label_type="hard"))
     with pytest.raises(ValueError, match="argument --allow_incomplete: takes True or False"):
         rebalance.RebalanceConfig(predictions="p", allow_incomplete=1)
+
+
+def test_runaway_copies_are_refused_by_default_and_allowed_with_max_copies_0(tmp_path, capsys):
+    # Three images of class 0 (K=10 in the teacher's run: 4 copies at most).
+    first, _ = run_fake(tmp_path, corpus()[:3], "--label_type=hard")
+    argv = [f"--predictions={first}/predictions", "--runner=DirectRunner", "--label_type=hard",
+            "--images_per_class=400", "--num_shards=1"]
+    with pytest.raises(completion.TooManyCopiesError,
+                       match=r"^class 0 would be 400 records from 3 images, up to 134 copies "
+                             r"of one image, more than --max_copies=100: no shard was written"):
+        rebalance.run([*argv, f"--output_dir={tmp_path}/refused"])
+    assert not os.path.exists(tmp_path / "refused")  # the writing pass never started
+    out = str(tmp_path / "allowed")
+    rebalance.run([*argv, f"--output_dir={out}", "--max_copies=0"])
+    run_stats = stats.read_stats(out)
+    assert run_stats["totals"]["written"] == len(read_records(out)) == 400
+    assert run_stats["totals"]["max_copies"] == 134 and run_stats["totals"]["kept"] == 3
+    assert completion.is_complete(out)
+    assert ("warning: class 0 writes one image up to 134 times (more than 10): few of its images "
+            "pass --min_confidence for --images_per_class=400") in capsys.readouterr().out

@@ -74,16 +74,24 @@ def test_a_glob_over_several_runs_needs_every_run_complete(tmp_path):
     completion.require_complete_inputs(pattern, "--unlabeled", "--allow_incomplete")
 
 
-def test_copies_above_the_limit_fail_and_zero_means_no_limit():
-    classes = {"classes": [{"class": 0, "kept": 40, "written": 100, "max_copies": 3},
-                           {"class": 1, "kept": 2, "written": 100, "max_copies": 50}]}
-    completion.check_copies(classes, 0, "out")
-    completion.check_copies(classes, 50, "out")
-    with pytest.raises(completion.TooManyCopiesError,
-                       match="class 1 writes 100 records from 2 images, up to 50 copies of one "
-                             "image, more than --max_copies=49"):
-        completion.check_copies(classes, 49, "out")
+def test_copies_above_the_limit_fail_naming_the_worst_class_and_zero_means_no_limit():
+    classes = [{"class": 0, "kept": 40, "written": 100, "max_copies": 3},
+               {"class": 1, "kept": 2, "written": 100, "max_copies": 50},
+               {"class": 2, "kept": 2, "written": 100, "max_copies": 50}]
+    completion.check_copies(classes, 0, "out", "out/predictions")
+    completion.check_copies(classes, 50, "out", "out/predictions")
+    completion.check_copies([], 1, "out", "out/predictions")  # nothing above the threshold
+    with pytest.raises(completion.TooManyCopiesError) as e:
+        completion.check_copies(classes, 49, "out", "t/predictions")
+    message = str(e.value)
+    assert message.startswith("class 1 would be 100 records from 2 images, up to 50 copies of "
+                              "one image, more than --max_copies=49: no shard was written to out.")
+    for fix in ("--images_per_class", "--min_confidence", "--no_duplicate", "--max_copies=0",
+                "`python -m beam_jobs.rebalance --predictions=t/predictions`"):
+        assert fix in message
+    assert "\n" not in message
     assert issubclass(completion.TooManyCopiesError, completion.RunCheckError)
+    assert completion.DEFAULT_MAX_COPIES == 100
 
 
 def placeholder_run(directory, records=(3, 0, 2)) -> list[str]:
