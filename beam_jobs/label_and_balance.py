@@ -319,13 +319,16 @@ def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSp
     scored = read.images | "TeacherInference" >> TeacherInference(
         handler, spec.image, spec.outputs, metadata.topk, opts.max_image_pixels, opts.decoder,
         teacher_runtime(opts))
-    image_buckets = 1
+    image_buckets, file_sizes = 1, read.file_sizes
     if opts.input_format == "images":
         image_buckets = math.ceil(check_input_pattern(opts.input) / IMAGES_PER_TABLE_FILE)
+        # One image per file: the rows' image hashes say whether it changed, and a table of
+        # millions of files need not carry (nor every worker hold) their sizes.
+        file_sizes = None
     paths = ((read.failed, scored)
              | "AllPredictions" >> beam.Flatten()
              | "WritePredictions" >> predictions.WritePredictions(
-                 predictions_dir(opts), metadata, image_buckets))
+                 predictions_dir(opts), metadata, image_buckets, file_sizes))
     return select_and_write(paths, opts.view_as(BalanceOptions).output_dir, config, metadata,
                             run_config(opts, spec), predictions_dir(opts),
                             mark="label_and_balance")

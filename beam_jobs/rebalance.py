@@ -6,7 +6,10 @@
 
 Reads the table's small columns to select, then the original input files the table names (they
 must be unchanged) to write the same outputs as `label_and_balance`: shards, dead letters and
-stats.json, byte-identical to a fresh run with the same settings. The teacher's temperature is
+stats.json, byte-identical to a fresh run with the same settings. The table records each input
+file's records and size and each image's hash: an input file with records appended or cut
+since, or a selected image replaced under its id, is refused with the file (tables written
+before these records, format 1, are read unchecked, with a warning). The teacher's temperature is
 baked into the table's probabilities; `--label_type=soft` needs a table of every class.
 """
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import logging
 import posixpath
 import sys
 from collections.abc import Sequence
@@ -161,6 +165,13 @@ def run_job(config: RebalanceConfig, pipeline_args: Sequence[str] = (),
     balance = options.view_as(BalanceOptions)
     cli.require_flags(predictions=opts.predictions, output_dir=balance.output_dir)
     metadata = read_table_metadata(table_pattern(opts))
+    if not metadata.checks_input:
+        logging.warning(
+            "--predictions=%s is a table of format %d, written before tables recorded their "
+            "input files' sizes and image hashes: records appended to an input file since, or "
+            "an image replaced under its id, cannot be noticed. Rerun "
+            "beam_jobs.label_and_balance for a table that records them.", opts.predictions,
+            metadata.version)
     table_dirs = completion.directories_of(table_pattern(opts))
     if balance.output_dir.rstrip("/") in table_dirs:
         raise ValueError(f"--output_dir={balance.output_dir} is the --predictions table's own "

@@ -68,6 +68,7 @@ def write_tables(directory: str, n: int, rows_per_file: int, seed: int = 0) -> l
             pa.ListArray.from_arrays(offsets, pa.array(probs.ravel())),
             pa.nulls(m, pa.string()),
             pa.nulls(m, pa.string()),
+            pa.nulls(m, pa.uint64()),
         ], schema=table.SCHEMA)
         path = os.path.join(directory, f"predictions-{start // rows_per_file:05d}.parquet")
         table.write_arrow_table(path, rows, metadata)

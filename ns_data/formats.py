@@ -143,6 +143,25 @@ def iter_samples(path: str, input_format: str, columns: Columns = Columns()) -> 
     raise ValueError(f"not a sample format: {input_format!r} (one of {FORMATS})")
 
 
+def count_samples(path: str, input_format: str, columns: Columns = Columns()) -> int:
+    """The samples of one Parquet or WebDataset file a reader finds now: a Parquet file's rows
+    (its footer's count, no column read), a tar's samples up to where it stops being readable;
+    0 for a file that cannot be opened as one."""
+    if input_format == PARQUET:
+        try:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                return _ParquetFile(path, f, columns).starts[-1]
+        except DamagedInput:
+            return 0
+    count = 0
+    try:
+        for _ in iter_samples(path, input_format, columns):
+            count += 1
+    except DamagedInput:
+        pass
+    return count
+
+
 def parquet_splits(path: str, columns: Columns = Columns(),
                    target_bytes: int = DEFAULT_SPLIT_BYTES) -> list[ParquetSplit]:
     """The splits one Parquet file is read in: consecutive row groups packed up to about

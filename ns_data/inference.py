@@ -34,7 +34,7 @@ _PROGRESS_EVERY_SECS = 30.0
 _FAILED = "failed"
 _TF_FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")
 
-Key = tuple[str, int, bytes]  # (source, index, image id)
+Key = tuple[str, int, bytes, int]  # (source, index, image id, content hash of the image bytes)
 
 
 def teacher_data_errors() -> tuple[type[Exception], ...]:
@@ -55,13 +55,15 @@ def _first_line(error: Exception) -> str:
 
 
 def _failure(key: Key, stage: str, message: str) -> Prediction:
-    source, index, image_id = key
-    return Prediction(source, index, image_id, stage=stage, message=message)
+    source, index, image_id, image_hash = key
+    return Prediction(source, index, image_id, stage=stage, message=message,
+                      image_hash=image_hash)
 
 
 class _Decode(beam.DoFn):
     """[RawImage] → (keys, uint8 pixels [n, H, W, C]); the images that fail → a table of failed
-    predictions rows.
+    predictions rows. A key carries the hash of the image's bytes (`predictions.content_hash`),
+    which the table keeps so a later writing pass can tell a replaced image from this one.
 
     With the `tf` decoder, TensorFlow ops decode on the CPU, and the process first sets the
     GPU memory policy of `runtime` (growth or a limit), so a decoding process never takes a
@@ -86,7 +88,8 @@ class _Decode(beam.DoFn):
     def process(self, images: Sequence[RawImage]):
         with self._device():
             pixels, errors = self._decoder.decode_batch([image.encoded for image in images])
-        keys = [(image.source, image.index, image.image_id) for image in images]
+        keys = [(image.source, image.index, image.image_id,
+                 predictions.content_hash(image.encoded)) for image in images]
         if errors:
             failed = [_failure(keys[i], STAGE_DECODE, f"{type(e).__name__}: {_first_line(e)}")
                       for i, e in errors.items()]
@@ -215,8 +218,9 @@ class _ToPredictions(beam.DoFn):
             self._log_progress(len(scored))
         tables = [predictions.to_table(failed)] if failed else []
         if scored:
-            sources, indexes, image_ids = zip(*(keys[i] for i in scored))
-            tables.append(predictions.scored_table(image_ids, sources, indexes, classes, probs))
+            sources, indexes, image_ids, hashes = zip(*(keys[i] for i in scored))
+            tables.append(predictions.scored_table(image_ids, sources, indexes, classes, probs,
+                                                   hashes))
         if tables:
             yield pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 

@@ -17,9 +17,17 @@ Parquet or tar; per bucket of a few thousand files for `--input_format=images`),
   error_stage    string         null, or where the record failed: parse, decode, inference,
                                 invalid_output
   error_message  string         why it failed
+  image_hash     uint64         `content_hash` of the image bytes the teacher was given (null
+                                when the record had none: parse failures, damaged files)
 
 The run's settings (`TableMetadata`: teacher, class count, classes stored per row, input
-pattern and format) are in every file's key-value metadata under `ns_data.predictions`. A row
+pattern and format) are in every file's key-value metadata under `ns_data.predictions`, and
+what each input file held when the teacher read it (`InputFile`: records and bytes; not for
+`--input_format=images`, whose files hold one image each) under `ns_data.inputs`. The writing
+pass (of `label_and_balance` and of `rebalance`, which may run long after) checks both against
+the input before it writes: a file whose size and record count changed is refused, and so is a
+selected image whose bytes no longer have its row's hash. Tables of format version 1, written
+before these checks, have neither; they are read as they are, unchecked. A row
 holds no image bytes, so selection (`select.py`) reads only these small columns, and the writing
 pass (`write.py`) pairs each table file with its own input file(s) — no shuffle needed to bring
 an image and its prediction together. pandas, DuckDB or BigQuery open the files as they are:
@@ -32,7 +40,7 @@ import hashlib
 import io
 import json
 import posixpath
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -45,11 +53,14 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from ns_data.records import STAGE_OUTPUT, Prediction
+from ns_data.records import STAGE_FILE, STAGE_OUTPUT, Prediction
 
 PREDICTIONS_PREFIX = "predictions"
 METADATA_KEY = b"ns_data.predictions"
-FORMAT_VERSION = 1
+INPUTS_KEY = b"ns_data.inputs"
+# 2: the image_hash column and the input files' records and sizes (INPUTS_KEY).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 ID = "id"
 SOURCE = "source"
@@ -60,6 +71,7 @@ TOPK_CLASSES = "topk_classes"
 TOPK_PROBS = "topk_probs"
 ERROR_STAGE = "error_stage"
 ERROR_MESSAGE = "error_message"
+IMAGE_HASH = "image_hash"
 
 SCHEMA = pa.schema([
     (ID, pa.binary()),
@@ -71,10 +83,12 @@ SCHEMA = pa.schema([
     (TOPK_PROBS, pa.list_(pa.float32())),
     (ERROR_STAGE, pa.string()),
     (ERROR_MESSAGE, pa.string()),
+    (IMAGE_HASH, pa.uint64()),
 ])
 # Encodings measured on 100k rows of 1,000-class top-10 predictions: dictionary codes for the
 # low-cardinality integer columns, byte-stream-split for floats (their exponent bytes compress),
-# deltas for the sorted record index; zstd on top. ~50 bytes a row without the id.
+# deltas for the sorted record index; zstd on top. ~50 bytes a row without the id, ~58 with
+# the image hash (8 random bytes, incompressible).
 _DICTIONARY = [SOURCE, LABEL, f"{TOPK_CLASSES}.list.element", ERROR_STAGE]
 _ENCODINGS = {INDEX: "DELTA_BINARY_PACKED", CONFIDENCE: "BYTE_STREAM_SPLIT",
               f"{TOPK_PROBS}.list.element": "BYTE_STREAM_SPLIT"}
@@ -122,14 +136,61 @@ class TableMetadata:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
+    @property
+    def checks_input(self) -> bool:
+        """Whether the table records what its input held (format 2 on), so a writing pass can
+        tell a changed input from the one scored."""
+        return self.version >= 2
+
     @classmethod
     def from_json(cls, text: str | bytes) -> TableMetadata:
         fields = json.loads(text)
-        if fields.get("version") != FORMAT_VERSION:
+        if fields.get("version") not in READABLE_VERSIONS:
             raise ValueError(f"predictions table format version {fields.get('version')} is not "
-                             f"the supported {FORMAT_VERSION}")
+                             f"one of the supported {READABLE_VERSIONS}")
         fields["image_shape"] = tuple(fields.get("image_shape", ()))
         return cls(**fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputFile:
+    """An input file as the teacher pass read it.
+
+    Attributes:
+      path: the file (the table's `source`).
+      records: its records read: the table's rows of it, less a `damaged_file` row.
+      size: its size in bytes when the run listed its input.
+    """
+
+    path: str
+    records: int
+    size: int
+
+    @staticmethod
+    def to_json(files: Sequence[InputFile]) -> str:
+        return json.dumps([dataclasses.asdict(f) for f in sorted(files, key=lambda f: f.path)],
+                          sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str | bytes) -> list[InputFile]:
+        return [InputFile(**fields) for fields in json.loads(text)]
+
+
+def content_hash(data: bytes) -> int:
+    """A 64-bit hash of image bytes (`image_hash`): tells a replaced image from the scored one.
+
+    blake2b, 8-byte digest: 235 us for a 90 KB JPEG, ~4% of its 6.4 ms Pillow decode to 224x224
+    (one loaded core; SHA-256 with the CPU's SHA extensions took 87 us, but Dataflow's older
+    Intel workers lack them, where blake2b is the faster one), 2.6 us for a 400-byte PNG.
+    """
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+def input_files(table: pa.Table) -> list[InputFile] | None:
+    """The `InputFile`s a table file's metadata records; None when it records none (format 1,
+    or image files)."""
+    text = (table.schema.metadata or {}).get(INPUTS_KEY)
+    return None if text is None else InputFile.from_json(text)
 
 
 def table_pattern(table_dir: str) -> str:
@@ -181,14 +242,16 @@ def to_table(predictions: Sequence[Prediction]) -> pa.Table:
         pa.ListArray.from_arrays(offsets, pa.array(flat_probs), mask=mask),
         pa.array([p.stage for p in rows], pa.string()),
         pa.array([p.message for p in rows], pa.string()),
+        pa.array([p.image_hash for p in rows], pa.uint64()),
     ], schema=SCHEMA)
 
 
 def scored_table(image_ids: Sequence[bytes], sources: Sequence[str], indexes: Sequence[int],
-                 classes: np.ndarray, probs: np.ndarray) -> pa.Table:
+                 classes: np.ndarray, probs: np.ndarray,
+                 hashes: Sequence[int | None] | None = None) -> pa.Table:
     """Scored rows in `SCHEMA` (not sorted), from columns: the top classes [n, k] of each image
-    and their probabilities [n, k], most probable first. The teacher pass's fast path: no
-    Python object per image."""
+    and their probabilities [n, k], most probable first, and the `content_hash` of each image
+    (None: not known). The teacher pass's fast path: no Python object per image."""
     n, k = classes.shape
     offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
     nulls = pa.nulls(n, pa.string())
@@ -202,20 +265,25 @@ def scored_table(image_ids: Sequence[bytes], sources: Sequence[str], indexes: Se
         pa.ListArray.from_arrays(offsets, pa.array(probs.reshape(-1).astype(np.float32))),
         nulls,
         nulls,
+        pa.array(hashes, pa.uint64()) if hashes is not None else pa.nulls(n, pa.uint64()),
     ], schema=SCHEMA)
 
 
-def write_table_file(path: str, predictions: Sequence[Prediction],
-                     metadata: TableMetadata) -> int:
+def write_table_file(path: str, predictions: Sequence[Prediction], metadata: TableMetadata,
+                     inputs: Sequence[InputFile] | None = None) -> int:
     """Writes one table file (temp name, then renamed); returns its size in bytes."""
-    return write_arrow_table(path, to_table(predictions), metadata)
+    return write_arrow_table(path, to_table(predictions), metadata, inputs)
 
 
-def write_arrow_table(path: str, table: pa.Table, metadata: TableMetadata) -> int:
-    """Writes rows already in `SCHEMA` (sorted by source, index) as one table file."""
+def write_arrow_table(path: str, table: pa.Table, metadata: TableMetadata,
+                      inputs: Sequence[InputFile] | None = None) -> int:
+    """Writes rows already in `SCHEMA` (sorted by source, index) as one table file, with what
+    its input files held (`inputs`; None: not recorded)."""
     if not table.schema.equals(SCHEMA):
         raise ValueError(f"rows must have the predictions schema, got {table.schema}")
-    table = table.replace_schema_metadata({METADATA_KEY: metadata.to_json()})
+    table = table.replace_schema_metadata({
+        METADATA_KEY: metadata.to_json(),
+        **({} if inputs is None else {INPUTS_KEY: InputFile.to_json(inputs)})})
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd", use_dictionary=_DICTIONARY,
                    column_encoding=_ENCODINGS, write_statistics=[LABEL, CONFIDENCE])
@@ -230,7 +298,8 @@ def write_arrow_table(path: str, table: pa.Table, metadata: TableMetadata) -> in
 
 
 def read_table_file(path: str, columns: Iterable[str] | None = None) -> pa.Table:
-    """Reads the given columns of one table file (all when None); only their bytes are read.
+    """Reads the given columns of one table file (all it has when None: a format 1 file has no
+    `image_hash`); only their bytes are read.
 
     A row that says it scored but is not a prediction of the file's teacher — a label outside
     0..num_classes-1, a confidence that is NaN, infinite or outside [0, 1] — comes back as a
@@ -239,13 +308,16 @@ def read_table_file(path: str, columns: Iterable[str] | None = None) -> pa.Table
     the same way: one dead letter, never a selected image or a crash. Our own teacher pass
     writes such outputs as failures already; this guards tables made or edited elsewhere.
     """
-    wanted = list(columns) if columns else list(SCHEMA.names)
-    read = wanted + [c for c in (LABEL, CONFIDENCE) if c not in wanted]
+    wanted = list(columns) if columns else None
+    read = None if wanted is None else wanted + [c for c in (LABEL, CONFIDENCE)
+                                                 if c not in wanted]
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         try:
             rows = pq.read_table(f, columns=read)
         except (pa.ArrowException, ValueError) as e:
             raise ValueError(f"{path} is not a predictions table file: {e}") from e
+    if wanted is None:
+        wanted = rows.column_names
     invalid, messages = _invalid_rows(rows, path)
     if TOPK_PROBS in wanted and TOPK_CLASSES in wanted:
         _check_topk(rows, invalid, path)
@@ -392,8 +464,19 @@ class _TablePieces(beam.DoFn):
 _PIECE_ROWS = 65_536
 
 
+def inputs_of(rows: pa.Table, sizes: Mapping[str, int]) -> list[InputFile]:
+    """The `InputFile` of each source of `rows` (one table file's) whose size is in `sizes`."""
+    sources = rows.column(SOURCE).to_numpy(zero_copy_only=False)
+    read = rows.column(ERROR_STAGE).to_numpy(zero_copy_only=False) != STAGE_FILE
+    names, counts = np.unique(sources[read], return_counts=True)
+    records = dict(zip(names.tolist(), counts.tolist()))
+    return [InputFile(source, records.get(source, 0), sizes[source])
+            for source in sorted(set(sources.tolist())) if source in sizes]
+
+
 class _WriteTableFile(beam.DoFn):
-    """(group, table pieces) → the table file's path, written."""
+    """(group, table pieces) → the table file's path, written (with its `InputFile`s when
+    given the input's sizes)."""
 
     def __init__(self, table_dir: str, metadata: TableMetadata):
         self._table_dir = table_dir
@@ -407,12 +490,13 @@ class _WriteTableFile(beam.DoFn):
             if not FileSystems.exists(self._table_dir):
                 raise
 
-    def process(self, element):
+    def process(self, element, sizes: Mapping[str, int] | None = None):
         group, pieces = element
         rows = pa.concat_tables(list(pieces)).sort_by([(SOURCE, "ascending"),
                                                        (INDEX, "ascending")])
         path = table_file(self._table_dir, group)
-        self._bytes.inc(write_arrow_table(path, rows, self._metadata))
+        inputs = None if sizes is None else inputs_of(rows, sizes)
+        self._bytes.inc(write_arrow_table(path, rows, self._metadata, inputs))
         yield path
 
 
@@ -421,24 +505,30 @@ class WritePredictions(beam.PTransform):
     predictions table; returns the PCollection of its file paths.
 
     Predictions are grouped by input file (by path bucket for image files) — a shuffle of small
-    Arrow tables, no image bytes — and each group becomes one Parquet file.
+    Arrow tables, no image bytes — and each group becomes one Parquet file. With `input_sizes`,
+    (path, bytes) of every input file as listed before reading, each file records its inputs'
+    `InputFile`s.
     """
 
-    def __init__(self, table_dir: str, metadata: TableMetadata, image_buckets: int = 1):
+    def __init__(self, table_dir: str, metadata: TableMetadata, image_buckets: int = 1,
+                 input_sizes: beam.PCollection | None = None):
         super().__init__()
         if image_buckets < 1:
             raise ValueError(f"image_buckets must be >= 1, got {image_buckets}")
         self._table_dir = table_dir
         self._metadata = metadata
         self._image_buckets = image_buckets
+        self._input_sizes = input_sizes
 
     def expand(self, predictions):
         return (predictions
                 | "ByInputFile" >> beam.ParDo(_TablePieces(self._metadata.input_format,
                                                            self._image_buckets))
                 | "GroupByInputFile" >> beam.GroupByKey()
-                | "WriteTableFiles" >> beam.ParDo(_WriteTableFile(self._table_dir,
-                                                                  self._metadata)))
+                | "WriteTableFiles" >> beam.ParDo(
+                    _WriteTableFile(self._table_dir, self._metadata),
+                    *([] if self._input_sizes is None
+                      else [beam.pvalue.AsDict(self._input_sizes)])))
 
 
 def describe_difference(a: TableMetadata, b: TableMetadata) -> str:

@@ -258,10 +258,12 @@ _FRAME_BYTES = 16  # a TFRecord frame's length, its checksum and the data's chec
 
 class ReadResult(NamedTuple):
     """ReadImages' outputs, in batches: [RawImage], and the records that did not parse as
-    tables of failed predictions rows (`predictions.SCHEMA`)."""
+    tables of failed predictions rows (`predictions.SCHEMA`); and (path, bytes) of every input
+    file as listed before it was read, which the predictions table records."""
 
     images: beam.PCollection
     failed: beam.PCollection
+    file_sizes: beam.PCollection
 
 
 class ReadImages(beam.PTransform):
@@ -342,4 +344,6 @@ class ReadImages(beam.PTransform):
         if broken:
             links = pbegin | "BrokenLinks" >> beam.Create([predictions.to_table(broken)])
             failed = (failed, links) | "AllFailed" >> beam.Flatten()
-        return ReadResult(read["images"], failed)
+        file_sizes = matched | "FileSizes" >> beam.Map(
+            lambda metadata: (metadata.path, metadata.size_in_bytes))
+        return ReadResult(read["images"], failed, file_sizes)

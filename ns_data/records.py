@@ -45,6 +45,8 @@ class Prediction:
       probs: their probabilities, not renormalised (float32 [k]); None on failure.
       stage: the dead-letter stage on failure (`STAGE_*`), else None.
       message: why it failed, else None.
+      image_hash: `predictions.content_hash` of the image bytes scored (None when the record
+        had no image bytes: it did not parse, or its file is damaged).
     """
 
     source: str
@@ -54,6 +56,7 @@ class Prediction:
     probs: np.ndarray | None = None
     stage: str | None = None
     message: str | None = None
+    image_hash: int | None = None
 
     @property
     def ok(self) -> bool:

@@ -42,7 +42,7 @@ from ns_data.lazy import tf
 from ns_data.read import ParseFailure, parse_image_record
 from ns_data.records import STAGE_FILE, STAGE_PARSE
 from ns_data.select import file_copies
-from ns_data.tfrecord import iter_records
+from ns_data.tfrecord import CorruptRecordError, iter_records
 
 PSEUDO_LABEL_PREFIX = "pseudo_labels"
 DEAD_LETTER_PREFIX = "dead_letters"
@@ -221,10 +221,13 @@ class OutputSpec:
 
 
 class _Rows:
-    """The table rows the writing pass emits something for, as Python values and flat arrays."""
+    """The table rows the writing pass emits something for, as Python values and flat arrays
+    (`hashes`: None for a table of format 1, which has no image hashes)."""
 
     def __init__(self, rows: pa.Table):
         self.ids = rows.column(table.ID).to_pylist()
+        self.hashes = (rows.column(table.IMAGE_HASH).to_pylist()
+                       if table.IMAGE_HASH in rows.column_names else None)
         self.sources = rows.column(table.SOURCE).to_pylist()
         self.indices = rows.column(table.INDEX).to_pylist()
         self.stages = rows.column(table.ERROR_STAGE).to_pylist()
@@ -299,13 +302,60 @@ def check_one_row_per_record(rows: pa.Table, path: str) -> None:
                          "beam_jobs.label_and_balance")
 
 
+def records_now(source: str, input_format: str, columns: formats.Columns) -> int:
+    """The records a reader finds in an input file now, counted as `InputFile.records` counts
+    them: up to where a damaged file stops being readable."""
+    if input_format in formats.FORMATS:
+        return formats.count_samples(source, input_format, columns)
+    count = 0
+    try:
+        for _ in iter_records(source):
+            count += 1
+    except CorruptRecordError:
+        pass
+    return count
+
+
+def check_inputs(rows: pa.Table, path: str, metadata: table.TableMetadata) -> None:
+    """Refuses a table file whose input files no longer hold what the teacher pass read
+    (`predictions.InputFile`): a file that is gone, or whose size and record count changed —
+    records appended, or cut. A size change with the same record count (a Parquet file
+    rewritten with other compression, a record edited in place) is left to the record checks:
+    each record's id, and each written image's hash.
+
+    Raises:
+      ValueError: naming the file, its records then and now, and the table file.
+    """
+    for recorded in table.input_files(rows) or ():
+        try:
+            size = FileSystems.get_filesystem(recorded.path).metadata(recorded.path).size_in_bytes
+        except OSError as e:
+            raise ValueError(f"{recorded.path}, an input file of the predictions table {path}, "
+                             f"cannot be read ({type(e).__name__}: {e}): the input changed "
+                             "since the table was written") from e
+        if size == recorded.size:
+            continue
+        now = records_now(recorded.path, metadata.input_format, formats.table_columns(metadata))
+        if now != recorded.records:
+            raise ValueError(f"the input changed since the table was written: {recorded.path} "
+                             f"had {recorded.records} records ({recorded.size} bytes), now "
+                             f"{now} ({size} bytes); rerun beam_jobs.label_and_balance on it "
+                             f"(predictions table file {path})")
+
+
 class _PairWithImages(beam.DoFn):
     """Table file → its records' copies and dead letters, keyed for the shard shuffle.
 
     Reads the table file, decides each row's copies, then reads the input records the table
     names (in file order, once) and serializes what is to be written. A table whose rows are
-    not one per record, or an input whose record no longer matches the table (another id,
-    missing, or the file unreadable) fails the job: the table describes other data.
+    not one per record, or an input that no longer holds what the table describes (a file with
+    records appended or cut, a record with another id, an image whose bytes are not the ones
+    scored, a file missing or unreadable) fails the job: the table describes other data.
+
+    A replaced image fails the job rather than becoming a dead letter: the selection already
+    gave its class exactly K records from the old scores, so dropping it would leave the class
+    short and stats.json unreconciled; and an input rewritten in place after scoring makes the
+    file's other scores suspect too. Rerunning the teacher on the changed input is the fix.
     """
 
     def __init__(self, spec: OutputSpec, metadata: table.TableMetadata):
@@ -318,6 +368,7 @@ class _PairWithImages(beam.DoFn):
         rows = table.read_table_file(path)
         table.check_metadata(rows, path, self._metadata)
         check_one_row_per_record(rows, path)
+        check_inputs(rows, path, self._metadata)
         copies = file_copies(rows, path, plans, tie_starts, self._spec.min_confidence,
                              self._spec.seed)
         failed = rows.column(table.ERROR_STAGE).is_valid().to_numpy(zero_copy_only=False)
@@ -334,6 +385,7 @@ class _PairWithImages(beam.DoFn):
                 yield from batches.add(*self._dead_letter(picked, i, None, chunks))
             else:
                 by_source.setdefault(source, {})[index] = i
+        changed = []
         for source, rows_at in by_source.items():
             try:
                 for index, serialized in self._read(source, rows_at, path):
@@ -342,6 +394,10 @@ class _PairWithImages(beam.DoFn):
                         yield from batches.add(*self._dead_letter(picked, i, serialized, chunks))
                         continue
                     encoded = self._encoded(serialized, picked.ids[i], source, index, path)
+                    recorded = picked.hashes[i] if picked.hashes else None
+                    if recorded is not None and table.content_hash(encoded) != recorded:
+                        changed.append((source, index, picked.ids[i]))
+                        continue
                     for key, value in self._copies_of(picked, i, encoded,
                                                       int(copies[wanted[i]]), chunks):
                         yield from batches.add(key, value)
@@ -349,6 +405,13 @@ class _PairWithImages(beam.DoFn):
                 raise ValueError(f"{source}, an input file of the predictions table {path}, "
                                  f"cannot be read ({type(e).__name__}: {e}): the input changed "
                                  "since the table was written") from e
+        if changed:
+            source, index, image_id = changed[0]
+            raise ValueError(f"{source} record {index} (id {image_id.decode(errors='replace')}):"
+                             " image bytes changed since scoring, so the predictions table "
+                             f"{path} has another image's label for it ({len(changed)} such "
+                             "image(s) selected in this table file): the input changed since "
+                             "the table was written; rerun beam_jobs.label_and_balance on it")
         yield from batches.flush()
 
     def _read(self, source: str, rows_at: Mapping[int, int], path: str):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import shutil
 
@@ -283,3 +284,54 @@ def test_runaway_copies_are_refused_by_default_and_allowed_with_max_copies_0(tmp
     assert completion.is_complete(out)
     assert ("warning: class 0 writes one image up to 134 times (more than 10): few of its images "
             "pass --min_confidence for --images_per_class=400") in capsys.readouterr().out
+
+
+def test_records_appended_or_an_image_replaced_since_the_table_are_refused(tmp_path):
+    images = corpus()[:12]  # class 0, every one written once below
+    first, _ = run_fake(tmp_path, images, "--label_type=hard")
+    source = str(tmp_path / "input.tfrecord")
+    size = os.path.getsize(source)
+    argv = [f"--predictions={first}/predictions", "--runner=DirectRunner", "--label_type=hard",
+            "--images_per_class=12", "--min_confidence=0", "--no_duplicate"]
+    fakes.write_images(source, images + corpus()[12:15])
+    with pytest.raises(ValueError, match=(
+            f"^the input changed since the table was written: {source} had 12 records "
+            rf"\({size} bytes\), now 15 \({os.path.getsize(source)} bytes\); rerun "
+            r"beam_jobs.label_and_balance on it \(predictions table file .*\.parquet\)")):
+        rebalance.run([*argv, f"--output_dir={tmp_path}/appended"])
+    assert not completion.is_complete(str(tmp_path / "appended"))
+    # Record 3 keeps its id but holds another image (one the teacher gives another class).
+    other = fakes.fake_image(3, (images[3].label + 1) % fakes.NUM_CLASSES, images[3].code)
+    assert other.image_id == images[3].image_id and other.encoded != images[3].encoded
+    fakes.write_images(source, [*images[:3], other, *images[4:]])
+    with pytest.raises(ValueError, match=(
+            f"^{source} record 3 \\(id img-000003\\): image bytes changed since scoring, so the "
+            r"predictions table .* has another image's label for it \(1 such image\(s\) "
+            "selected in this table file\\): the input changed since the table was written")):
+        rebalance.run([*argv, f"--output_dir={tmp_path}/replaced"])
+    assert not completion.is_complete(str(tmp_path / "replaced"))
+    fakes.write_images(source, images)  # as it was: the same table serves again
+    rebalance.run([*argv, f"--output_dir={tmp_path}/restored"])
+    assert stats.read_stats(str(tmp_path / "restored"))["totals"]["written"] == 12
+
+
+def test_a_format_1_table_is_read_unchecked_with_a_warning(tmp_path, caplog):
+    images = corpus()[:12]
+    first, _ = run_fake(tmp_path, images, "--label_type=hard")
+    table_dir = os.path.join(first, "predictions")
+    for name in os.listdir(table_dir):
+        if name.endswith(".parquet"):  # as a run before image hashes wrote it
+            path = os.path.join(table_dir, name)
+            meta = dataclasses.replace(predictions.read_metadata(path), version=1)
+            rows = pq.read_table(path).drop_columns([predictions.IMAGE_HASH])
+            pq.write_table(rows.replace_schema_metadata(
+                {predictions.METADATA_KEY: meta.to_json()}), path)
+    fakes.write_images(tmp_path / "input.tfrecord", images + corpus()[12:15])
+    out = str(tmp_path / "re")
+    rebalance.run([f"--predictions={table_dir}", f"--output_dir={out}", "--runner=DirectRunner",
+                   "--label_type=hard", "--images_per_class=12", "--min_confidence=0",
+                   "--no_duplicate"])
+    assert stats.read_stats(out)["totals"]["written"] == 12  # the appended 3 go unnoticed
+    assert completion.is_complete(out)
+    warning, = [r.getMessage() for r in caplog.records if "format 1" in r.getMessage()]
+    assert "written before tables recorded their input files' sizes and image hashes" in warning

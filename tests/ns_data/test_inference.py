@@ -12,7 +12,8 @@ from PIL import Image
 
 from ns_data import devices, inference
 from ns_data.images import ImageSpec, decode_and_resize
-from ns_data.predictions import ERROR_MESSAGE, ERROR_STAGE, INDEX, LABEL
+from ns_data.predictions import (ERROR_MESSAGE, ERROR_STAGE, IMAGE_HASH, INDEX, LABEL,
+                                 content_hash)
 from ns_data.records import STAGE_DECODE, RawImage
 
 SPEC = ImageSpec(12, 10, 1)
@@ -57,7 +58,9 @@ def test_decode_batches_good_images_and_fails_bad_ones_per_image(decoder, gpu_se
     images = raw_images(encoded("PNG", 0), b"not an image", encoded("JPEG", 1), b"",
                         encoded("PNG", 2, shape=(200, 100, 3)))
     (keys, pixels), failed = decode(decoder, images)
-    assert keys == [("in.tfrecord", 0, b"id0"), ("in.tfrecord", 2, b"id2")]
+    # Each key carries its image's hash, for the table's image_hash column.
+    assert keys == [("in.tfrecord", 0, b"id0", content_hash(images[0].encoded)),
+                    ("in.tfrecord", 2, b"id2", content_hash(images[2].encoded))]
     assert pixels.shape == (2, *SPEC.shape) and pixels.dtype == np.uint8
     want = decode_and_resize(images[0].encoded, SPEC).numpy()
     if decoder == "tf":  # the trainer's own pixels
@@ -66,6 +69,7 @@ def test_decode_batches_good_images_and_fails_bad_ones_per_image(decoder, gpu_se
     assert [(f[INDEX], f[ERROR_STAGE], f[LABEL]) for f in failed] == [
         (1, STAGE_DECODE, None), (3, STAGE_DECODE, None), (4, STAGE_DECODE, None)]
     assert failed[1][ERROR_MESSAGE] == "ValueError: empty image bytes"
+    assert [f[IMAGE_HASH] for f in failed] == [content_hash(images[i].encoded) for i in (1, 3, 4)]
     assert ("100x200, over the limit of 10000 pixels (--max_image_pixels)"
             in failed[2][ERROR_MESSAGE])
 

@@ -52,7 +52,10 @@ def test_metadata_round_trip_and_refusals(tmp_path):
     assert table.TableMetadata.from_json(META.to_json()) == META
     assert not META.dense and table.TableMetadata("i", "images", 3, 3).dense
     with pytest.raises(ValueError, match="format version 99"):
-        table.TableMetadata.from_json(META.to_json().replace('"version": 1', '"version": 99'))
+        table.TableMetadata.from_json(META.to_json().replace('"version": 2', '"version": 99'))
+    # Format 1 (no image hashes, no input records) is still read, and says it checks nothing.
+    old = table.TableMetadata.from_json(META.to_json().replace('"version": 2', '"version": 1'))
+    assert old.version == 1 and not old.checks_input and META.checks_input
     with pytest.raises(ValueError, match="topk must be in 1..num_classes=4"):
         table.TableMetadata("i", "tfrecord", num_classes=4, topk=5)
     path = str(tmp_path / "p.parquet")
@@ -81,14 +84,16 @@ def test_top10_of_1000_classes_costs_under_64_bytes_a_row(tmp_path):
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs = (probs / probs.sum(1, keepdims=True)).astype(np.float32)
     meta = table.TableMetadata(input="i", input_format="tfrecord", num_classes=c, topk=10)
-    rows = [Prediction("gs://bucket/unlabeled-00001-of-01024.tfrecord", i, b"", *table.topk(p, 10))
-            for i, p in enumerate(probs)]
+    hashes = rng.integers(0, 2**63, n)  # random, as image hashes are: 8 bytes that do not shrink
+    rows = [Prediction("gs://bucket/unlabeled-00001-of-01024.tfrecord", i, b"", *table.topk(p, 10),
+                       image_hash=int(h)) for i, (p, h) in enumerate(zip(probs, hashes))]
     path = str(tmp_path / "p.parquet")
     table.write_table_file(path, rows, meta)
     metadata = pq.ParquetFile(path).metadata
     data = sum(metadata.row_group(g).column(i).total_compressed_size
                for g in range(metadata.num_row_groups) for i in range(metadata.num_columns)
                if metadata.row_group(g).column(i).path_in_schema != table.ID)
+    print(f"{data / n:.1f} bytes a row without its id")
     assert data / n <= 64, data / n
 
 
@@ -151,3 +156,43 @@ def test_write_predictions_groups_image_files_into_buckets(tmp_path):
         for source in table.read_table_file(table.table_file(out, bucket))[table.SOURCE]:
             written[source.as_py()] = bucket
     assert written == {r.source: table.image_bucket(r.source, 3) for r in rows}
+
+
+def test_content_hash_is_a_stable_64_bit_hash_of_the_bytes():
+    assert table.content_hash(b"png bytes") == table.content_hash(b"png bytes")
+    assert table.content_hash(b"png bytes") != table.content_hash(b"png bytez")
+    # blake2b-64 of nothing, its published value: the hash is fixed, tables outlive processes
+    assert table.content_hash(b"") == 0xE4A6A0577479B2B4
+    assert all(0 <= table.content_hash(bytes([i])) < 2**64 for i in range(256))
+
+
+def test_a_table_file_records_its_inputs_and_each_images_hash(tmp_path):
+    rows = [Prediction("a", 0, b"i0", *table.topk(np.float32([0.7, 0.1, 0.1, 0.1]), 2),
+                       image_hash=2**64 - 1),
+            Prediction("a", 1, b"bad", stage="decode", message="x", image_hash=5),
+            Prediction("a", 2, b"a#2", stage="damaged_file", message="truncated"),
+            Prediction("b", 0, b"p", stage="parse", message="not an Example"),
+            Prediction("c", 0, b"c", stage="parse", message="not listed")]
+    inputs = table.inputs_of(table.to_table(rows), {"a": 300, "b": 40})
+    # A damaged file's last row stands for its unreadable rest, not a record; a file the run
+    # did not list (a broken symlink) has no size to record.
+    assert inputs == [table.InputFile("a", 2, 300), table.InputFile("b", 1, 40)]
+    path = str(tmp_path / "predictions-x.parquet")
+    table.write_table_file(path, rows, META, inputs)
+    read = table.read_table_file(path)
+    assert table.input_files(read) == inputs
+    assert read.column(table.IMAGE_HASH).to_pylist() == [2**64 - 1, 5, None, None, None]
+    table.write_table_file(path, rows, META)
+    assert table.input_files(table.read_table_file(path)) is None
+
+
+def test_a_format_1_table_without_hashes_is_read_as_it_is(tmp_path):
+    path = str(tmp_path / "predictions-x.parquet")
+    table.write_table_file(path, [ok("a", 0, [0.5, 0.2, 0.2, 0.1])], META)
+    old_meta = table.dataclasses.replace(META, version=1)
+    rows = pq.read_table(path).drop_columns([table.IMAGE_HASH])
+    pq.write_table(rows.replace_schema_metadata({table.METADATA_KEY: old_meta.to_json()}), path)
+    read = table.read_table_file(path)
+    assert read.column_names == table.SCHEMA.names[:-1]
+    assert read.column(table.LABEL).to_pylist() == [0]
+    assert table.read_metadata(path) == old_meta and table.input_files(read) is None

@@ -24,7 +24,7 @@ from ns_data import write as write_module
 from ns_data.balance import id_hash
 from ns_data.write import (DEFAULT_CHUNK_RECORDS, OutputSpec, WriteShuffledShards,
                            chunks_per_shard, shard_key, shard_path)
-from tests.data_files import read_tfrecords
+from tests.data_files import read_tfrecords, write_tfrecord
 
 PREFIX = "recs"
 
@@ -226,3 +226,31 @@ def test_a_table_file_must_have_one_row_per_record_of_each_input():
         write_module.check_one_row_per_record(_rows(("a", 0), ("b", 0), ("b", 1), ("b", 1)), "t")
     with pytest.raises(ValueError, match="has no row for record 1 of a"):
         write_module.check_one_row_per_record(_rows(("a", 0), ("a", 2)), "t")
+
+
+def test_an_input_file_whose_size_and_records_changed_since_the_table_is_refused(tmp_path):
+    records = [b"record-%d" % i for i in range(4)]
+    source = write_tfrecord(tmp_path / "in.tfrecord", records)
+    meta = predictions.TableMetadata(input=source, input_format="tfrecord", num_classes=2,
+                                     topk=2)
+    recorded = predictions.InputFile(source, 4, os.path.getsize(source))
+    rows = _rows(*[(source, i) for i in range(4)]).replace_schema_metadata(
+        {predictions.INPUTS_KEY: predictions.InputFile.to_json([recorded])})
+    write_module.check_inputs(rows, "t.parquet", meta)  # unchanged
+    write_tfrecord(source, records[:3] + [b"record-X"])  # same records, same size: the
+    write_module.check_inputs(rows, "t.parquet", meta)  # record checks see the content
+    write_tfrecord(source, records[:3] + [b"record-3, longer now"])
+    write_module.check_inputs(rows, "t.parquet", meta)  # other size, same records: likewise
+    write_tfrecord(source, records + records[:2])
+    with pytest.raises(ValueError) as e:
+        write_module.check_inputs(rows, "t.parquet", meta)
+    assert str(e.value) == (
+        f"the input changed since the table was written: {source} had 4 records "
+        f"({recorded.size} bytes), now 6 ({os.path.getsize(source)} bytes); rerun "
+        "beam_jobs.label_and_balance on it (predictions table file t.parquet)")
+    os.remove(source)
+    with pytest.raises(ValueError, match=f"^{source}, an input file of the predictions table "
+                                         r"t.parquet, cannot be read \(BeamIOError: .*\): the "
+                                         "input changed since the table was written$"):
+        write_module.check_inputs(rows, "t.parquet", meta)
+    write_module.check_inputs(_rows((source, 0)), "t.parquet", meta)  # none recorded: format 1
