@@ -188,7 +188,10 @@ def add_balance_args(parser) -> None:
                    help="Keep images whose top-1 probability is at least this "
                    "(default: %(default)s).")
     g.add_argument("--images_per_class", type=positive_int, default=130_000,
-                   help="K: images per class after balancing (default: %(default)s).")
+                   help="K: records per class after balancing; a class with fewer images "
+                   "above --min_confidence has them duplicated up to K (--max_copies bounds "
+                   "the copies of one image). Set it for your corpus: about unlabeled images "
+                   "/ classes (default: %(default)s, the paper's ImageNet value).")
     g.add_argument("--no_duplicate", action="store_true",
                    help="Cap classes at K without duplicating images of smaller classes.")
     g.add_argument("--seed", type=seed, default=0,

@@ -107,7 +107,8 @@ def check_copies(classes: Iterable[Mapping[str, Any]], max_copies: int, output_d
     if max_copies and worst and worst["max_copies"] > max_copies:
         raise TooManyCopiesError(
             f"class {worst['class']} would be {worst['written']} records from "
-            f"{worst['kept']} images, up to {worst['max_copies']} copies of one image, more "
+            f"{worst['kept']} image{'' if worst['kept'] == 1 else 's'}, up to "
+            f"{worst['max_copies']} copies of one image, more "
             f"than --max_copies={max_copies}: no shard was written to {output_dir}. Lower "
             "--images_per_class or --min_confidence, pass --no_duplicate, or --max_copies=0 "
             f"for no limit. The predictions table {table} is complete: `python -m "

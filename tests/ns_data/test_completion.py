@@ -90,6 +90,10 @@ def test_copies_above_the_limit_fail_naming_the_worst_class_and_zero_means_no_li
                 "`python -m beam_jobs.rebalance --predictions=t/predictions`"):
         assert fix in message
     assert "\n" not in message
+    with pytest.raises(completion.TooManyCopiesError, match="^class 0 would be 130000 records "
+                                                           "from 1 image, up to 130000 copies"):
+        completion.check_copies([{"class": 0, "kept": 1, "written": 130000,
+                                  "max_copies": 130000}], 100, "out", "t")
     assert issubclass(completion.TooManyCopiesError, completion.RunCheckError)
     assert completion.DEFAULT_MAX_COPIES == 100
 
