@@ -80,7 +80,7 @@ def mark_table(counts: TableCounts, table_dir: str, job: str,
     return counts
 
 
-def check_copies(_, plans: Mapping[int, ClassPlan], max_copies: int, output_dir: str,
+def checked_plans(_, plans: Mapping[int, ClassPlan], max_copies: int, output_dir: str,
                  table: str):
     """Yields the plans, (label, ClassPlan), once none writes one image more than `max_copies`
     times (`completion.check_copies`)."""
@@ -117,7 +117,7 @@ def select_and_write(paths: beam.PCollection, output_dir: str, config: BalanceCo
     # The writing pass takes the checked plans as a side input, so it starts only once they
     # pass, and the table is marked first (the check reads the marked counts).
     plans = counts | "CheckCopies" >> beam.FlatMap(
-        check_copies, beam.pvalue.AsDict(selection.plans), config.max_copies, output_dir, table)
+        checked_plans, beam.pvalue.AsDict(selection.plans), config.max_copies, output_dir, table)
     shards = paths | "WriteLabeledShards" >> WriteLabeledShards(
         output_dir, config.output_spec(), metadata, plans, selection.tie_starts, counts)
     return shards | "WriteStats" >> stats.WriteRunStats(
