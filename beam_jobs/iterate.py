@@ -48,6 +48,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ns_data.fashion_mnist import DEFAULT_DIR as FASHION_MNIST_DIR
+from ns_data.lazy import tf
 
 if TYPE_CHECKING:  # they import TensorFlow; --help does not need it
     from beam_jobs.label_and_balance import LabelAndBalanceConfig
@@ -265,7 +266,6 @@ def resolve_data(config: LoopConfig, data: LoopData) -> LoopData:
                       ("test", "test"))},
             unlabeled_truth=data.unlabeled_truth or posixpath.join(prepared,
                                                                    "unlabeled_truth.csv"))
-    import tensorflow as tf  # noqa: PLC0415 - keeps --help light
 
     missing = [f"--{flag}" for flag in ("labeled", "unlabeled", "eval")
                if not getattr(data, flag)]
@@ -365,7 +365,6 @@ def check_settings(config: LoopConfig, data: LoopData, k: int) -> None:
 
 
 def _count_records(pattern: str) -> int:
-    import tensorflow as tf  # noqa: PLC0415
 
     files = sorted(tf.io.gfile.glob(pattern))
     return int(tf.data.TFRecordDataset(files).reduce(tf.constant(0, tf.int64),
@@ -511,7 +510,6 @@ def run_loop(config: LoopConfig, given: LoopData) -> dict[str, Any]:
 
 def _done(output_dir: str) -> bool:
     """Whether a labeling run wrote its stats.json (it finished; rerunning skips it)."""
-    import tensorflow as tf  # noqa: PLC0415
 
     from ns_data import stats  # noqa: PLC0415
 
