@@ -56,7 +56,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from beam_jobs import cli
 from beam_jobs.cli import (InputOptions, OutputOptions, check_input, configure_logging,
                            input_columns, pipeline_options)
-from ns_data import formats, globs, schema
+from ns_data import formats, globs, schema, startup
 from ns_data import predictions as table
 from ns_data.balance import id_hash
 from ns_data.lazy import tf
@@ -366,7 +366,8 @@ def _help_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m beam_jobs.reshard", description=__doc__,
                                      allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Beam pipeline options are accepted as well.")
+                                     epilog="Beam pipeline options are accepted as well. "
+                                     + startup.HELP)
     cli.add_options_args(parser, InputOptions)
     cli.add_options_args(parser, OutputOptions)
     cli.add_options_args(parser, LabelOptions)
@@ -397,5 +398,6 @@ def run(argv: list[str] | None = None,
 
 
 if __name__ == "__main__":
+    startup.quiet_startup()
     configure_logging()
     sys.exit(cli.main(run, "reshard"))
