@@ -230,7 +230,8 @@ def test_bad_webdataset_samples_and_a_truncated_tar_become_dead_letters(tmp_path
         ("two.png", images[0].encoded), ("two.jpg", images[1].encoded),
         ("none.json", b"{}"), ("none.txt", b"caption"),
         ("empty.png", b""),
-        ("corrupt.png", b"\x89PNG\r\n\x1a\n-not-really")])
+        ("corrupt.png", b"\x89PNG\r\n\x1a\n-not-really"),
+        (f"{images[3].image_id.decode()}.png", images[5].encoded)])  # sample 3's key again
     keys = [im.image_id.decode() for im in images[10:]]
     truncated = write_webdataset(folder / "b.tar", [
         member for key, im in zip(keys, images[10:])
@@ -242,8 +243,8 @@ def test_bad_webdataset_samples_and_a_truncated_tar_become_dead_letters(tmp_path
                                      "--input_format=webdataset", "--images_per_class=1000",
                                      "--min_confidence=0", "--label_type=hard")
     totals = run_stats["totals"]
-    assert totals["read"] == 14 + 6 + 1
-    assert totals["failed"] == {"damaged_file": 1, "parse": 3, "decode": 1, "inference": 0,
+    assert totals["read"] == 15 + 6 + 1
+    assert totals["failed"] == {"damaged_file": 1, "parse": 4, "decode": 1, "inference": 0,
                                 "invalid_output": 0}
     assert totals["scored"] == 10 + 6
     assert {r.image_id for r in pseudo_labels(output_dir)} == {im.image_id
@@ -255,6 +256,12 @@ def test_bad_webdataset_samples_and_a_truncated_tar_become_dead_letters(tmp_path
                                 "(members: none.json, none.txt)")
     assert letters[b"empty"] == ("parse", f"{good} sample 12 (empty): an empty image")
     assert letters[b"corrupt"][0] == "decode"
+    key = images[3].image_id.decode()
+    assert letters[images[3].image_id] == ("parse", f"duplicate key {key} in {good}, first at "
+                                           f"member 3 (sample 3); this is sample 14 (members: "
+                                           f"{key}.png)")
+    assert {r.encoded for r in pseudo_labels(output_dir)
+            if r.image_id == images[3].image_id} == {images[3].encoded}  # the first sample's
     stage, message = letters[f"{truncated}#6".encode()]
     assert stage == "damaged_file" and message.startswith(
         f"{truncated}: tar cannot be read from sample 6 ({images[16].image_id.decode()}) on (")
