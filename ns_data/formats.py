@@ -4,8 +4,8 @@ Both passes of `label_and_balance` read these through `iter_samples` (`split_sam
 of a Parquet file), which yields every sample of one input file in file order with its index, so
 the predictions table can name an image by (input file, index) as it does a TFRecord: the teacher
 pass streams a whole tar or a split of a Parquet file, the writing pass (`read_wanted`) reads
-again only what it needs — the Parquet row groups that hold wanted rows, or the tar streamed up
-to the last wanted sample.
+again only what it needs — the Parquet row groups that hold wanted rows (split as the teacher
+pass splits the file), or the tar streamed up to the last wanted sample.
 
 Parquet: one image per row, in `Columns.image` (binary, or a struct with a `bytes` field as
 Hugging Face datasets store images); the id in `Columns.id` (string or binary as bytes, an

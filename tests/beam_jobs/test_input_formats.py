@@ -16,7 +16,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
 from beam_jobs import label_and_balance as job
 from beam_jobs import rebalance
-from ns_data import completion, formats, predictions, read, schema, stats
+from ns_data import completion, formats, pipeline, predictions, read, schema, stats, write
 from ns_data.images import truncation
 from tests import fakes
 from tests.beam_jobs.fake_runs import (K, SEED, corpus, expected_copies, output_files,
@@ -123,11 +123,30 @@ def test_parquet_files_read_in_splits_give_byte_identical_outputs(tmp_path, monk
     images = corpus()
     pattern = parquet_corpus(tmp_path / "pq", images)
     flags = [f"--input={pattern}", "--input_format=parquet", "--id_column=id"]
+    read_wanted = formats.read_wanted
+    calls = []  # the writing pass's reads: (file, wanted rows)
+
+    def recorded(source, input_format, columns, wanted, table_path):
+        calls.append((os.path.basename(source), sorted(wanted)))
+        return read_wanted(source, input_format, columns, wanted, table_path)
+
+    monkeypatch.setattr(formats, "read_wanted", recorded)
     whole, whole_stats = run_fake(tmp_path, images, *flags, name="whole")
-    # Every row group its own split: each file is read by several DoFn calls.
+    assert sorted(name for name, _ in calls) == ["a.parquet", "b.parquet"]
+    wanted = dict(calls)
+    # Every row group its own split: each file is read by several DoFn calls, in both passes.
     monkeypatch.setattr(job, "ReadImages", functools.partial(read.ReadImages, split_bytes=1))
+    monkeypatch.setattr(pipeline, "WriteLabeledShards",
+                        functools.partial(write.WriteLabeledShards, split_bytes=1))
+    calls.clear()
     split, split_stats = run_fake(tmp_path, images, *flags, name="split")
     assert len(formats.parquet_splits(f"{tmp_path}/pq/a.parquet", target_bytes=1)) == 4
+    # The same rows, read by one call per row group (7 rows) that holds any.
+    for name, rows in wanted.items():
+        reads = [read_rows for source, read_rows in calls if source == name]
+        assert len(reads) > 1 and sorted(sum(reads, [])) == rows
+        assert all(r[0] // 7 == r[-1] // 7 for r in reads)
+        assert len({r[0] // 7 for r in reads}) == len(reads)
     assert output_files(split) == output_files(whole) and len(output_files(whole)) == 4
     tables = [{name: open(os.path.join(d, "predictions", name), "rb").read()
                for name in os.listdir(os.path.join(d, "predictions")) if name.endswith(".parquet")}
