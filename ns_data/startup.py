@@ -1,9 +1,9 @@
 """What a command prints before its own output: TensorFlow's and Beam's start-up lines are kept
 out, unless `NS_VERBOSE_STARTUP=1`.
 
-Every entry point calls `quiet_startup()` first.
-What TensorFlow 2.21 (the CPU wheel) prints on stderr, and what silences each line, measured
-with a fresh `python -c 'import tensorflow'` and a first op:
+Every entry point calls `quiet_startup()` first. What TensorFlow 2.21 (the CPU wheel) prints on
+stderr, and what silences each line, measured with a fresh `python -c 'import tensorflow'` and a
+first op:
 
   WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
   I0000 ... port.cc:153] oneDNN custom operations are on. ...
