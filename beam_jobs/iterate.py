@@ -47,6 +47,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from ns_data import startup
 from ns_data.fashion_mnist import DEFAULT_DIR as FASHION_MNIST_DIR
 from ns_data.lazy import tf
 
@@ -527,4 +528,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    startup.quiet_startup()
     main()

@@ -23,6 +23,7 @@ import typing
 from collections.abc import Iterable
 from typing import Any
 
+from ns_data import startup
 from ns_data.images import ImageSpec
 from ns_train.augment import MAX_MAGNITUDE
 
@@ -224,7 +225,7 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m ns_train.train",
         description="Train a Noisy Student teacher (labeled data) or student (labeled + "
                     "pseudo-labeled data) and export it for beam_jobs.label_and_balance.",
-        allow_abbrev=False)
+        epilog=startup.HELP, allow_abbrev=False)
     result.add_argument("--config", default="",
                         help="Python file with get_config() -> dict of the options below.")
     for field in dataclasses.fields(TrainConfig):
@@ -266,8 +267,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def configure_logging() -> None:
-    """Timestamped progress lines on stderr; TensorFlow's and Beam's INFO chatter hidden."""
+    """Timestamped progress lines on stderr (TensorFlow's and Beam's INFO lines are held back
+    by `ns_data.startup.quiet_startup`, which the entry points call first)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
-    for chatty in ("tensorflow", "apache_beam", "absl"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
