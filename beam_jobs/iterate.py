@@ -285,18 +285,23 @@ def resolve_data(config: LoopConfig, data: LoopData) -> LoopData:
 def _trainings(config: LoopConfig, data: LoopData) -> Iterator[tuple[str, TrainConfig]]:
     """Every training the loop will run, by stage name, with the paths it will use."""
     here = data.workdir
-    yield "teacher", config.teacher_config(workdir=posixpath.join(here, "round0", "teacher"),
-                                           labeled=data.labeled, eval=data.eval)
+    teacher = config.teacher_config(workdir=posixpath.join(here, "round0", "teacher"),
+                                    labeled=data.labeled, eval=data.eval)
+    yield "teacher", teacher
+    # Every model trains on the same labeled files: the teacher's normalisation analysis serves
+    # them all (the trainer checks it read exactly those files).
+    shared = {"labeled": data.labeled, "eval": data.eval}
+    if teacher.normalization == "tft":
+        shared["transform_from"] = teacher.transform_dir
     for r in range(config.rounds):
         for variant in _variants(config, r):
             yield f"round{r} student {variant}", config.student_config(
-                r, noise=variant != "no_noise", labeled=data.labeled, eval=data.eval,
+                r, noise=variant != "no_noise", **shared,
                 workdir=posixpath.join(here, f"round{r}", f"student_{variant}"),
                 unlabeled=posixpath.join(_labels_dir(here, r, variant), "pseudo_labels-*"))
         if config.baseline and _baseline_rounds(config)[r] == r:
             yield f"round{r} baseline", config.baseline_config(
-                r, labeled=data.labeled, eval=data.eval,
-                workdir=posixpath.join(here, f"round{r}", "baseline"))
+                r, **shared, workdir=posixpath.join(here, f"round{r}", "baseline"))
 
 
 def _baseline_rounds(config: LoopConfig) -> dict[int, int]:

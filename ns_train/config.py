@@ -18,6 +18,7 @@ import importlib.util
 import inspect
 import logging
 import os
+import posixpath
 import sys
 import typing
 from collections.abc import Iterable
@@ -93,6 +94,10 @@ class TrainConfig:
                                         "computes per-channel mean/std over the labeled set with "
                                         "tensorflow-transform; 'none' scales to [0, 1].",
                                 choices=NORMALIZATIONS)
+    transform_from: str = _field("", "tft: reuse the analysis of another run on the same "
+                                     "--labeled files (its WORKDIR/transform) instead of "
+                                     "analysing again; refused if it read other files or another "
+                                     "image size. beam_jobs.iterate passes its teacher's.")
     log_every: int = _field(50, "Steps between log lines and TensorBoard scalars.")
     eval_every: int = _field(0, "Steps between evaluations; 0: only at the end.")
     checkpoint_every: int = _field(500, "Steps between checkpoints (one is always written at "
@@ -163,6 +168,12 @@ class TrainConfig:
     @property
     def student(self) -> bool:
         return bool(self.unlabeled)
+
+    @property
+    def transform_dir(self) -> str:
+        """The tensorflow-transform analysis a `tft` run normalises with: --transform_from, or
+        its own in WORKDIR/transform."""
+        return self.transform_from or posixpath.join(self.workdir, "transform")
 
 
 def load_python_config(spec: str) -> Any:

@@ -47,7 +47,7 @@ RESULT_FILE = "result.json"
 CONFIG_FILE = "config.json"
 _MAY_CHANGE_ON_RESUME = {"workdir", "eval", "log_every", "eval_every", "checkpoint_every",
                          "keep_checkpoints", "export_dir", "tpu", "class_names", "shuffle_buffer",
-                         "allow_incomplete"}
+                         "allow_incomplete", "transform_from"}
 # Rows in which the un-normalised sums of a metric accumulate between log lines.
 _METRICS = ("loss", "labeled_loss", "labeled_correct", "labeled_count", "unlabeled_loss",
             "unlabeled_agree", "unlabeled_count")
@@ -438,8 +438,10 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
     num_unlabeled = inputs.unlabeled.count if inputs.unlabeled else 0
     transform_dir = None
     if config.normalization == "tft":
-        transform_dir = posixpath.join(config.workdir, "transform")
-        if not preprocess.has_analysis(transform_dir):
+        transform_dir = config.transform_dir
+        if config.transform_from:
+            preprocess.check_reusable(transform_dir, inputs.labeled.files, config.image)
+        elif not preprocess.has_analysis(transform_dir):
             preprocess.analyze_labeled(inputs.labeled.files, config.image, config.num_classes,
                                        transform_dir)
     epoch_steps = optim.steps_per_epoch(config, num_labeled, num_unlabeled)

@@ -183,6 +183,9 @@ def test_runlocal_fashion_mnist_loop_runs_end_to_end_and_reports(tmp_path, capsy
     assert (workdir / "round1" / "baseline" / "export" / "saved_model.pb").exists()
     baseline = json.loads((workdir / "round1" / "baseline" / "config.json").read_text())
     assert baseline["unlabeled"] == "" and baseline["resnet_widths"] == [12, 24]
+    # The labeled set is analysed once, by the teacher; every other model reuses it.
+    assert baseline["transform_from"] == str(workdir / "round0" / "teacher" / "transform")
+    assert sorted(p.parent.name for p in workdir.glob("round*/*/transform")) == ["teacher"]
     # Without balancing the student sees every image above the threshold, once.
     assert first["students"]["no_balance"]["pseudo_labels_written"] == first["labeling"][
         "above_threshold"]
