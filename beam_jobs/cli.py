@@ -394,7 +394,8 @@ def print_summary(output_dir: str, class_names: list[str] | None = None) -> None
 def configure_logging() -> None:
     """INFO for progress, minus Beam's log line for every string type hint it meets, and minus
     the traceback Beam logs for an exception raised in a step before re-raising it: `main`
-    reports that same exception (one line for a bad input, the traceback for anything else)."""
+    reports that same exception (one line for a bad input, the traceback for anything else).
+    Beam's other INFO lines are held back by `startup.quiet_startup`."""
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("apache_beam.typehints").setLevel(logging.WARNING)
     logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)

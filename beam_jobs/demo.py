@@ -14,7 +14,7 @@ import logging
 import os
 
 from beam_jobs import label_and_balance
-from ns_data import fashion_mnist, schema
+from ns_data import fashion_mnist, schema, startup
 from ns_data.lazy import tf
 from ns_data.write import PSEUDO_LABEL_PREFIX, shard_pattern
 
@@ -58,5 +58,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    startup.quiet_startup()
     logging.getLogger().setLevel(logging.WARNING)
     main()

@@ -47,7 +47,9 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from ns_data import startup
 from ns_data.fashion_mnist import DEFAULT_DIR as FASHION_MNIST_DIR
+from ns_data.lazy import tf
 
 if TYPE_CHECKING:  # they import TensorFlow; --help does not need it
     from beam_jobs.label_and_balance import LabelAndBalanceConfig
@@ -265,7 +267,6 @@ def resolve_data(config: LoopConfig, data: LoopData) -> LoopData:
                       ("test", "test"))},
             unlabeled_truth=data.unlabeled_truth or posixpath.join(prepared,
                                                                    "unlabeled_truth.csv"))
-    import tensorflow as tf  # noqa: PLC0415 - keeps --help light
 
     missing = [f"--{flag}" for flag in ("labeled", "unlabeled", "eval")
                if not getattr(data, flag)]
@@ -284,18 +285,23 @@ def resolve_data(config: LoopConfig, data: LoopData) -> LoopData:
 def _trainings(config: LoopConfig, data: LoopData) -> Iterator[tuple[str, TrainConfig]]:
     """Every training the loop will run, by stage name, with the paths it will use."""
     here = data.workdir
-    yield "teacher", config.teacher_config(workdir=posixpath.join(here, "round0", "teacher"),
-                                           labeled=data.labeled, eval=data.eval)
+    teacher = config.teacher_config(workdir=posixpath.join(here, "round0", "teacher"),
+                                    labeled=data.labeled, eval=data.eval)
+    yield "teacher", teacher
+    # Every model trains on the same labeled files: the teacher's normalisation analysis serves
+    # them all (the trainer checks it read exactly those files).
+    shared = {"labeled": data.labeled, "eval": data.eval}
+    if teacher.normalization == "tft":
+        shared["transform_from"] = teacher.transform_dir
     for r in range(config.rounds):
         for variant in _variants(config, r):
             yield f"round{r} student {variant}", config.student_config(
-                r, noise=variant != "no_noise", labeled=data.labeled, eval=data.eval,
+                r, noise=variant != "no_noise", **shared,
                 workdir=posixpath.join(here, f"round{r}", f"student_{variant}"),
                 unlabeled=posixpath.join(_labels_dir(here, r, variant), "pseudo_labels-*"))
         if config.baseline and _baseline_rounds(config)[r] == r:
             yield f"round{r} baseline", config.baseline_config(
-                r, labeled=data.labeled, eval=data.eval,
-                workdir=posixpath.join(here, f"round{r}", "baseline"))
+                r, **shared, workdir=posixpath.join(here, f"round{r}", "baseline"))
 
 
 def _baseline_rounds(config: LoopConfig) -> dict[int, int]:
@@ -367,7 +373,6 @@ def check_settings(config: LoopConfig, data: LoopData, k: int) -> None:
 
 
 def _count_records(pattern: str) -> int:
-    import tensorflow as tf  # noqa: PLC0415
 
     files = sorted(tf.io.gfile.glob(pattern))
     return int(tf.data.TFRecordDataset(files).reduce(tf.constant(0, tf.int64),
@@ -513,7 +518,6 @@ def run_loop(config: LoopConfig, given: LoopData) -> dict[str, Any]:
 
 def _done(output_dir: str) -> bool:
     """Whether a labeling run wrote its stats.json (it finished; rerunning skips it)."""
-    import tensorflow as tf  # noqa: PLC0415
 
     from ns_data import stats  # noqa: PLC0415
 
@@ -531,4 +535,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    startup.quiet_startup()
     main()

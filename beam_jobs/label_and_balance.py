@@ -36,7 +36,8 @@ from beam_jobs import cli
 from beam_jobs.cli import (BalanceOptions, BalanceSettings, InputOptions, balance_config,
                            check_input, check_output_dir, check_table_dir, configure_logging,
                            input_columns, pipeline_options, print_summary)
-from ns_data import completion, devices, formats, predictions, schema, teacher_flags
+from ns_data import (completion, devices, formats, predictions, schema, startup,
+                     teacher_flags)
 from ns_data.images import DECODERS, DEFAULT_DECODER, DEFAULT_MAX_PIXELS, make_decoder
 from ns_data.inference import TeacherInference
 from ns_data.lazy import tf
@@ -340,7 +341,8 @@ def _help_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Beam pipeline options (--runner, --project, --region, --temp_location, "
         "--setup_file, --dataflow_service_options=worker_accelerator=..., --machine_type, "
-        "--direct_num_workers, ...) are accepted as well; see Beam's documentation.")
+        "--direct_num_workers, ...) are accepted as well; see Beam's documentation. "
+        + startup.HELP)
     cli.add_options_args(parser, LabelAndBalanceOptions)
     cli.add_options_args(parser, BalanceOptions)
     return parser
@@ -407,5 +409,6 @@ def run_job(config: LabelAndBalanceConfig, pipeline_args: Sequence[str] = (),
 
 
 if __name__ == "__main__":
+    startup.quiet_startup()
     configure_logging()
     sys.exit(cli.main(run, "label_and_balance"))

@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from ns_data import fashion_mnist, schema
+from ns_data import fashion_mnist, schema, startup
 from ns_data.lazy import tf
 
 
@@ -93,4 +93,5 @@ def run(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    startup.quiet_startup()
     run()

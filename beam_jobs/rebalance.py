@@ -31,7 +31,7 @@ from apache_beam.runners.runner import PipelineResult
 from beam_jobs import cli
 from beam_jobs.cli import (BalanceOptions, BalanceSettings, balance_config, check_output_dir,
                            configure_logging, pipeline_options, print_summary)
-from ns_data import completion, predictions
+from ns_data import completion, predictions, startup
 from ns_data.lazy import tf
 from ns_data.pipeline import check_table_serves, select_and_write
 
@@ -104,7 +104,8 @@ def _help_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m beam_jobs.rebalance", description=__doc__,
                                      allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Beam pipeline options are accepted as well.")
+                                     epilog="Beam pipeline options are accepted as well. "
+                                     + startup.HELP)
     RebalanceOptions._add_argparse_args(parser)
     cli.add_options_args(parser, BalanceOptions)
     return parser
@@ -195,5 +196,6 @@ def run_job(config: RebalanceConfig, pipeline_args: Sequence[str] = (),
 
 
 if __name__ == "__main__":
+    startup.quiet_startup()
     configure_logging()
     sys.exit(cli.main(run, "rebalance"))

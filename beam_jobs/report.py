@@ -25,7 +25,7 @@ import posixpath
 import sys
 
 from beam_jobs import cli
-from ns_data import completion, predictions, report, stats
+from ns_data import completion, predictions, report, startup, stats
 from ns_data.lazy import tf
 from ns_data.teacher import read_metadata
 from ns_data.teacher_flags import positive_int
@@ -116,4 +116,5 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    startup.quiet_startup()
     sys.exit(cli.main(run, "report"))

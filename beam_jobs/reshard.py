@@ -16,9 +16,10 @@ the image in the original input (its `image/id`, Parquet id column, tar key or f
 content hash of its bytes), so pseudo-labels keep their ids; other features (a `label`,
 captions) are not copied. Records that do not parse and the unreadable rest of damaged files
 are dead letters (`dead_letters-00000-of-00001.tfrecord`: id, stage, message naming the file
-and record) and are counted in `reshard.json` beside the images per shard. The same input gives
-byte-identical shards. The image bytes cross one shuffle, the one that spreads them over the
-shards.
+and record) and are counted in `reshard.json` beside the images per shard; a `_SUCCESS` marker
+(`ns_data.completion`, with those counts) is written last, once all of that is written, and
+`--overwrite` deletes it first. The same input gives byte-identical shards. The image bytes
+cross one shuffle, the one that spreads them over the shards.
 
 Your own labeled images in: `--label_folders` labels an image folder by its class folders
 (`--input='photos/**' --input_format=images`: photos/cat/1.jpg is class `cat`), `--labels_csv`
@@ -56,7 +57,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from beam_jobs import cli
 from beam_jobs.cli import (InputOptions, OutputOptions, check_input, configure_logging,
                            input_columns, pipeline_options)
-from ns_data import formats, globs, schema
+from ns_data import completion, formats, globs, schema, startup
 from ns_data import predictions as table
 from ns_data.balance import id_hash
 from ns_data.lazy import tf
@@ -342,6 +343,14 @@ class LabelOptions(PipelineOptions):
                        "order.")
 
 
+def marker(summary: dict) -> dict:
+    """The `_SUCCESS` marker's contents for a run's `reshard.json`: the job, its input and
+    shards, and its counts (as `label_and_balance`'s marker holds its settings and totals)."""
+    return {"job": "reshard",
+            "config": {key: summary[key] for key in ("input", "input_format", "num_shards")},
+            "totals": {key: summary[key] for key in ("images", "failed")}}
+
+
 def format_summary(summary: dict) -> str:
     """The closing lines: images per shard (and per class) and what failed."""
     per_shard = summary["images_per_shard"]
@@ -366,7 +375,8 @@ def _help_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m beam_jobs.reshard", description=__doc__,
                                      allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Beam pipeline options are accepted as well.")
+                                     epilog="Beam pipeline options are accepted as well. "
+                                     + startup.HELP)
     cli.add_options_args(parser, InputOptions)
     cli.add_options_args(parser, OutputOptions)
     cli.add_options_args(parser, LabelOptions)
@@ -392,10 +402,13 @@ def run(argv: list[str] | None = None,
     Progress.finish_all()
     if not dry_run:
         with FileSystems.open(posixpath.join(config.output_dir, SUMMARY_FILE)) as f:
-            print(f"\nOutput: {config.output_dir}\n{format_summary(json.load(f))}")
+            summary = json.load(f)
+        completion.write_marker(config.output_dir, marker(summary))
+        print(f"\nOutput: {config.output_dir}\n{format_summary(summary)}")
     return result
 
 
 if __name__ == "__main__":
+    startup.quiet_startup()
     configure_logging()
     sys.exit(cli.main(run, "reshard"))

@@ -4,8 +4,8 @@ Both passes of `label_and_balance` read these through `iter_samples` (`split_sam
 of a Parquet file), which yields every sample of one input file in file order with its index, so
 the predictions table can name an image by (input file, index) as it does a TFRecord: the teacher
 pass streams a whole tar or a split of a Parquet file, the writing pass (`read_wanted`) reads
-again only what it needs — the Parquet row groups that hold wanted rows, or the tar streamed up
-to the last wanted sample.
+again only what it needs — the Parquet row groups that hold wanted rows (split as the teacher
+pass splits the file), or the tar streamed up to the last wanted sample.
 
 Parquet: one image per row, in `Columns.image` (binary, or a struct with a `bytes` field as
 Hugging Face datasets store images); the id in `Columns.id` (string or binary as bytes, an
@@ -17,7 +17,12 @@ workers read it at once; a row keeps its index in the whole file whichever split
 WebDataset: a tar whose members `key.jpg` (`jpeg`, `png`, `webp`, `gif`, `bmp`) are the images;
 consecutive members sharing a key (the member path up to the first dot of its base name) are one
 sample, whose id is the key. Other members (`.json`, `.txt`, `.cls`, ...) are skipped unread.
-The tar is streamed (`tarfile` mode `r|*`, compressed or not), never held in memory.
+A key met again after other keys would be a second sample with the same id: every such sample
+after the first is a problem sample ("duplicate key K in FILE, first at member N (sample S)";
+members are numbered from 0 in tar order, as `tar tf` lists them), its images unread. Keys are
+not compared across tars, as ids are not across TFRecord files: two tars holding one key give
+two images with one id. The tar is streamed (`tarfile` mode `r|*`, compressed or not), never
+held in memory; only its keys are, to find duplicates.
 """
 from __future__ import annotations
 
@@ -376,20 +381,25 @@ def sample_key(name: str) -> tuple[str, str]:
 def _webdataset_samples(path: str) -> Iterator[Sample]:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         index, key, images, names, size = 0, None, [], [], 0
+        # key -> (its sample, its first member): a key met again after other keys is a second
+        # sample with the same id; it is a problem sample, its images unread.
+        seen: dict[str, tuple[int, int]] = {}
+        first = None
         try:
             tar = tarfile.open(fileobj=f, mode="r|*")
-            for member in tar:
+            for member_index, member in enumerate(tar):
                 if not member.isfile():
                     continue
                 member_key, extension = sample_key(member.name)
                 if member_key != key:
                     if key is not None:
-                        yield _tar_sample(path, index, key, images, names, size)
+                        yield _tar_sample(path, index, key, images, names, size, first)
                         index += 1
+                    first = seen.setdefault(member_key, (index, member_index))
                     key, images, names, size = member_key, [], [], 0
                 names.append(member.name)
                 size += member.size + tarfile.BLOCKSIZE
-                if extension in IMAGE_EXTENSIONS:
+                if extension in IMAGE_EXTENSIONS and first[0] == index:
                     images.append(tar.extractfile(member).read())
             # tarfile ends quietly at a header cut short; a whole tar ends with a zero block.
             if tar.fileobj.tell() - tar.offset < tarfile.BLOCKSIZE:
@@ -399,12 +409,18 @@ def _webdataset_samples(path: str) -> Iterator[Sample]:
             raise DamagedInput(path, index, f"tar cannot be read from {lost} on "
                                f"({type(e).__name__}: {e})") from e
         if key is not None:
-            yield _tar_sample(path, index, key, images, names, size)
+            yield _tar_sample(path, index, key, images, names, size, first)
 
 
 def _tar_sample(path: str, index: int, key: str, images: list[bytes], names: list[str],
-                size: int) -> Sample:
+                size: int, first: tuple[int, int]) -> Sample:
+    """Sample `index` of members `names` with key `key`, whose first sample and member are
+    `first`: another sample's when the key is a duplicate."""
     image_id = key.encode()
+    if first[0] != index:
+        return Sample(index, image_id, b"", size,
+                      f"duplicate key {key} in {path}, first at member {first[1]} (sample "
+                      f"{first[0]}); this is sample {index} (members: {', '.join(names)})")
     if len(images) != 1:
         problem = ("no image member" if not images else f"{len(images)} image members "
                    "(one image per sample)")

@@ -25,3 +25,4 @@ class LazyModule(types.ModuleType):
 
 
 tf = LazyModule("tensorflow")
+keras = LazyModule("keras")  # Keras 3 imports TensorFlow, its backend, with itself

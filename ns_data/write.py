@@ -1,11 +1,13 @@
 """WriteLabeledShards: the one pass that carries image bytes, into deterministic shuffled shards.
 
-For each predictions table file, the pass reads the table rows, gives each row its copies from
-its class plan, re-reads the table file's own input file(s) — the TFRecord file it describes, or
-its image files — and emits every copy as a serialized pseudo-label record, and every failed
-record as a dead letter. Reading the input a second time is far cheaper than carrying the image
-bytes through the teacher pass and selection: the images cross exactly one shuffle, the one
-that spreads records over shards.
+For each predictions table file, the pass reads the table rows and gives each row its copies
+from its class plan (`_PlanReads`); then it re-reads the table file's own input file(s) — the
+TFRecord file it describes, its image files, or a Parquet file's splits of row groups, each
+split by its own worker call as in the teacher pass — and emits every copy as a serialized
+pseudo-label record, and every failed record as a dead letter (`_PairWithImages`; the rows
+cross a shuffle in between, no bytes, so one file's splits spread over workers). Reading the
+input a second time is far cheaper than carrying the image bytes through the teacher pass and
+selection: the images cross exactly one shuffle, the one that spreads records over shards.
 
 Every record carries a 63-bit order key (a hash of its image id, copy index and the seed). The
 key picks the shard (`key % num_shards`) and a sort chunk inside it (`(key // num_shards) %
@@ -343,14 +345,76 @@ def check_inputs(rows: pa.Table, path: str, metadata: table.TableMetadata) -> No
                              f"(predictions table file {path})")
 
 
-class _PairWithImages(beam.DoFn):
-    """Table file → its records' copies and dead letters, keyed for the shard shuffle.
+@dataclasses.dataclass(frozen=True)
+class _Reads:
+    """One `_PairWithImages` call's work: rows of one table file to emit records for, with their
+    copies; no image bytes.
 
-    Reads the table file, decides each row's copies, then reads the input records the table
-    names (in file order, once) and serializes what is to be written. A table whose rows are
-    not one per record, or an input that no longer holds what the table describes (a file with
-    records appended or cut, a record with another id, an image whose bytes are not the ones
-    scored, a file missing or unreadable) fails the job: the table describes other data.
+    Attributes:
+      path: the table file.
+      rows: its rows that get a copy or are failures, in table order, with every table column
+        (so `table.IMAGE_HASH`, for a table of format 2: the hash each image is checked against).
+      copies: each row's copies.
+    """
+
+    path: str
+    rows: pa.Table
+    copies: np.ndarray
+
+
+class _PlanReads(beam.DoFn):
+    """Table file → `_Reads`: the rows that get copies or are failures, one `_Reads` for the
+    file or, for a Parquet input, one per split of each input file (`formats.parquet_splits`, as
+    the teacher pass reads it), so a big Parquet file is read again by several workers.
+
+    A table whose rows are not one per record, or whose input files' size and record count
+    changed since it was written (`check_inputs`, once per table file), fails the job: the table
+    describes other data.
+    """
+
+    def __init__(self, spec: OutputSpec, metadata: table.TableMetadata, split_bytes: int):
+        self._spec = spec
+        self._metadata = metadata
+        self._split_bytes = split_bytes
+
+    def process(self, path: str, plans: Mapping[int, ClassPlan],
+                tie_starts: Mapping[int, Mapping[str, int]]):
+        rows = table.read_table_file(path)
+        table.check_metadata(rows, path, self._metadata)
+        check_one_row_per_record(rows, path)
+        check_inputs(rows, path, self._metadata)
+        copies = file_copies(rows, path, plans, tie_starts, self._spec.min_confidence,
+                             self._spec.seed)
+        failed = rows.column(table.ERROR_STAGE).is_valid().to_numpy(zero_copy_only=False)
+        wanted = np.flatnonzero((copies > 0) | failed)
+        if not len(wanted):
+            return
+        if self._metadata.input_format != formats.PARQUET:
+            yield _Reads(path, rows.take(wanted), copies[wanted])
+            return
+        sources = np.array(rows.column(table.SOURCE).take(wanted).to_pylist(), dtype=object)
+        indices = rows.column(table.INDEX).take(wanted).to_numpy()
+        columns = formats.table_columns(self._metadata)
+        for source in dict.fromkeys(sources):
+            mine = sources == source
+            try:
+                splits = formats.parquet_splits(source, columns, self._split_bytes)
+            except OSError:  # gone: `_PairWithImages` fails the job, naming the table
+                splits = [formats.ParquetSplit(source)]
+            split_of = np.searchsorted([split.first_row for split in splits], indices[mine],
+                                       side="right")
+            for split in np.unique(split_of):
+                picked = wanted[mine][split_of == split]
+                yield _Reads(path, rows.take(picked), copies[picked])
+
+
+class _PairWithImages(beam.DoFn):
+    """`_Reads` → their records' copies and dead letters, keyed for the shard shuffle.
+
+    Reads the input records the rows name (in file order, once) and serializes what is to be
+    written. An input whose record no longer matches the table (another id, an image whose bytes
+    are not the ones scored, a record missing, or the file unreadable) fails the job: the table
+    describes other data.
 
     A replaced image fails the job rather than becoming a dead letter: the selection already
     gave its class exactly K records from the old scores, so dropping it would leave the class
@@ -363,21 +427,11 @@ class _PairWithImages(beam.DoFn):
         self._metadata = metadata
         self._records = beam.metrics.Metrics.counter("ns_data", "records_emitted")
 
-    def process(self, path: str, plans: Mapping[int, ClassPlan],
-                tie_starts: Mapping[int, Mapping[str, int]], totals: Mapping[str, int]):
-        rows = table.read_table_file(path)
-        table.check_metadata(rows, path, self._metadata)
-        check_one_row_per_record(rows, path)
-        check_inputs(rows, path, self._metadata)
-        copies = file_copies(rows, path, plans, tie_starts, self._spec.min_confidence,
-                             self._spec.seed)
-        failed = rows.column(table.ERROR_STAGE).is_valid().to_numpy(zero_copy_only=False)
-        wanted = np.flatnonzero((copies > 0) | failed)
-        if not len(wanted):
-            return
+    def process(self, reads: _Reads, totals: Mapping[str, int]):
+        path, copies = reads.path, reads.copies
         chunks = {prefix: chunks_per_shard(totals.get(prefix, 0), n, self._spec.chunk_records)
                   for prefix, n in self._spec.num_shards_by_prefix.items()}
-        picked = _Rows(rows.take(wanted))
+        picked = _Rows(reads.rows)
         by_source: dict[str, dict[int, int]] = {}
         batches = KeyedBatches()
         for i, (source, index) in enumerate(zip(picked.sources, picked.indices)):
@@ -398,8 +452,8 @@ class _PairWithImages(beam.DoFn):
                     if recorded is not None and table.content_hash(encoded) != recorded:
                         changed.append((source, index, picked.ids[i]))
                         continue
-                    for key, value in self._copies_of(picked, i, encoded,
-                                                      int(copies[wanted[i]]), chunks):
+                    for key, value in self._copies_of(picked, i, encoded, int(copies[i]),
+                                                      chunks):
                         yield from batches.add(key, value)
             except OSError as e:
                 raise ValueError(f"{source}, an input file of the predictions table {path}, "
@@ -407,11 +461,14 @@ class _PairWithImages(beam.DoFn):
                                  "since the table was written") from e
         if changed:
             source, index, image_id = changed[0]
+            # A Parquet input's rows come in splits (`_PlanReads`): the count is of this one.
+            scope = ("this split of the input file" if self._metadata.input_format
+                     == formats.PARQUET else "this table file")
             raise ValueError(f"{source} record {index} (id {image_id.decode(errors='replace')}):"
                              " image bytes changed since scoring, so the predictions table "
                              f"{path} has another image's label for it ({len(changed)} such "
-                             "image(s) selected in this table file): the input changed since "
-                             "the table was written; rerun beam_jobs.label_and_balance on it")
+                             f"image(s) selected in {scope}): the input changed since the table "
+                             "was written; rerun beam_jobs.label_and_balance on it")
         yield from batches.flush()
 
     def _read(self, source: str, rows_at: Mapping[int, int], path: str):
@@ -506,12 +563,15 @@ class WriteLabeledShards(beam.PTransform):
       plans: (label, ClassPlan) from `BalancePerClass`.
       tie_starts: (label, {file: start}) from `BalancePerClass`.
       counts: the `TableCounts` singleton from `CountPredictions`.
+      split_bytes: a Parquet input file is read in splits of about this many bytes of its
+        image and id columns (`formats.parquet_splits`), each by its own worker call.
     """
 
     def __init__(self, output_dir: str, spec: OutputSpec, metadata: table.TableMetadata,
                  plans: beam.PCollection, tie_starts: beam.PCollection,
-                 counts: beam.PCollection):
+                 counts: beam.PCollection, split_bytes: int = formats.DEFAULT_SPLIT_BYTES):
         super().__init__()
+        self._split_bytes = split_bytes
         self._output_dir = output_dir
         self._spec = spec
         self._metadata = metadata
@@ -526,8 +586,14 @@ class WriteLabeledShards(beam.PTransform):
                   | "Once" >> beam.Create([None])
                   | "Totals" >> beam.Map(_totals, plans, side.AsSingleton(self._counts),
                                          self._spec))
-        keyed = paths | "PairWithImages" >> beam.ParDo(
-            _PairWithImages(self._spec, self._metadata), plans, side.AsDict(self._tie_starts),
-            side.AsSingleton(totals))
+        # The work items are small (table rows, no bytes); spread so that the splits of one big
+        # Parquet file are read by several workers.
+        reads = (paths
+                 | "PlanReads" >> beam.ParDo(
+                     _PlanReads(self._spec, self._metadata, self._split_bytes), plans,
+                     side.AsDict(self._tie_starts))
+                 | "SpreadReads" >> beam.Reshuffle())
+        keyed = reads | "PairWithImages" >> beam.ParDo(
+            _PairWithImages(self._spec, self._metadata), side.AsSingleton(totals))
         return keyed | "Write" >> WriteShuffledShards(self._output_dir,
                                                       self._spec.num_shards_by_prefix)

@@ -36,11 +36,11 @@ import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import tensorflow as tf
 from google.protobuf.message import DecodeError
 
 from ns_data import completion, schema
 from ns_data.images import ImageSpec
+from ns_data.lazy import tf
 from ns_data.tfrecord import CorruptRecordError, iter_records
 from ns_train import data
 from ns_train.config import TrainConfig

@@ -18,11 +18,13 @@ import importlib.util
 import inspect
 import logging
 import os
+import posixpath
 import sys
 import typing
 from collections.abc import Iterable
 from typing import Any
 
+from ns_data import startup
 from ns_data.images import ImageSpec
 from ns_train.augment import MAX_MAGNITUDE
 
@@ -92,6 +94,10 @@ class TrainConfig:
                                         "computes per-channel mean/std over the labeled set with "
                                         "tensorflow-transform; 'none' scales to [0, 1].",
                                 choices=NORMALIZATIONS)
+    transform_from: str = _field("", "tft: reuse the analysis of another run on the same "
+                                     "--labeled files (its WORKDIR/transform) instead of "
+                                     "analysing again; refused if it read other files or another "
+                                     "image size. beam_jobs.iterate passes its teacher's.")
     log_every: int = _field(50, "Steps between log lines and TensorBoard scalars.")
     eval_every: int = _field(0, "Steps between evaluations; 0: only at the end.")
     checkpoint_every: int = _field(500, "Steps between checkpoints (one is always written at "
@@ -163,6 +169,12 @@ class TrainConfig:
     def student(self) -> bool:
         return bool(self.unlabeled)
 
+    @property
+    def transform_dir(self) -> str:
+        """The tensorflow-transform analysis a `tft` run normalises with: --transform_from, or
+        its own in WORKDIR/transform."""
+        return self.transform_from or posixpath.join(self.workdir, "transform")
+
 
 def load_python_config(spec: str) -> Any:
     """What `get_config()` returns in a config file (big_vision style).
@@ -224,7 +236,7 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m ns_train.train",
         description="Train a Noisy Student teacher (labeled data) or student (labeled + "
                     "pseudo-labeled data) and export it for beam_jobs.label_and_balance.",
-        allow_abbrev=False)
+        epilog=startup.HELP, allow_abbrev=False)
     result.add_argument("--config", default="",
                         help="Python file with get_config() -> dict of the options below.")
     for field in dataclasses.fields(TrainConfig):
@@ -266,8 +278,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def configure_logging() -> None:
-    """Timestamped progress lines on stderr; TensorFlow's and Beam's INFO chatter hidden."""
+    """Timestamped progress lines on stderr (TensorFlow's and Beam's INFO lines are held back
+    by `ns_data.startup.quiet_startup`, which the entry points call first)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
-    for chatty in ("tensorflow", "apache_beam", "absl"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)

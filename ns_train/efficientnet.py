@@ -43,8 +43,19 @@ _STAGES = ((3, 1, 32, 16, 1, 1), (3, 2, 16, 24, 6, 2), (5, 2, 24, 40, 6, 2),
            (3, 3, 40, 80, 6, 2), (5, 3, 80, 112, 6, 1), (5, 4, 112, 192, 6, 2),
            (3, 1, 192, 320, 6, 1))
 _SE_RATIO = 0.25
-_CONV_INIT = keras.initializers.VarianceScaling(2.0, "fan_out", "truncated_normal")
-_DENSE_INIT = keras.initializers.VarianceScaling(1.0 / 3.0, "fan_out", "uniform")
+
+
+# An initializer per layer, made when the model is built: an unseeded Keras 3 initializer draws
+# its seed from Python's RNG when constructed, so one made at import would consume that RNG
+# before or after `keras.utils.set_random_seed` depending on import order (the same --seed
+# would give different models), and one instance shared by all layers gives every kernel of a
+# shape the same values.
+def _conv_init() -> keras.initializers.Initializer:
+    return keras.initializers.VarianceScaling(2.0, "fan_out", "truncated_normal")
+
+
+def _dense_init() -> keras.initializers.Initializer:
+    return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_out", "uniform")
 
 
 def round_filters(filters: int, width: float, divisor: int = 8) -> int:
@@ -62,7 +73,7 @@ def round_repeats(repeats: int, depth: float) -> int:
 
 def _conv_bn(x, filters: int, kernel: int, name: str, strides: int = 1, activation: bool = True):
     x = keras.layers.Conv2D(filters, kernel, strides, padding="same", use_bias=False,
-                            kernel_initializer=_CONV_INIT, name=f"{name}_conv")(x)
+                            kernel_initializer=_conv_init(), name=f"{name}_conv")(x)
     x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
     return keras.layers.Activation("swish", name=f"{name}_act")(x) if activation else x
 
@@ -74,14 +85,14 @@ def _mbconv(x, filters_in: int, filters_out: int, kernel: int, stride: int, expa
     if expand != 1:
         x = _conv_bn(x, filters, 1, f"{name}_expand")
     x = keras.layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False,
-                                     depthwise_initializer=_CONV_INIT, name=f"{name}_dw")(x)
+                                     depthwise_initializer=_conv_init(), name=f"{name}_dw")(x)
     x = keras.layers.BatchNormalization(name=f"{name}_dw_bn")(x)
     x = keras.layers.Activation("swish", name=f"{name}_dw_act")(x)
     squeezed = max(1, int(filters_in * _SE_RATIO))
     se = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_se_pool")(x)
-    se = keras.layers.Conv2D(squeezed, 1, activation="swish", kernel_initializer=_CONV_INIT,
+    se = keras.layers.Conv2D(squeezed, 1, activation="swish", kernel_initializer=_conv_init(),
                              name=f"{name}_se_reduce")(se)
-    se = keras.layers.Conv2D(filters, 1, activation="sigmoid", kernel_initializer=_CONV_INIT,
+    se = keras.layers.Conv2D(filters, 1, activation="sigmoid", kernel_initializer=_conv_init(),
                              name=f"{name}_se_expand")(se)
     x = keras.layers.Multiply(name=f"{name}_se")([x, se])
     x = _conv_bn(x, filters_out, 1, f"{name}_project", activation=False)
@@ -117,5 +128,5 @@ def efficientnet(variant: str, image: ImageSpec, num_classes: int, dropout: floa
     x = _conv_bn(x, round_filters(1280, v.width), 1, "top")
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = keras.layers.Dropout(v.dropout if dropout is None else dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(num_classes, kernel_initializer=_DENSE_INIT, name="logits")(x)
+    outputs = keras.layers.Dense(num_classes, kernel_initializer=_dense_init(), name="logits")(x)
     return keras.Model(inputs, outputs, name=variant.replace("-", "_"))

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ns_data import schema, teacher_flags
+from ns_data import schema, startup, teacher_flags
 from ns_data.devices import TeacherRuntime
 from ns_data.teacher import (TeacherModelHandler, TeacherSpec, inspect_teacher, output_error,
                              sample_problem)
@@ -181,5 +181,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    startup.quiet_startup()
     logging.basicConfig(format="%(levelname)s: %(message)s")
     sys.exit(main())

@@ -96,8 +96,8 @@ def analyze_labeled(files: Sequence[tuple[str, int]], image: ImageSpec, num_clas
              | "CountPerClass" >> beam.combiners.Count.PerElement()
              | "Gather" >> beam.combiners.ToList()
              | "WriteStats" >> beam.Map(
-                 lambda counts: _write_json(posixpath.join(output_dir, STATS_FILE),
-                                            {"class_counts": dict(counts)})))
+                 lambda counts: _write_json(posixpath.join(output_dir, STATS_FILE), {
+                     "class_counts": dict(counts), **_analysed(files, image)})))
         instances = decoded | "ToInstances" >> beam.Map(lambda e: {RAW_FEATURE: e[1]})
         transform_fn = (instances, metadata) | "Analyze" >> tft_beam.AnalyzeDataset(
             preprocessing_fn)
@@ -120,6 +120,40 @@ def read_stats(output_dir: str, num_classes: int) -> LabeledStats:
 def has_analysis(output_dir: str) -> bool:
     return tf.io.gfile.exists(posixpath.join(output_dir, TRANSFORM_DIR)) and tf.io.gfile.exists(
         posixpath.join(output_dir, STATS_FILE))
+
+
+def _analysed(files: Sequence[tuple[str, int]], image: ImageSpec) -> dict:
+    """What an analysis read, as its stats file records it: (path, records) of each labeled file
+    and the image shape."""
+    return {"files": [[path, n] for path, n in files if n], "image": list(image.shape)}
+
+
+def check_reusable(output_dir: str, files: Sequence[tuple[str, int]], image: ImageSpec) -> None:
+    """Refuses to reuse the analysis in `output_dir` (`--transform_from`) unless it read exactly
+    these labeled files, with these record counts, at this image shape: then its statistics are
+    the ones a new analysis would compute.
+
+    Raises:
+      ValueError: naming the difference.
+    """
+    flag = f"--transform_from={output_dir}"
+    if not has_analysis(output_dir):
+        raise ValueError(f"{flag}: no finished tensorflow-transform analysis there (a training "
+                         f"run's WORKDIR/transform holds {TRANSFORM_DIR}/ and {STATS_FILE})")
+    with tf.io.gfile.GFile(posixpath.join(output_dir, STATS_FILE)) as f:
+        recorded = json.load(f)
+    if "files" not in recorded:
+        raise ValueError(f"{flag}: the analysis does not record which files it read (written "
+                         "by an older version); leave --transform_from empty to analyse again")
+    wanted = _analysed(files, image)
+    if recorded["image"] != wanted["image"]:
+        raise ValueError(f"{flag}: the analysis saw images of shape {recorded['image']}, this "
+                         f"run trains on {wanted['image']}")
+    if recorded["files"] != wanted["files"]:
+        different = sorted(set(map(tuple, recorded["files"])) ^ set(map(tuple, wanted["files"])))
+        raise ValueError(f"{flag}: the analysis read other labeled files than --labeled "
+                         f"matches now; (file, records) in one and not the other: "
+                         f"{different[:3]}")
 
 
 class Preprocessor(tf.Module):

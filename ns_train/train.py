@@ -31,17 +31,15 @@ import sys
 import time
 from typing import Any
 
-import keras
-import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
-
-from ns_data import completion
-from ns_train import checks, data, optim, preprocess
+from ns_data import completion, startup
+from ns_data.lazy import keras, tf
+from ns_train import checks, data
 from ns_train.augment import RandAugmentConfig, augment_batch
 from ns_train.config import TrainConfig, configure_logging, parse_args
-from ns_train.efficientnet import efficientnet
-from ns_train.export import export_model
-from ns_train.models import small_resnet
+
+# `optim`, `preprocess`, `export`, `models` and `efficientnet` define Keras and TensorFlow
+# classes, so importing them imports TensorFlow: they are imported where used, and `--help`
+# answers without TensorFlow (tests/test_help.py).
 
 logger = logging.getLogger("ns_train")
 
@@ -49,7 +47,7 @@ RESULT_FILE = "result.json"
 CONFIG_FILE = "config.json"
 _MAY_CHANGE_ON_RESUME = {"workdir", "eval", "log_every", "eval_every", "checkpoint_every",
                          "keep_checkpoints", "export_dir", "tpu", "class_names", "shuffle_buffer",
-                         "allow_incomplete"}
+                         "allow_incomplete", "transform_from"}
 # Rows in which the un-normalised sums of a metric accumulate between log lines.
 _METRICS = ("loss", "labeled_loss", "labeled_correct", "labeled_count", "unlabeled_loss",
             "unlabeled_agree", "unlabeled_count")
@@ -70,6 +68,9 @@ def make_strategy(tpu: str = "") -> tf.distribute.Strategy:
 
 def build_model(config: TrainConfig) -> keras.Model:
     """The configured architecture, taking preprocessed float images, returning logits."""
+    from ns_train.efficientnet import efficientnet  # noqa: PLC0415 - imports TF (top of file)
+    from ns_train.models import small_resnet  # noqa: PLC0415
+
     dropout = None if config.dropout < 0 else config.dropout
     if config.model == "small_resnet":
         return small_resnet(config.image, config.num_classes, widths=config.resnet_widths,
@@ -177,6 +178,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, total: int, epoch_steps: float,
                  transform_dir: str | None, strategy: tf.distribute.Strategy | None = None):
+        from ns_train import optim, preprocess  # noqa: PLC0415 - import TF (top of file)
+
         self.config = config
         self.total = total
         self.strategy = strategy or make_strategy(config.tpu)
@@ -330,8 +333,8 @@ class Trainer:
 
 def _scalar(name: str, value: float) -> None:
     """A TensorBoard scalar, written without the tensorboard package (TF no longer ships it)."""
-    metadata = summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+    metadata = tf.compat.v1.SummaryMetadata(
+        plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"))
     tf.summary.write(name, tf.constant(value, tf.float32), metadata=metadata)
 
 
@@ -409,6 +412,9 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
         readable record or a labeled or eval record cannot be used (listed in
         WORKDIR/bad_records.txt).
     """
+    from ns_train import optim, preprocess  # noqa: PLC0415 - import TF (top of file)
+    from ns_train.export import export_model  # noqa: PLC0415
+
     if tf.io.gfile.exists(config.workdir) and not tf.io.gfile.isdir(config.workdir):
         raise ValueError(f"--workdir={config.workdir} is a file, not a directory")
     if config.student and not config.allow_incomplete:
@@ -432,8 +438,10 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -
     num_unlabeled = inputs.unlabeled.count if inputs.unlabeled else 0
     transform_dir = None
     if config.normalization == "tft":
-        transform_dir = posixpath.join(config.workdir, "transform")
-        if not preprocess.has_analysis(transform_dir):
+        transform_dir = config.transform_dir
+        if config.transform_from:
+            preprocess.check_reusable(transform_dir, inputs.labeled.files, config.image)
+        elif not preprocess.has_analysis(transform_dir):
             preprocess.analyze_labeled(inputs.labeled.files, config.image, config.num_classes,
                                        transform_dir)
     epoch_steps = optim.steps_per_epoch(config, num_labeled, num_unlabeled)
@@ -497,4 +505,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    startup.quiet_startup()
     sys.exit(main())

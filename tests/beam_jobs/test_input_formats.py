@@ -16,7 +16,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
 from beam_jobs import label_and_balance as job
 from beam_jobs import rebalance
-from ns_data import completion, formats, predictions, read, schema, stats
+from ns_data import completion, formats, pipeline, predictions, read, schema, stats, write
 from ns_data.images import truncation
 from tests import fakes
 from tests.beam_jobs.fake_runs import (K, SEED, corpus, expected_copies, output_files,
@@ -123,11 +123,30 @@ def test_parquet_files_read_in_splits_give_byte_identical_outputs(tmp_path, monk
     images = corpus()
     pattern = parquet_corpus(tmp_path / "pq", images)
     flags = [f"--input={pattern}", "--input_format=parquet", "--id_column=id"]
+    read_wanted = formats.read_wanted
+    calls = []  # the writing pass's reads: (file, wanted rows)
+
+    def recorded(source, input_format, columns, wanted, table_path):
+        calls.append((os.path.basename(source), sorted(wanted)))
+        return read_wanted(source, input_format, columns, wanted, table_path)
+
+    monkeypatch.setattr(formats, "read_wanted", recorded)
     whole, whole_stats = run_fake(tmp_path, images, *flags, name="whole")
-    # Every row group its own split: each file is read by several DoFn calls.
+    assert sorted(name for name, _ in calls) == ["a.parquet", "b.parquet"]
+    wanted = dict(calls)
+    # Every row group its own split: each file is read by several DoFn calls, in both passes.
     monkeypatch.setattr(job, "ReadImages", functools.partial(read.ReadImages, split_bytes=1))
+    monkeypatch.setattr(pipeline, "WriteLabeledShards",
+                        functools.partial(write.WriteLabeledShards, split_bytes=1))
+    calls.clear()
     split, split_stats = run_fake(tmp_path, images, *flags, name="split")
     assert len(formats.parquet_splits(f"{tmp_path}/pq/a.parquet", target_bytes=1)) == 4
+    # The same rows, read by one call per row group (7 rows) that holds any.
+    for name, rows in wanted.items():
+        reads = [read_rows for source, read_rows in calls if source == name]
+        assert len(reads) > 1 and sorted(sum(reads, [])) == rows
+        assert all(r[0] // 7 == r[-1] // 7 for r in reads)
+        assert len({r[0] // 7 for r in reads}) == len(reads)
     assert output_files(split) == output_files(whole) and len(output_files(whole)) == 4
     tables = [{name: open(os.path.join(d, "predictions", name), "rb").read()
                for name in os.listdir(os.path.join(d, "predictions")) if name.endswith(".parquet")}
@@ -194,6 +213,48 @@ def test_rebalance_of_a_parquet_run_matches_a_fresh_run(tmp_path):
     assert {r.image_id for r in pseudo_labels(rebalanced)} <= {im.image_id for im in images}
 
 
+def test_a_parquet_input_changed_since_the_table_is_refused_when_read_in_splits(tmp_path,
+                                                                                monkeypatch):
+    """The input checks hold when the writing pass reads a Parquet file in splits: records
+    appended are refused once for the table file, an image replaced by the split that reads it."""
+    images = corpus()[:12]  # class 0, every one written once below
+    source = str(tmp_path / "pq" / "a.parquet")
+    os.makedirs(os.path.dirname(source))
+
+    def rewrite(part):
+        write_parquet(source, [im.encoded for im in part], [im.image_id.decode() for im in part])
+
+    rewrite(images)  # 3 row groups of 4 rows
+    first, _ = run_fake(tmp_path, images, f"--input={source}", "--input_format=parquet",
+                        "--id_column=id", "--label_type=hard", name="first")
+    monkeypatch.setattr(pipeline, "WriteLabeledShards",
+                        functools.partial(write.WriteLabeledShards, split_bytes=1))
+    assert len(formats.parquet_splits(source, target_bytes=1)) == 3
+    argv = [f"--predictions={first}/predictions", "--runner=DirectRunner", "--label_type=hard",
+            "--images_per_class=12", "--min_confidence=0", "--no_duplicate"]
+    size = os.path.getsize(source)
+    rewrite(images + corpus()[12:15])
+    with pytest.raises(ValueError, match=(
+            f"^the input changed since the table was written: {source} had 12 records "
+            rf"\({size} bytes\), now 15 \({os.path.getsize(source)} bytes\); rerun "
+            r"beam_jobs.label_and_balance on it \(predictions table file .*\.parquet\)")):
+        rebalance.run([*argv, f"--output_dir={tmp_path}/appended"])
+    # Row 5 (the second split's) keeps its id but holds an image the teacher gives another class.
+    other = fakes.fake_image(5, (images[5].label + 1) % fakes.NUM_CLASSES, images[5].code)
+    assert other.image_id == images[5].image_id and other.encoded != images[5].encoded
+    rewrite([*images[:5], other, *images[6:]])
+    with pytest.raises(ValueError, match=(
+            f"^{source} record 5 \\(id img-000005\\): image bytes changed since scoring, so the "
+            r"predictions table .* has another image's label for it \(1 such image\(s\) "
+            r"selected in this split of the input file\): the input changed since the table was "
+            "written")):
+        rebalance.run([*argv, f"--output_dir={tmp_path}/replaced"])
+    assert not completion.is_complete(str(tmp_path / "replaced"))
+    rewrite(images)  # as it was: the same table serves again
+    rebalance.run([*argv, f"--output_dir={tmp_path}/restored"])
+    assert stats.read_stats(str(tmp_path / "restored"))["totals"]["written"] == 12
+
+
 def test_parquet_columns_are_checked_before_any_work(tmp_path):
     pattern = parquet_corpus(tmp_path / "pq", corpus()[:4])
     argv = [f"--input={pattern}", "--teacher=unused", f"--output_dir={tmp_path}/out",
@@ -230,7 +291,8 @@ def test_bad_webdataset_samples_and_a_truncated_tar_become_dead_letters(tmp_path
         ("two.png", images[0].encoded), ("two.jpg", images[1].encoded),
         ("none.json", b"{}"), ("none.txt", b"caption"),
         ("empty.png", b""),
-        ("corrupt.png", b"\x89PNG\r\n\x1a\n-not-really")])
+        ("corrupt.png", b"\x89PNG\r\n\x1a\n-not-really"),
+        (f"{images[3].image_id.decode()}.png", images[5].encoded)])  # sample 3's key again
     keys = [im.image_id.decode() for im in images[10:]]
     truncated = write_webdataset(folder / "b.tar", [
         member for key, im in zip(keys, images[10:])
@@ -243,8 +305,8 @@ def test_bad_webdataset_samples_and_a_truncated_tar_become_dead_letters(tmp_path
                                      "--min_confidence=0", "--no_duplicate",
                                      "--label_type=hard")
     totals = run_stats["totals"]
-    assert totals["read"] == 14 + 6 + 1
-    assert totals["failed"] == {"damaged_file": 1, "parse": 3, "decode": 1, "inference": 0,
+    assert totals["read"] == 15 + 6 + 1
+    assert totals["failed"] == {"damaged_file": 1, "parse": 4, "decode": 1, "inference": 0,
                                 "invalid_output": 0}
     assert totals["scored"] == 10 + 6
     assert {r.image_id for r in pseudo_labels(output_dir)} == {im.image_id
@@ -256,6 +318,12 @@ def test_bad_webdataset_samples_and_a_truncated_tar_become_dead_letters(tmp_path
                                 "(members: none.json, none.txt)")
     assert letters[b"empty"] == ("parse", f"{good} sample 12 (empty): an empty image")
     assert letters[b"corrupt"][0] == "decode"
+    key = images[3].image_id.decode()
+    assert letters[images[3].image_id] == ("parse", f"duplicate key {key} in {good}, first at "
+                                           f"member 3 (sample 3); this is sample 14 (members: "
+                                           f"{key}.png)")
+    assert {r.encoded for r in pseudo_labels(output_dir)
+            if r.image_id == images[3].image_id} == {images[3].encoded}  # the first sample's
     stage, message = letters[f"{truncated}#6".encode()]
     assert stage == "damaged_file" and message.startswith(
         f"{truncated}: tar cannot be read from sample 6 ({images[16].image_id.decode()}) on (")

@@ -183,6 +183,9 @@ def test_runlocal_fashion_mnist_loop_runs_end_to_end_and_reports(tmp_path, capsy
     assert (workdir / "round1" / "baseline" / "export" / "saved_model.pb").exists()
     baseline = json.loads((workdir / "round1" / "baseline" / "config.json").read_text())
     assert baseline["unlabeled"] == "" and baseline["resnet_widths"] == [12, 24]
+    # The labeled set is analysed once, by the teacher; every other model reuses it.
+    assert baseline["transform_from"] == str(workdir / "round0" / "teacher" / "transform")
+    assert sorted(p.parent.name for p in workdir.glob("round*/*/transform")) == ["teacher"]
     # Without balancing the student sees every image above the threshold, once.
     assert first["students"]["no_balance"]["pseudo_labels_written"] == first["labeling"][
         "above_threshold"]
@@ -201,33 +204,65 @@ def test_runlocal_fashion_mnist_loop_runs_end_to_end_and_reports(tmp_path, capsy
     assert set(two["seconds"]) >= {"round1 label_and_balance", "round1 student full", "total"}
 
 
-@pytest.mark.slow
-def test_seeds_run_one_loop_each_and_are_tabled(tmp_path, shapes, capsys):
+def _fake_result(config, data) -> dict:
+    """What run_loop returns and writes for one seed, with top-1s that depend on the seed."""
+    model = {"architecture": "small_resnet 4/8 x1", "export": f"{data.workdir}/export"}
+    result = {"config": {"seed": config.seed}, "rounds": [{
+        "round": 0,
+        "teacher": {**model, "holdout": 0.80 + config.seed / 100},
+        "baseline": {**model, "holdout": 0.81 + config.seed / 100},
+        "students": {"full": {**model, "holdout": 0.83 + config.seed / 50}}}]}
+    with open(os.path.join(data.workdir, "results.json"), "w") as f:
+        json.dump(result, f)
+    return result
+
+
+def test_seeds_run_one_loop_each_and_are_tabled(tmp_path, shapes, capsys, monkeypatch):
+    # run_loop itself is what the other tests here run; this checks what --seeds adds.
+    calls = []
+
+    def run_loop(config, data):
+        calls.append((config.seed, data.workdir))
+        os.makedirs(data.workdir)
+        return _fake_result(config, data)
+
+    monkeypatch.setattr(iterate, "run_loop", run_loop)
     workdir = tmp_path / "seeds"
-    shared = _edited_config(tmp_path, "dataclasses.replace(c, rounds=1, students=(c.students[0], "
-                            "c.students[0]))")
-    table = iterate.run([f"--workdir={workdir}", shared, "--seeds=3,4", *shapes])
-    results = [json.loads((workdir / f"seed-{seed}" / "results.json").read_text())
-               for seed in (3, 4)]
-    assert [r["config"]["seed"] for r in results] == [3, 4] == table["seeds"]
+    table = iterate.run([f"--workdir={workdir}", f"--config={SHAPES_CONFIG}", "--seeds=3,4",
+                         *shapes])
+    assert calls == [(3, f"{workdir}/seed-3"), (4, f"{workdir}/seed-4")]
+    assert table["seeds"] == [3, 4]
     (entry,) = table["rounds"]
     assert entry["split"] == "holdout"
-    for name, key in (("teacher", "teacher"), ("baseline", "baseline")):
-        assert entry["top1"][name] == [r["rounds"][0][key]["holdout"] for r in results]
-    assert entry["top1"]["student full"] == [r["rounds"][0]["students"]["full"]["holdout"]
-                                             for r in results]
-    assert entry["gains"]["student - baseline"] == pytest.approx(
-        [100 * (s - b) for s, b in zip(entry["top1"]["student full"], entry["top1"]["baseline"])])
-    # Different seeds train different models (the splits are the given ones, shared).
-    exports = {r["rounds"][0]["students"]["full"]["export"] for r in results}
-    assert len(exports) == 2
+    expected = {"teacher": [0.83, 0.84], "baseline": [0.84, 0.85], "student full": [0.89, 0.91]}
+    assert entry["top1"].keys() == expected.keys()
+    for name, top1 in expected.items():
+        assert entry["top1"][name] == pytest.approx(top1)
+    assert entry["gains"]["student - teacher"] == pytest.approx([6.0, 7.0])
+    assert entry["gains"]["student - baseline"] == pytest.approx([5.0, 6.0])
     text = (workdir / "seeds.md").read_text()
     assert text.startswith("Seeds 3, 4: mean ± sample standard deviation over 2 runs")
-    assert "| student - baseline | | " in text and text.strip() in capsys.readouterr().out
+    assert "| student - baseline | | +5.50 ± 0.71 | +5.00 | +6.00 |" in text
+    assert text.strip() in capsys.readouterr().out
     assert json.loads((workdir / "seeds.json").read_text()) == json.loads(json.dumps(table))
     # The same table from the kept results.json files.
     paths = [str(workdir / f"seed-{seed}" / "results.json") for seed in (3, 4)]
     assert seeds_table.main(paths) == text.strip()
+
+
+def test_seeds_check_every_seeds_workdir_before_the_first_runs(tmp_path, shapes, monkeypatch):
+    monkeypatch.setattr(iterate, "run_loop", lambda config, data: pytest.fail("a loop ran"))
+    workdir = tmp_path / "seeds"
+    # Seed 4's workdir holds a run with other teacher steps.
+    args = iterate.parse_args([f"--workdir={workdir}/seed-4", f"--config={SHAPES_CONFIG}",
+                               "--seed=4", "--teacher_steps=7", *shapes])
+    data = iterate.LoopData(workdir=args.workdir, labeled=args.labeled,
+                            unlabeled=args.unlabeled, eval=args.eval)
+    iterate._record_workdir(iterate.loop_config(args), data)
+    with pytest.raises(ValueError, match="config.teacher.steps: 7 -> 60"):
+        iterate.run([f"--workdir={workdir}", f"--config={SHAPES_CONFIG}", "--seeds=3,4",
+                     *shapes])
+    assert not (workdir / "seed-3").exists()
 
 
 @pytest.mark.parametrize("flags, message", [

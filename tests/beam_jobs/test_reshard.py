@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from beam_jobs import reshard
-from ns_data import read, schema
+from ns_data import completion, read, schema
 from ns_data.balance import id_hash
 from ns_data.tfrecord import iter_records
 from tests import fakes
@@ -66,6 +66,33 @@ def test_every_image_keeps_its_id_and_bytes_and_failures_are_counted(tmp_path):
     assert [stage for stage, _ in letters] == ["damaged_file", "parse"]
     assert letters[0][1].startswith(f"{second}: record {len(corpus()) - 31} at byte ")
     assert letters[1][1].startswith(f"{first} record 5: not a tf.train.Example: ")
+    assert completion.read_marker(output_dir) == {
+        "complete": True, "job": "reshard",
+        "config": {"input": pattern, "input_format": "tfrecord", "num_shards": 5},
+        "totals": {"images": len(want), "failed": {"damaged_file": 1, "parse": 1}}}
+
+
+def test_the_marker_is_written_last_and_an_overwrite_removes_it_first(tmp_path, monkeypatch):
+    pattern, _, _, _ = tfrecord_corpus(tmp_path / "in")
+    output_dir = str(tmp_path / "out")
+    flags = [f"--input={pattern}", f"--output_dir={output_dir}", "--num_shards=2",
+             "--runner=DirectRunner"]
+    written = []
+    write_marker = completion.write_marker
+    monkeypatch.setattr(completion, "write_marker", lambda directory, contents: written.append(
+        sorted(os.listdir(directory))) or write_marker(directory, contents))
+    reshard.run(flags)
+    assert written == [["dead_letters-00000-of-00001.tfrecord", "images-00000-of-00002.tfrecord",
+                        "images-00001-of-00002.tfrecord", "reshard.json"]]
+    assert completion.is_complete(output_dir)
+
+    def interrupted(pipeline, config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reshard, "build", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        reshard.run([*flags, "--overwrite"])
+    assert not completion.is_complete(output_dir) and os.listdir(output_dir) == []
 
 
 def test_label_and_balance_on_the_shards_writes_what_it_writes_on_the_original(tmp_path):
@@ -94,7 +121,7 @@ def test_two_runs_in_separate_processes_write_identical_bytes(tmp_path):
         outputs.append({name: open(os.path.join(output_dir, name), "rb").read()
                         for name in sorted(os.listdir(output_dir))})
     assert outputs[0] == outputs[1]
-    assert len(outputs[0]) == 4 + 2  # image shards, dead letters, reshard.json
+    assert len(outputs[0]) == 4 + 3  # image shards, dead letters, reshard.json, _SUCCESS
     assert sum(len(list(iter_records(path))) for path in glob.glob(
         f"{tmp_path}/one/images-*")) == len(corpus()) - 1
 

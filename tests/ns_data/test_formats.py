@@ -160,6 +160,33 @@ def test_webdataset_samples_by_key(tmp_path, mode):
     assert wanted == [(2, (b"d/s2", PNG[2])), (5, (b"s5", PNG[6]))]
 
 
+def test_a_key_met_again_after_other_keys_is_a_duplicate_not_a_second_image(tmp_path):
+    # Member: 0 a.png, 1 a.json, 2 b.png, 3 a.jpg, 4 c.txt, 5 b.png, 6 b.json, 7 a.png, 8 d.png.
+    path = write_webdataset(tmp_path / "shard.tar", [
+        ("a.png", PNG[0]), ("a.json", b"{}"), ("b.png", PNG[1]), ("a.jpg", PNG[2]),
+        ("c.txt", b"no image"), ("b.png", PNG[3]), ("b.json", b"{}"), ("a.png", PNG[4]),
+        ("d.png", PNG[5])])
+    got = samples(path, "webdataset")
+    assert [(s.index, s.image_id, s.encoded) for s in got] == [
+        (0, b"a", PNG[0]), (1, b"b", PNG[1]), (2, b"a", b""), (3, b"c", b""), (4, b"b", b""),
+        (5, b"a", b""), (6, b"d", PNG[5])]
+    assert [s.problem for s in got if s.problem] == [
+        f"duplicate key a in {path}, first at member 0 (sample 0); this is sample 2 (members: "
+        "a.jpg)",
+        f"{path} sample 3 (c) has no image member (members: c.txt)",
+        f"duplicate key b in {path}, first at member 2 (sample 1); this is sample 4 (members: "
+        "b.png, b.json)",
+        f"duplicate key a in {path}, first at member 0 (sample 0); this is sample 5 (members: "
+        "a.png)"]
+    # The writing pass finds the samples after the duplicates at the same indices.
+    wanted = list(formats.read_wanted(path, "webdataset", formats.Columns(), {1: 0, 6: 0}, "t"))
+    assert wanted == [(1, (b"b", PNG[1])), (6, (b"d", PNG[5]))]
+    # Keys are not compared across files: another tar with key a is read as usual.
+    other = write_webdataset(tmp_path / "other.tar", [("a.png", PNG[6])])
+    assert [(s.image_id, s.encoded, s.problem) for s in samples(other, "webdataset")] == [
+        (b"a", PNG[6], None)]
+
+
 @pytest.mark.parametrize("cut, lost", [(512 * 12 - 3, 5), (512 * 12, 5), (512 * 11, 5),
                                         (512 * 10 + 7, 4), (512 * 10, 4), (512 * 4 + 100, 1),
                                         (100, 0), (0, 0)])

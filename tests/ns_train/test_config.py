@@ -45,6 +45,19 @@ def test_shipped_configs_parse():
     assert fashion.class_name_list[-1] == "Ankle boot" and len(fashion.class_name_list) == 10
 
 
+def test_the_small_data_config_trains_a_few_hundred_images_for_enough_steps():
+    from ns_train import optim  # noqa: PLC0415 - imports TensorFlow
+
+    small = cfg.parse_args(FLAGS + ["--config=ns_train/configs/small_data.py", "--num_classes=5",
+                                    "--image_size", "64", "64", "--channels=3"])
+    fashion = cfg.parse_args(FLAGS + ["--config=ns_train/configs/fashion_mnist.py"])
+    assert (small.num_classes, small.image, small.normalization) == (
+        5, cfg.ImageSpec(64, 64, 3), "tft")
+    steps = {name: optim.total_steps(c, optim.steps_per_epoch(c, 300, 0))
+             for name, c in (("small", small), ("fashion", fashion))}
+    assert steps == {"small": 1875, "fashion": 71}
+
+
 @pytest.mark.parametrize("text, message", [
     ("def get_config():\n    return {'batchsize': 8}\n", "did you mean 'batch_size'"),
     ("CONFIG = {}\n", "has no get_config() function"),

@@ -1,6 +1,9 @@
 """ns_train.efficientnet: the B0..B7 scaling matches keras.applications; noise only in training."""
 from __future__ import annotations
 
+import importlib
+import random
+
 import keras
 import numpy as np
 import pytest
@@ -50,3 +53,23 @@ def test_noise_is_active_in_training_and_off_at_inference():
 def test_unknown_variant():
     with pytest.raises(ValueError, match="efficientnet-b9"):
         eff.efficientnet("efficientnet-b9", ImageSpec(32, 32, 3), 10)
+
+
+def test_each_kernel_has_its_own_draw_and_the_seed_alone_sets_them():
+    keras.utils.set_random_seed(3)
+    model = eff.efficientnet("efficientnet-b0", ImageSpec(32, 32, 3), 10)
+    # Blocks 2b, 3b, ... repeat a layer shape; each must start from its own random values.
+    kernels = [w.numpy() for w in model.weights if w.path.endswith("_conv/kernel")]
+    by_shape = {}
+    for kernel in kernels:
+        by_shape.setdefault(kernel.shape, []).append(kernel)
+    repeated = [group for group in by_shape.values() if len(group) > 1]
+    assert repeated and all(not np.array_equal(group[0], group[1]) for group in repeated)
+    # Importing the module draws nothing from Python's RNG, so what was imported before
+    # set_random_seed cannot change the model a seed gives.
+    state = random.getstate()
+    importlib.reload(eff)
+    assert random.getstate() == state
+    keras.utils.set_random_seed(3)
+    again = eff.efficientnet("efficientnet-b0", ImageSpec(32, 32, 3), 10)
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(model.weights, again.weights))

@@ -1,6 +1,9 @@
 """ns_train.export: the SavedModel and ns_teacher.json the Beam job serves with no flags."""
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -63,3 +66,23 @@ def test_a_trained_export_serves_through_the_beam_handler_with_the_same_probabil
     labeled, _ = toy.toy_images(64)
     np.testing.assert_allclose(normalized.numpy(),
                                (images - labeled.mean()) / labeled.std(), rtol=1e-4, atol=1e-4)
+
+    # A second run on the same labeled files reuses this analysis (as iterate's students do)
+    # and its export carries the normalisation: it serves with the analysis moved away.
+    reused = dataclasses.replace(config, workdir=str(tmp_path / "reuse"), steps=2, eval="",
+                                 transform_from=config.transform_dir)
+    export_dir = train.train(reused)["export_dir"]
+    assert not (tmp_path / "reuse" / "transform").exists()
+    os.rename(tmp_path / "transform", tmp_path / "moved")
+    trainer = train.Trainer(reused, 2, 1.0, str(tmp_path / "moved"))
+    trainer.restore()
+    expected = tf.nn.softmax(trainer.ema_model(trainer.preprocessor(tf.constant(images)),
+                                               training=False)).numpy()
+    np.testing.assert_allclose(served_probabilities(export_dir, images), expected, atol=1e-5)
+    # Another labeled set's analysis is refused before any step.
+    other = dataclasses.replace(reused, workdir=str(tmp_path / "other"),
+                                labeled=toy_files["eval"], transform_from=str(tmp_path / "moved"))
+    with pytest.raises(ValueError, match="--transform_from=.*moved: the analysis read other "
+                                         "labeled files"):
+        train.train(other)
+    assert not (tmp_path / "other" / "checkpoints").exists()

@@ -24,3 +24,13 @@ def test_analysis_counts_classes_and_standardises_per_channel(tmp_path):
     np.testing.assert_allclose(out.std(), 1.0, atol=1e-4)
     np.testing.assert_allclose(preprocess.Preprocessor()(tf.constant(images)).numpy(),
                                images / 255.0, rtol=1e-6)
+    # Reusable (--transform_from) only for the same files, record counts and image shape.
+    preprocess.check_reusable(str(tmp_path / "t"), scan.files, toy.IMAGE)
+    for files, image, message in (
+            ([(labeled, 29)], toy.IMAGE, "read other labeled files"),
+            (scan.files, preprocess.ImageSpec(8, 8, 3), r"shape \[8, 8, 1\], this run trains "
+                                                         r"on \[8, 8, 3\]")):
+        with pytest.raises(ValueError, match=message):
+            preprocess.check_reusable(str(tmp_path / "t"), files, image)
+    with pytest.raises(ValueError, match="no finished tensorflow-transform analysis"):
+        preprocess.check_reusable(str(tmp_path / "nothing"), scan.files, toy.IMAGE)
