@@ -282,7 +282,7 @@ def resolve_data(config: LoopConfig, data: LoopData) -> LoopData:
     return data
 
 
-def _trainings(config: LoopConfig, data: LoopData) -> Iterator[tuple[str, TrainConfig]]:
+def trainings(config: LoopConfig, data: LoopData) -> Iterator[tuple[str, TrainConfig]]:
     """Every training the loop will run, by stage name, with the paths it will use."""
     here = data.workdir
     teacher = config.teacher_config(workdir=posixpath.join(here, "round0", "teacher"),
@@ -365,7 +365,7 @@ def check_settings(config: LoopConfig, data: LoopData, k: int) -> None:
     messages those steps give. Reads no data and no model (a glob's files may not exist yet).
     """
     k = k or 1  # 0 means "from the data", known once it is prepared
-    dict(_trainings(config, data))  # each model's TrainConfig checks itself
+    dict(trainings(config, data))  # each model's TrainConfig checks itself
     _label_config(config, data, data.workdir, 0, k)
     for variant in ("hard", "no_balance"):
         if variant in config.ablations:
@@ -457,7 +457,7 @@ def run_loop(config: LoopConfig, given: LoopData) -> dict[str, Any]:
     class_names = teacher_config.class_name_list or [
         str(c) for c in range(teacher_config.num_classes)]
     truth = _read_truth(data.unlabeled_truth)
-    models = dict(_trainings(config, data))
+    models = dict(trainings(config, data))
 
     with _stage("round0 teacher", seconds):
         teacher = trainer.train(models["teacher"])["export_dir"]

@@ -11,6 +11,8 @@ import tensorflow as tf
 
 from ns_data import schema
 
+# The Fashion-MNIST loop's smoke-test variant, as `beam_jobs.iterate` takes it.
+RUNLOCAL = "--config=ns_train/configs/fashion_mnist_loop.py:runlocal"
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "ns_data", "sample",
                       "labeled.tfrecord")
 

@@ -11,7 +11,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
 from beam_jobs import label_and_balance as job
-from ns_data import completion
+from ns_data import completion, schema
 from ns_data.balance import id_hash
 from tests import fakes
 from tests.data_files import read_tfrecords, write_tfrecord
@@ -54,6 +54,11 @@ def expected_copies(images, k, duplicate=True, min_confidence=0.3, seed=SEED):
 def read_records(output_dir: str, prefix: str = "pseudo_labels") -> list[bytes]:
     """Every record of the run's `prefix` shards, shard after shard."""
     return read_tfrecords(*sorted(glob.glob(os.path.join(output_dir, f"{prefix}-*.tfrecord"))))
+
+
+def pseudo_labels(output_dir: str) -> list[schema.PseudoLabel]:
+    """The parsed records of the run's pseudo-label shards, shard after shard."""
+    return [schema.parse_pseudo_label(r) for r in read_records(output_dir)]
 
 
 def run_fake(tmp_path, images, *flags, name="out", batch_size=8, input_records=None):

@@ -1,31 +1,25 @@
 """beam_jobs.iterate: the whole loop (data, teacher, label_and_balance, students, evaluation,
-report) on a dataset it has never seen and on a tiny real Fashion-MNIST subset; every setting of
-every step refused before any work."""
+report) on a dataset it has never seen; the plan of every training; seeds; every setting of
+every step refused before any work. test_iterate_fashion_mnist.py runs the Fashion-MNIST config."""
 from __future__ import annotations
 
-import glob
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
 import pytest
-import tensorflow as tf
-from PIL import Image
 
 from beam_jobs import iterate, seeds_table
-from ns_data import schema, stats
-from tests.beam_jobs import fake_fashion_mnist, fake_shapes
+from ns_data import stats
+from ns_train import loop_config
+from tests.beam_jobs import fake_shapes
+from tests.beam_jobs.fake_fashion_mnist import RUNLOCAL
+from tests.beam_jobs.fake_runs import pseudo_labels
 
 SHAPES_CONFIG = os.path.join(os.path.dirname(__file__), "shapes_loop.py")
-RUNLOCAL = "--config=ns_train/configs/fashion_mnist_loop.py:runlocal"
 SHAPES_SIZES = {"labeled": 60, "holdout": 30, "unlabeled": 150}
-
-
-def _records(pseudo_labels_dir: str) -> list[schema.PseudoLabel]:
-    return [schema.parse_pseudo_label(s) for path in glob.glob(
-        f"{pseudo_labels_dir}/pseudo_labels-*") for s in
-        tf.data.TFRecordDataset(path).as_numpy_iterator()]
 
 
 @pytest.fixture(name="shapes")
@@ -38,7 +32,8 @@ def _shapes(tmp_path) -> list[str]:
 @pytest.mark.slow
 def test_the_loop_runs_on_a_dataset_it_has_never_seen(tmp_path, shapes, capsys):
     workdir = tmp_path / "run"
-    result = iterate.run([f"--workdir={workdir}", f"--config={SHAPES_CONFIG}", *shapes])
+    result = iterate.run([f"--workdir={workdir}", f"--config={SHAPES_CONFIG}", *shapes,
+                          "--ablations=full,no_balance"])
     assert result["name"] == "shapes"
     assert result["sizes"] == SHAPES_SIZES  # counted: this data has no splits.json
     assert result["images_per_class"] == 50  # 150 unlabeled images / 3 classes
@@ -62,9 +57,12 @@ def test_the_loop_runs_on_a_dataset_it_has_never_seen(tmp_path, shapes, capsys):
                              .read_text())
         assert trained["unlabeled"] == "" and trained["labeled"] == f"{tmp_path}/shapes/labeled-*"
         assert trained["randaugment_ops"] == 1 and baseline["export"].startswith(str(workdir))
+    # Round 0 trains the ablations too; round 1 only the full student.
+    assert [list(entry["students"]) for entry in result["rounds"]] == [
+        ["full", "no_balance"], ["full"]]
     for entry in result["rounds"]:
-        (name, model), = entry["students"].items()
-        assert name == "full" and "test" not in model and 0.0 <= model["holdout"] <= 1.0
+        model = entry["students"]["full"]
+        assert "test" not in model and 0.0 <= model["holdout"] <= 1.0
         # No truth was given: the report has no pseudo-label accuracy, and still works.
         assert "pseudo_label_accuracy" not in entry["labeling"]
         # The counts reported are stats.json's and the records the student trained on.
@@ -73,11 +71,18 @@ def test_the_loop_runs_on_a_dataset_it_has_never_seen(tmp_path, shapes, capsys):
         assert run_stats["config"]["min_confidence"] == 0.35
         assert entry["labeling"]["written"] == [c["written"] for c in run_stats["classes"]]
         assert model["pseudo_labels_written"] == entry["labeling"]["written"]
-        records = _records(model["pseudo_labels"])
+        records = pseudo_labels(model["pseudo_labels"])
         assert [sum(r.label == c for r in records) for c in range(3)] == entry["labeling"][
             "written"]
         assert all(r.image_id.startswith(b"shape-unlabeled-") for r in records)
         assert all(n in (0, 50) for n in entry["labeling"]["written"]) and records
+    # Without balancing the student sees every image above the threshold, once.
+    unbalanced = first["students"]["no_balance"]
+    assert unbalanced["pseudo_labels_written"] == first["labeling"]["above_threshold"]
+    assert len(pseudo_labels(unbalanced["pseudo_labels"])) == sum(
+        first["labeling"]["above_threshold"])
+    assert set(result["seconds"]) >= {"round0 rebalance no_balance", "round0 student no_balance",
+                                      "round1 label_and_balance", "round1 student full", "total"}
     saved = json.loads((workdir / "results.json").read_text())
     assert saved == json.loads(json.dumps(result))
     assert saved["config"]["students[1].resnet_widths"] == [6, 12]
@@ -96,112 +101,43 @@ def test_the_loop_runs_on_a_dataset_it_has_never_seen(tmp_path, shapes, capsys):
     assert f"{teacher['parameters'] / 1e3:.1f}k" in printed
 
 
-@pytest.mark.slow
-def test_runlocal_fashion_mnist_loop_runs_end_to_end_and_reports(tmp_path, capsys):
-    fake_fashion_mnist.make(str(tmp_path / "idx"))
-    workdir = tmp_path / "run"
-    quick = [RUNLOCAL, "--teacher_steps=8", "--student_steps=6", "--min_confidence=0.1",
-             f"--fashion_mnist_dir={tmp_path}/idx"]
-    result = iterate.run([f"--workdir={workdir}", "--ablations=full,hard", *quick])
-    assert result["sizes"] == {"labeled": 200, "holdout": 100, "unlabeled": 500, "test": 200}
-    assert result["images_per_class"] == 50
-    (entry,) = result["rounds"]
-    assert set(entry["students"]) == {"full", "hard"}
-    for model in [entry["teacher"], *entry["students"].values()]:
-        assert 0.0 <= model["test"] <= 1.0 and 0.0 <= model["holdout"] <= 1.0
-        assert model["architecture"] == "small_resnet 8/16 x1" and model["parameters"] > 1000
-    # The written counts in the report are the records in the shards the student trained on.
-    records = {}
-    for variant, label_type in (("full", "soft"), ("hard", "hard")):
-        records[variant] = _records(entry["students"][variant]["pseudo_labels"])
-        per_class = [sum(r.label == c for r in records[variant]) for c in range(10)]
-        assert per_class == entry["labeling"]["written"]
-        assert sum(per_class) > 0 and all(n in (0, 50) for n in per_class)
-        assert all((r.probabilities is not None) == (label_type == "soft")
-                   for r in records[variant])
-    truth = {line.split(",")[0]: int(line.split(",")[1]) for line in
-             open(workdir / "data" / "unlabeled_truth.csv").read().split()[1:]}
-    originals = [r for r in records["full"] if r.copy == 0]
-    accuracy = sum(truth[r.image_id.decode()] == r.label for r in originals) / len(originals)
-    assert entry["labeling"]["pseudo_label_accuracy"] == pytest.approx(accuracy)
-    for name in ("counts", "confidence", "samples"):
-        with Image.open(workdir / "report" / "round0" / f"{name}.png") as image:
-            assert image.size[0] > 100 and image.size[1] > 100
-            low, high = image.convert("L").getextrema()
-            assert high - low > 100, f"{name}.png is blank"
-    summary = (workdir / "report" / "summary.md").read_text()
-    assert summary.startswith("# Noisy Student on Fashion-MNIST\n")
-    assert "| teacher | small_resnet 8/16 x1" in summary
-    assert "![samples](round0/samples.png)" in summary
-    assert json.loads((workdir / "results.json").read_text())["rounds"][0]["students"]["hard"][
-        "test"] == entry["students"]["hard"]["test"]
-    printed = capsys.readouterr().out
-    assert "student hard" in printed and "Report:" in printed
-    kept = [w - d for w, d in zip(entry["labeling"]["written"], entry["labeling"]["duplicated"])]
-    assert f"kept per class    {kept}" in printed
-    assert entry["students"]["hard"]["pseudo_labels_written"] == per_class
 
-    # Rerunning resumes (the workdir named another way): nothing is retrained.
-    student = workdir / "round0" / "student_full"
-    trained = (student / "result.json").read_text()
-    exported = (student / "export" / "saved_model.pb").stat().st_mtime_ns
-    again = iterate.run([f"--workdir={workdir}/../run", "--ablations=full,hard", *quick])
-    assert again["rounds"][0]["students"]["full"]["test"] == entry["students"]["full"]["test"]
-    assert (student / "result.json").read_text() == trained
-    assert (student / "export" / "saved_model.pb").stat().st_mtime_ns == exported
-
-    with pytest.raises(ValueError, match="config.labeling.min_confidence: 0.1 -> 0.5"):
-        iterate.run([f"--workdir={workdir}", "--ablations=full,hard", *quick,
-                     "--min_confidence=0.5"])
-    # The config file's contents are part of the run too, not only the flags.
-    edited = tmp_path / "edited.py"
-    edited.write_text("import dataclasses\nfrom ns_train import loop_config\n\n\n"
-                      "def get_config():\n"
-                      "    c = loop_config.load('ns_train/configs/fashion_mnist_loop.py:runlocal')"
-                      "\n    return dataclasses.replace(c, teacher={**c.teacher, "
-                      "'resnet_blocks': 2}, students=tuple({**s, 'resnet_blocks': 2} "
-                      "for s in c.students))\n")
-    with pytest.raises(ValueError, match="config.teacher.resnet_blocks: 1 -> 2"):
-        iterate.run([f"--workdir={workdir}", "--ablations=full,hard", *quick[1:],
-                     f"--config={edited}"])
-
-    # More ablations and a second round only add work; round 1's teacher is round 0's student,
-    # and round 1's student is wider.
-    two = iterate.run([f"--workdir={workdir}", "--rounds=2",
-                       "--ablations=full,no_noise,hard,no_balance", *quick])
-    first, second = two["rounds"]
-    assert first["students"]["hard"]["test"] == entry["students"]["hard"]["test"]
-    assert set(first["students"]) == {"full", "no_noise", "hard", "no_balance"}
-    assert set(second["students"]) == {"full"}
-    assert second["teacher"]["export"] == first["students"]["full"]["export"]
-    assert second["teacher"]["test"] == first["students"]["full"]["test"]
-    assert second["students"]["full"]["architecture"] == "small_resnet 12/24 x1"
-    assert second["students"]["full"]["parameters"] > second["teacher"]["parameters"]
-    # Each round's baseline is that round's student architecture on the labeled data alone.
-    assert [r["baseline"]["architecture"] for r in two["rounds"]] == [
-        "small_resnet 8/16 x1", "small_resnet 12/24 x1"]
-    assert (workdir / "round1" / "baseline" / "export" / "saved_model.pb").exists()
-    baseline = json.loads((workdir / "round1" / "baseline" / "config.json").read_text())
-    assert baseline["unlabeled"] == "" and baseline["resnet_widths"] == [12, 24]
-    # The labeled set is analysed once, by the teacher; every other model reuses it.
-    assert baseline["transform_from"] == str(workdir / "round0" / "teacher" / "transform")
-    assert sorted(p.parent.name for p in workdir.glob("round*/*/transform")) == ["teacher"]
-    # Without balancing the student sees every image above the threshold, once.
-    assert first["students"]["no_balance"]["pseudo_labels_written"] == first["labeling"][
-        "above_threshold"]
-    assert first["students"]["no_noise"]["pseudo_labels_written"] == first["labeling"]["written"]
-    configs = {variant: json.loads((workdir / "round0" / f"student_{variant}" / "config.json")
-                                   .read_text()) for variant in ("full", "no_noise")}
-    assert (configs["full"]["randaugment_ops"], configs["full"]["dropout"],
-            configs["full"]["stochastic_depth"]) == (2, 0.2, 0.8)
-    assert (configs["no_noise"]["randaugment_ops"], configs["no_noise"]["dropout"],
-            configs["no_noise"]["stochastic_depth"]) == (0, 0.0, 1.0)
-    labeled_twice = _records(second["students"]["full"]["pseudo_labels"])
-    assert [sum(r.label == c for r in labeled_twice) for c in range(10)] == second["labeling"][
-        "written"]
-    summary = (workdir / "report" / "summary.md").read_text()
-    assert "## Round 1" in summary and "![samples](round1/samples.png)" in summary
-    assert set(two["seconds"]) >= {"round1 label_and_balance", "round1 student full", "total"}
+def test_the_plan_names_every_training_with_its_data_noise_and_normalisation(tmp_path):
+    """What each training of a 2-round loop with every ablation reads, checked without training
+    (the shapes and runlocal tests train a subset for real)."""
+    config = dataclasses.replace(
+        loop_config.load("ns_train/configs/fashion_mnist_loop.py:runlocal"), rounds=2,
+        ablations=loop_config.ABLATIONS)
+    data = iterate.LoopData(workdir=str(tmp_path), labeled="L-*", unlabeled="U-*", eval="E-*")
+    plan = dict(iterate.trainings(config, data))
+    assert list(plan) == ["teacher", "round0 student full", "round0 student no_noise",
+                          "round0 student hard", "round0 student no_balance", "round0 baseline",
+                          "round1 student full", "round1 baseline"]
+    run = str(tmp_path)
+    assert {name: c.unlabeled for name, c in plan.items()} == {
+        "teacher": "", "round0 baseline": "", "round1 baseline": "",
+        "round0 student full": f"{run}/round0/pseudo_soft/pseudo_labels-*",
+        "round0 student no_noise": f"{run}/round0/pseudo_soft/pseudo_labels-*",
+        "round0 student hard": f"{run}/round0/pseudo_hard/pseudo_labels-*",
+        "round0 student no_balance": f"{run}/round0/pseudo_unbalanced/pseudo_labels-*",
+        "round1 student full": f"{run}/round1/pseudo_soft/pseudo_labels-*"}
+    assert {c.labeled for c in plan.values()} == {"L-*"} and {
+        c.eval for c in plan.values()} == {"E-*"}
+    # The no_noise student is the full one without RandAugment, dropout and stochastic depth.
+    full, quiet = plan["round0 student full"], plan["round0 student no_noise"]
+    assert (full.randaugment_ops, full.dropout, full.stochastic_depth) == (2, 0.2, 0.8)
+    assert dataclasses.replace(quiet, workdir=full.workdir, randaugment_ops=2, dropout=0.2,
+                               stochastic_depth=0.8) == full
+    assert (quiet.randaugment_ops, quiet.dropout, quiet.stochastic_depth) == (0, 0.0, 1.0)
+    # Round 1's student and baseline grow; each baseline is its round's student on labeled data.
+    assert [plan[n].resnet_widths for n in ("teacher", "round0 student full", "round0 baseline",
+                                            "round1 student full", "round1 baseline")] == [
+        (8, 16), (8, 16), (8, 16), (12, 24), (12, 24)]
+    assert plan["round1 baseline"].steps == plan["round1 student full"].steps
+    # The labeled set is analysed once, by the teacher; every other model reuses the analysis.
+    assert plan["teacher"].transform_from == ""
+    assert {c.transform_from for n, c in plan.items() if n != "teacher"} == {
+        f"{run}/round0/teacher/transform"}
 
 
 def _fake_result(config, data) -> dict:
