@@ -36,8 +36,13 @@ replicate-quick: venv
 	$(PY) -m beam_jobs.iterate --config=ns_train/configs/fashion_mnist_loop.py:runlocal \
 		--workdir=out/replicate-quick $(ARGS)
 
+# Test files run side by side on up to TEST_WORKERS processes (pytest-xdist; `auto` = one per
+# core, at most 4: each process loads TensorFlow). One file stays on one process, so a file's
+# module fixtures are built once; TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= auto
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --maxprocesses=4 --dist loadfile)
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The pure-Python selection math, schema, stats and settings, in well under a minute: what to run
 # while editing them. `make test` runs everything.

@@ -299,16 +299,18 @@ def trainings(config: LoopConfig, data: LoopData) -> Iterator[tuple[str, TrainCo
                 r, noise=variant != "no_noise", **shared,
                 workdir=posixpath.join(here, f"round{r}", f"student_{variant}"),
                 unlabeled=posixpath.join(_labels_dir(here, r, variant), "pseudo_labels-*"))
-        if config.baseline and _baseline_rounds(config)[r] == r:
+        if config.baseline and baseline_trainings(config)[r] == f"round{r} baseline":
             yield f"round{r} baseline", config.baseline_config(
                 r, **shared, workdir=posixpath.join(here, f"round{r}", "baseline"))
 
 
-def _baseline_rounds(config: LoopConfig) -> dict[int, int]:
-    """Round -> the round whose baseline it reports: the first round with the same student
-    model and steps (the same training, trained once)."""
-    first: dict[TrainConfig, int] = {}
-    return {r: first.setdefault(config.baseline_config(r), r) for r in range(config.rounds)}
+def baseline_trainings(config: LoopConfig) -> dict[int, str]:
+    """Round -> the training whose model is that round's baseline, trained once: the teacher
+    when the student is the teacher's model, steps and noise (the paper's same-size setting,
+    where the baseline is the teacher), else the first round with the same student."""
+    first: dict[TrainConfig, str] = {config.teacher_config(): "teacher"}
+    return {r: first.setdefault(config.baseline_config(r), f"round{r} baseline")
+            for r in range(config.rounds)}
 
 
 def _variants(config: LoopConfig, round_index: int) -> tuple[str, ...]:
@@ -489,11 +491,13 @@ def run_loop(config: LoopConfig, given: LoopData) -> dict[str, Any]:
                     "description": DESCRIPTIONS[variant]}
         baseline = {}
         if config.baseline:
-            name = f"round{_baseline_rounds(config)[r]} baseline"
+            name = baseline_trainings(config)[r]
             with _stage(f"round{r} baseline", seconds):  # a shared one is trained once
                 export = trainer.train(models[name])["export_dir"]
-                baseline = {"baseline": {**_model_entry(export, models[name], data),
-                                         "description": BASELINE_DESCRIPTION}}
+                baseline = {"baseline": {
+                    **_model_entry(export, models[name], data),
+                    "description": BASELINE_DESCRIPTION + ("; the round-0 teacher"
+                                                           if name == "teacher" else "")}}
         report_dir = posixpath.join(data.workdir, "report", f"round{r}")
         with _stage(f"round{r} report", seconds):
             labeling = report.write_label_report(label_config.balance.output_dir,

@@ -73,7 +73,8 @@ class LoopConfig:
       ablations: round-0 students to train, of `ABLATIONS`; round 1 on trains `full` only.
       baseline: per round, also train the paper's baseline: that round's student architecture
         for its steps, with its noise, on the labeled data alone; the tables then give each
-        student's gain over it. Rounds whose students are the same model share one.
+        student's gain over it. Rounds whose students are the same model share one, and a
+        student that is the teacher's model, steps and noise has the teacher as its baseline.
       seed: of the data splits, training and shard placement.
       name: the dataset's name, for the report's title.
       fashion_mnist: prepare Fashion-MNIST when no data globs are given (None: never).

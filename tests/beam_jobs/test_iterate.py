@@ -48,13 +48,19 @@ def test_the_loop_runs_on_a_dataset_it_has_never_seen(tmp_path, shapes, capsys):
     assert second["teacher"] == {key: student[key] for key in second["teacher"]}
     assert second["teacher"]["export"] == student["export"]
     # The paper's baseline: each round's student model, for its steps, on the labeled data only.
-    for entry, architecture in zip(result["rounds"], ("4/8", "6/12")):
+    # Round 0's student is the teacher's model, steps and noise: the teacher is its baseline, as
+    # in the paper's same-size setting, and is not trained twice.
+    assert {key: first["baseline"][key] for key in teacher} == teacher
+    assert first["baseline"]["description"].endswith("; the round-0 teacher")
+    assert not (workdir / "round0" / "baseline").exists()
+    assert second["baseline"]["export"] == str(workdir / "round1" / "baseline" / "export")
+    for entry, architecture, trained_as in zip(result["rounds"], ("4/8", "6/12"),
+                                               ("round0/teacher", "round1/baseline")):
         baseline = entry["baseline"]
         assert baseline["architecture"] == f"small_resnet {architecture} x1"
         assert baseline["parameters"] == entry["students"]["full"]["parameters"]
         assert baseline["steps"] == 60 and 0.0 <= baseline["holdout"] <= 1.0
-        trained = json.loads((workdir / f"round{entry['round']}" / "baseline" / "config.json")
-                             .read_text())
+        trained = json.loads((workdir / trained_as / "config.json").read_text())
         assert trained["unlabeled"] == "" and trained["labeled"] == f"{tmp_path}/shapes/labeled-*"
         assert trained["randaugment_ops"] == 1 and baseline["export"].startswith(str(workdir))
     # Round 0 trains the ablations too; round 1 only the full student.
@@ -107,7 +113,8 @@ def test_the_plan_names_every_training_with_its_data_noise_and_normalisation(tmp
     (the shapes and runlocal tests train a subset for real)."""
     config = dataclasses.replace(
         loop_config.load("ns_train/configs/fashion_mnist_loop.py:runlocal"), rounds=2,
-        ablations=loop_config.ABLATIONS)
+        ablations=loop_config.ABLATIONS,
+        students=({"steps": 500}, {"resnet_widths": (12, 24), "steps": 500}))
     data = iterate.LoopData(workdir=str(tmp_path), labeled="L-*", unlabeled="U-*", eval="E-*")
     plan = dict(iterate.trainings(config, data))
     assert list(plan) == ["teacher", "round0 student full", "round0 student no_noise",
@@ -133,7 +140,16 @@ def test_the_plan_names_every_training_with_its_data_noise_and_normalisation(tmp
     assert [plan[n].resnet_widths for n in ("teacher", "round0 student full", "round0 baseline",
                                             "round1 student full", "round1 baseline")] == [
         (8, 16), (8, 16), (8, 16), (12, 24), (12, 24)]
-    assert plan["round1 baseline"].steps == plan["round1 student full"].steps
+    assert [plan[n].steps for n in ("teacher", "round0 student full", "round0 baseline",
+                                    "round1 student full", "round1 baseline")] == [
+        400, 500, 500, 500, 500]
+    assert iterate.baseline_trainings(config) == {0: "round0 baseline", 1: "round1 baseline"}
+    # A student that is the teacher's model, steps and noise has the teacher as its baseline;
+    # a later round with the same student shares it.
+    same = dataclasses.replace(config, students=({}, {}, {"steps": 500}), rounds=3)
+    assert iterate.baseline_trainings(same) == {0: "teacher", 1: "teacher", 2: "round2 baseline"}
+    assert [n for n in dict(iterate.trainings(same, data)) if "baseline" in n] == [
+        "round2 baseline"]
     # The labeled set is analysed once, by the teacher; every other model reuses the analysis.
     assert plan["teacher"].transform_from == ""
     assert {c.transform_from for n, c in plan.items() if n != "teacher"} == {
