@@ -44,8 +44,7 @@ from ns_data.lazy import tf
 from ns_data.pipeline import check_table_serves, select_and_write
 from ns_data.progress import Progress
 from ns_data.read import DEFAULT_READ_BATCH, ReadImages, check_input_pattern, encoded_images
-from ns_data.teacher import (TeacherModelHandler, TeacherSpec, output_error, read_metadata,
-                             sample_problem)
+from ns_data.teacher import (TeacherModelHandler, TeacherSpec, output_error, sample_problem)
 from ns_data.teacher_flags import teacher_runtime, teacher_spec
 
 # Runners (lower case, without "runner") whose workers are this machine's processes.
@@ -228,6 +227,7 @@ def table_metadata(opts: LabelAndBalanceOptions, spec: TeacherSpec) -> predictio
         input=opts.input, input_format=opts.input_format, num_classes=spec.num_classes,
         topk=min(topk, spec.num_classes), teacher=opts.teacher, teacher_outputs=spec.outputs,
         temperature=spec.temperature, image_shape=tuple(spec.image.shape),
+        class_names=spec.class_names,
         **({"image_column": input_columns(opts).image, "id_column": input_columns(opts).id}
            if opts.input_format == formats.PARQUET else {}))
 
@@ -401,8 +401,7 @@ def run_job(config: LabelAndBalanceConfig, pipeline_args: Sequence[str] = (),
     Progress.finish_all()
     if not dry_run:
         balance = opts.view_as(BalanceOptions)
-        class_names = list(read_metadata(opts.teacher).class_names) or None
-        print_summary(balance.output_dir, class_names)
+        print_summary(balance.output_dir)
         completion.finish_run(balance.output_dir, "label_and_balance",
                               balance.max_failure_fraction)
     return result

@@ -14,8 +14,9 @@ RUN_DIR/report):
                   with confidence, and no count shows it)
   report.md       the three, with the run's settings and per-class table
 
-Class names come from `--class_names`, else the teacher's ns_teacher.json, else class ids. A run
-without its _SUCCESS marker is refused unless `--allow_incomplete`.
+Class names come from `--class_names`, else the run's stats.json (which has the teacher's
+ns_teacher.json names), else class ids. A run without its _SUCCESS marker is refused unless
+`--allow_incomplete`.
 """
 from __future__ import annotations
 
@@ -71,8 +72,10 @@ def class_names_of(run: dict, flag: str) -> list[str]:
             raise ValueError(f"--class_names has {len(names)} names; the run has "
                              f"{run['num_classes']} classes")
         return names
+    names = run.get("class_names", ())  # the teacher's, recorded by the run
     teacher = run["config"].get("teacher", "")
-    names = read_metadata(teacher).class_names if teacher and tf.io.gfile.isdir(teacher) else ()
+    if not names and teacher and tf.io.gfile.isdir(teacher):  # a run from before they were
+        names = read_metadata(teacher).class_names
     return list(names) if len(names) == run["num_classes"] else [
         str(c) for c in range(run["num_classes"])]
 

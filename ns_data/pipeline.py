@@ -121,4 +121,4 @@ def select_and_write(paths: beam.PCollection, output_dir: str, config: BalanceCo
     shards = paths | "WriteLabeledShards" >> WriteLabeledShards(
         output_dir, config.output_spec(), metadata, plans, selection.tie_starts, counts)
     return shards | "WriteStats" >> stats.WriteRunStats(
-        output_dir, recorded, metadata.num_classes, counts, plans)
+        output_dir, recorded, metadata.num_classes, counts, plans, metadata.class_names)

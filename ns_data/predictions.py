@@ -110,6 +110,8 @@ class TableMetadata:
       version: the table format version.
       image_column: a Parquet input's image column ("" for other formats).
       id_column: a Parquet input's id column ("": ids are content hashes, or not Parquet).
+      class_names: the teacher's class names, in output order (from its ns_teacher.json; empty
+        when it names none), carried to every run's stats.json.
     """
 
     input: str
@@ -123,10 +125,14 @@ class TableMetadata:
     version: int = FORMAT_VERSION
     image_column: str = ""
     id_column: str = ""
+    class_names: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not 1 <= self.topk <= self.num_classes:
             raise ValueError(f"topk must be in 1..num_classes={self.num_classes}, got {self.topk}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} "
+                             "classes")
 
     @property
     def dense(self) -> bool:
@@ -149,6 +155,7 @@ class TableMetadata:
             raise ValueError(f"predictions table format version {fields.get('version')} is not "
                              f"one of the supported {READABLE_VERSIONS}")
         fields["image_shape"] = tuple(fields.get("image_shape", ()))
+        fields["class_names"] = tuple(fields.get("class_names", ()))
         return cls(**fields)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -36,6 +36,7 @@ def build_stats(
     scored_per_class: Mapping[int, int],
     plans: Mapping[int, ClassPlan],
     shard_counts: Mapping[int, int],
+    class_names: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Assembles the stats document from the pipeline's counts.
 
@@ -47,6 +48,7 @@ def build_stats(
       scored_per_class: images scored, by teacher argmax.
       plans: the balancing decision of each class that had images above the threshold.
       shard_counts: records written per output shard.
+      class_names: the classes' names (the teacher's), one per class; empty when unnamed.
     """
     min_confidence = float(config["min_confidence"])
     classes = []
@@ -58,6 +60,7 @@ def build_stats(
         capped = plan.threshold_confidence if plan else None
         classes.append({
             "class": label,
+            **({"name": class_names[label]} if class_names else {}),
             "read": int(scored_per_class.get(label, 0)),
             "above_threshold": quota.count if quota else 0,
             "kept": kept,
@@ -91,6 +94,7 @@ def build_stats(
     return {
         "config": dict(config),
         "num_classes": num_classes,
+        **({"class_names": list(class_names)} if class_names else {}),
         "totals": totals,
         "empty_classes": [c["class"] for c in classes if c["above_threshold"] == 0],
         "classes": classes,
@@ -128,8 +132,9 @@ def read_stats(output_dir: str) -> dict[str, Any]:
 
 
 def format_summary(stats: Mapping[str, Any], class_names: list[str] | None = None) -> str:
-    """A plain-text table of per-class counts followed by the totals."""
-    names = class_names or []
+    """A plain-text table of per-class counts followed by the totals; classes are named by
+    `class_names`, else by the run's own (the teacher's), else by number."""
+    names = class_names or stats.get("class_names") or []
     header = f"{'class':<16}{'read':>9}{'>=thr':>9}{'kept':>9}{'dup':>9}{'written':>9}{'thr':>8}"
     lines = [header, "-" * len(header)]
     for c in stats["classes"]:
@@ -162,13 +167,14 @@ def format_summary(stats: Mapping[str, Any], class_names: list[str] | None = Non
     return "\n".join(lines)
 
 
-def _assemble(_, config, num_classes, counts, plans, shards, output_dir):
+def _assemble(_, config, num_classes, class_names, counts, plans, shards, output_dir):
     pseudo = {shard: n for (prefix, shard), n in shards.items() if prefix == PSEUDO_LABEL_PREFIX}
     widest = max(list(counts.scored) + list(plans), default=-1) + 1
     stats = build_stats(config=config, num_classes=max(num_classes, widest),
                         images_ok=counts.rows - counts.failed.get(STAGE_PARSE, 0),
                         failures=counts.failed, scored_per_class=counts.scored, plans=plans,
-                        shard_counts=pseudo)
+                        shard_counts=pseudo,
+                        class_names=class_names if widest <= num_classes else ())
     check_reconciles(stats)
     return write_stats(output_dir, stats)
 
@@ -182,11 +188,13 @@ class WriteRunStats(beam.PTransform):
     """
 
     def __init__(self, output_dir: str, config: Mapping[str, Any], num_classes: int,
-                 counts: beam.PCollection, plans: beam.PCollection):
+                 counts: beam.PCollection, plans: beam.PCollection,
+                 class_names: Sequence[str] = ()):
         super().__init__()
         self._output_dir = output_dir
         self._config = dict(config)
         self._num_classes = num_classes
+        self._class_names = tuple(class_names)
         self._counts = counts
         self._plans = plans
 
@@ -198,6 +206,7 @@ class WriteRunStats(beam.PTransform):
                     _assemble,
                     config=self._config,
                     num_classes=self._num_classes,
+                    class_names=self._class_names,
                     counts=side.AsSingleton(self._counts),
                     plans=side.AsDict(self._plans),
                     shards=side.AsDict(shards),

@@ -48,6 +48,8 @@ class TeacherSpec:
       temperature: logits are divided by it before the softmax (probabilities are re-tempered).
       signature: the serving signature name.
       batch_size: fixed batch the model always sees; the last batch is padded.
+      class_names: the classes' names in output order, from `ns_teacher.json` (empty when it
+        names none, or not one per output).
     """
 
     path: str
@@ -61,6 +63,7 @@ class TeacherSpec:
     temperature: float = 1.0
     signature: str = "serving_default"
     batch_size: int = 64
+    class_names: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.outputs not in OUTPUT_KINDS:
@@ -236,6 +239,7 @@ def inspect_teacher(
         temperature=temperature,
         signature=signature,
         batch_size=batch_size,
+        class_names=(metadata.class_names if len(metadata.class_names) == num_classes else ()),
     )
 
 

@@ -19,7 +19,7 @@ from apache_beam.runners.dataflow.internal import apiclient
 from beam_jobs import cli
 from beam_jobs import label_and_balance as job
 from beam_jobs import rebalance
-from ns_data import completion, schema, stats
+from ns_data import completion, fashion_mnist, schema, stats
 from ns_data.images import ImageDecoder, ImageSpec
 from ns_train.tiny_teacher import train_tiny_teacher
 from tests.data_files import write_tfrecord
@@ -32,7 +32,8 @@ K = 25
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("teacher") / "saved_model")
-    train_tiny_teacher(os.path.join(SAMPLE, "labeled.tfrecord"), path, epochs=3, seed=1)
+    train_tiny_teacher(os.path.join(SAMPLE, "labeled.tfrecord"), path, epochs=3, seed=1,
+                       class_names=fashion_mnist.CLASS_NAMES)
     return path
 
 
@@ -65,12 +66,13 @@ def keras_probabilities(teacher: str, records: list[bytes]) -> dict[bytes, np.nd
 
 
 @pytest.mark.slow
-def test_real_savedmodel_labels_and_counts(teacher, unlabeled, tmp_path):
+def test_real_savedmodel_labels_and_counts(teacher, unlabeled, tmp_path, capsys):
     input_path, records = unlabeled
     output_dir = str(tmp_path / "out")
     job.run([f"--input={input_path}", f"--teacher={teacher}", f"--output_dir={output_dir}",
              f"--images_per_class={K}", "--num_shards=2", "--batch_size=32",
              "--label_type=soft"])
+    printed = capsys.readouterr().out
     expected = keras_probabilities(teacher, records)
     written = [schema.parse_pseudo_label(r.numpy()) for r in tf.data.TFRecordDataset(
         sorted(glob.glob(os.path.join(output_dir, "pseudo_labels-*.tfrecord"))))]
@@ -89,6 +91,18 @@ def test_real_savedmodel_labels_and_counts(teacher, unlabeled, tmp_path):
     assert run_stats["config"]["image_shape"] == [28, 28, 1]
     assert run_stats["config"]["decoder"] == "pillow"
     stats.check_reconciles(run_stats)
+    # The teacher's class names (its ns_teacher.json) name the classes in stats.json and the
+    # summary, and travel with the predictions table to a rebalance of it.
+    assert run_stats["class_names"] == fashion_mnist.CLASS_NAMES
+    assert [c["name"] for c in run_stats["classes"]] == fashion_mnist.CLASS_NAMES
+    assert "8 Bag" in printed and "9 Ankle boot" in printed
+    rebalanced = str(tmp_path / "rebalanced")
+    rebalance.run([f"--predictions={output_dir}/predictions", f"--output_dir={rebalanced}",
+                   "--images_per_class=5", "--runner=DirectRunner"])
+    again = stats.read_stats(rebalanced)
+    assert again["class_names"] == fashion_mnist.CLASS_NAMES
+    assert [c["name"] for c in again["classes"]] == fashion_mnist.CLASS_NAMES
+    assert again["totals"]["written"] == 5 * len(above)
 
 
 @pytest.mark.parametrize("accelerator,machine", [

@@ -196,3 +196,17 @@ def test_format_summary_without_empty_classes():
     stats.check_reconciles(full)
     assert full["empty_classes"] == []
     assert "no image above the threshold" not in stats.format_summary(full)
+
+
+def test_the_teachers_class_names_are_recorded_and_name_the_summary(run_stats):
+    named = build(class_names=CLASS_NAMES)
+    assert named["class_names"] == CLASS_NAMES
+    assert [c["name"] for c in named["classes"]] == CLASS_NAMES
+    # Apart from the names, the document is the unnamed run's.
+    assert {k: v for k, v in named.items() if k != "class_names"} == {
+        **run_stats, "classes": [{**c, "name": n} for c, n in zip(run_stats["classes"],
+                                                                   CLASS_NAMES)]}
+    assert "class_names" not in run_stats and "name" not in run_stats["classes"][0]
+    assert stats.format_summary(named) == stats.format_summary(run_stats, CLASS_NAMES)
+    # Names given to the summary win over the recorded ones.
+    assert stats.format_summary(named, list("abcde")).splitlines()[2].split()[:2] == ["0", "a"]
