@@ -277,15 +277,19 @@ def output_error(raw: np.ndarray, probabilities: np.ndarray, kind: str) -> str |
 
 # The launch check's sample: enough images that one class for all of them is not chance.
 MIN_SAMPLE_FOR_CLASS_CHECK = 32
+# A median gap between the two largest logits above this on real images is a teacher fed pixels
+# on far too large a scale (e.g. 0..255 to a 0..1 model): trained models give single digits
+# (the tiny teacher: median 2.4, 90th percentile 6.1), and 255x its input gave a median of 600.
+SATURATED_LOGIT_MARGIN = 100.0
 
 
 def sample_problem(raw: np.ndarray, probabilities: np.ndarray, spec: TeacherSpec) -> str | None:
     """What is wrong with the teacher's outputs on a sample of real input images, or None.
 
     Catches the set-ups that give garbage without any per-image error: a softmax teacher read as
-    logits (every row already a probability vector), and a teacher that sees nothing in these
-    images (all one class, or near-uniform probabilities), most often from the wrong pixel
-    range.
+    logits (every row already a probability vector), a teacher that sees nothing in these
+    images (all one class, or near-uniform probabilities), and logits saturated by pixels on
+    far too large a scale; the last three most often come from the wrong pixel range.
 
     Args:
       raw: the teacher's outputs [n, C].
@@ -311,6 +315,14 @@ def sample_problem(raw: np.ndarray, probabilities: np.ndarray, spec: TeacherSpec
         return (f"the teacher labels all {n} sampled input images as class {labels[0]} "
                 f"{settings}: check --input_range and --teacher_outputs against how it was "
                 "trained, and that it was trained on images like these")
+    if spec.outputs == "logits" and spec.input_dtype == "float32":
+        top_two = np.sort(raw, axis=1)[:, -2:]
+        margin = float(np.median(top_two[:, 1] - top_two[:, 0]))
+        if margin > SATURATED_LOGIT_MARGIN:
+            return (f"the teacher's logits on {n} sampled input images are saturated (median gap "
+                    f"{margin:.0f} between the top two classes, every label at confidence 1.0) "
+                    f"{settings}: the pixels are most likely on the wrong scale; check "
+                    "--input_range against how it was trained")
     median_top = float(np.median(probabilities.max(axis=1)))
     # Within 10% of uniform: a weak but working teacher (a quick one in tests gives 1.28 / C)
     # is not refused, a blind one is.

@@ -484,6 +484,19 @@ def test_one_class_for_every_image_is_refused_with_the_likely_causes():
     assert _sample(logits[:teacher.MIN_SAMPLE_FOR_CLASS_CHECK - 1]) is None
 
 
+def test_saturated_logits_are_refused_as_the_wrong_pixel_scale():
+    logits = _healthy_logits()
+    assert _sample(logits * 20) is None  # a very confident teacher: median gap ~80
+    problem = _sample(logits * 255, input_range=(0.0, 255.0))
+    assert problem.startswith("the teacher's logits on 64 sampled input images are saturated "
+                              "(median gap ")
+    assert "(--input_range=0,255, --teacher_outputs=logits)" in problem
+    gap = np.median(np.diff(np.sort(logits * 255, axis=1)[:, -2:], axis=1))
+    assert f"median gap {gap:.0f} " in problem and gap > teacher.SATURATED_LOGIT_MARGIN
+    # Probabilities, and a uint8 input (it has no pixel scale), are not judged by it.
+    assert _sample(logits * 255, input_dtype="uint8") is None
+
+
 def test_near_uniform_probabilities_are_refused():
     logits = _healthy_logits() * 0.01
     problem = _sample(logits)
