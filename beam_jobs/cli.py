@@ -384,11 +384,12 @@ def pipeline_options(argv: list[str],
     return options
 
 
-def print_summary(output_dir: str, class_names: list[str] | None = None) -> None:
-    """Prints where the output went and the per-class table from its stats.json."""
+def print_summary(output_dir: str) -> None:
+    """Prints where the output went and the per-class table from its stats.json (classes named
+    as the run's stats name them)."""
     if tf.io.gfile.exists(posixpath.join(output_dir, stats.STATS_FILE)):
         print(f"\nOutput: {output_dir}")
-        print(stats.format_summary(stats.read_stats(output_dir), class_names))
+        print(stats.format_summary(stats.read_stats(output_dir)))
 
 
 def configure_logging() -> None:

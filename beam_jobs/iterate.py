@@ -293,13 +293,14 @@ def trainings(config: LoopConfig, data: LoopData) -> Iterator[tuple[str, TrainCo
     shared = {"labeled": data.labeled, "eval": data.eval}
     if teacher.normalization == "tft":
         shared["transform_from"] = teacher.transform_dir
+    baselines = baseline_trainings(config) if config.baseline else {}
     for r in range(config.rounds):
         for variant in _variants(config, r):
             yield f"round{r} student {variant}", config.student_config(
                 r, noise=variant != "no_noise", **shared,
                 workdir=posixpath.join(here, f"round{r}", f"student_{variant}"),
                 unlabeled=posixpath.join(_labels_dir(here, r, variant), "pseudo_labels-*"))
-        if config.baseline and baseline_trainings(config)[r] == f"round{r} baseline":
+        if baselines.get(r) == f"round{r} baseline":
             yield f"round{r} baseline", config.baseline_config(
                 r, **shared, workdir=posixpath.join(here, f"round{r}", "baseline"))
 

@@ -50,6 +50,8 @@ def build_stats(
       shard_counts: records written per output shard.
       class_names: the classes' names (the teacher's), one per class; empty when unnamed.
     """
+    if class_names and len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
     min_confidence = float(config["min_confidence"])
     classes = []
     for label in range(num_classes):

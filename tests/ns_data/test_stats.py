@@ -210,3 +210,8 @@ def test_the_teachers_class_names_are_recorded_and_name_the_summary(run_stats):
     assert stats.format_summary(named) == stats.format_summary(run_stats, CLASS_NAMES)
     # Names given to the summary win over the recorded ones.
     assert stats.format_summary(named, list("abcde")).splitlines()[2].split()[:2] == ["0", "a"]
+
+
+def test_class_names_that_do_not_match_the_classes_are_refused():
+    with pytest.raises(ValueError, match="4 class names for 5 classes"):
+        build(class_names=CLASS_NAMES[:4])
