@@ -51,6 +51,10 @@ from ns_data.teacher_flags import teacher_runtime, teacher_spec
 LOCAL_RUNNERS = ("direct", "switchingdirect", "bundlebaseddirect", "prism")
 # Image files per predictions table file with --input_format=images.
 IMAGES_PER_TABLE_FILE = 4096
+# Batches decoded ahead of the teacher (--decode_ahead): measured 0.77-0.85x the wall of
+# decoding in turn on this CPU-only job (BENCHMARKS.md); on an accelerator the host's cores
+# are idle while the teacher runs, so the overlap matters more.
+DECODE_AHEAD = 2
 
 
 class LabelAndBalanceOptions(InputOptions, PipelineOptions):
@@ -68,6 +72,10 @@ class LabelAndBalanceOptions(InputOptions, PipelineOptions):
                        "Pillow/libjpeg with DCT scaling of large JPEGs, several times faster "
                        "and within a few levels of the trainer's pixels; tf = the trainer's "
                        "own TensorFlow ops, pixel for pixel (default: %(default)s).")
+        g.add_argument("--decode_ahead", type=cli.non_negative_int, default=DECODE_AHEAD,
+                       help="Batches decoded on a second thread while the teacher runs on the "
+                       "one before, so decoding overlaps inference instead of alternating with "
+                       "it; 0 decodes each batch in turn (default: %(default)s).")
         g = teacher_flags.add_teacher_args(parser)
         g.add_argument("--large_model", action="store_true",
                        help="Load one model per worker machine, shared by its SDK processes "
@@ -108,6 +116,7 @@ class LabelAndBalanceConfig:
     id_column: str | None = None
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     decoder: str = DEFAULT_DECODER
+    decode_ahead: int = DECODE_AHEAD
     teacher: str | None = None
     teacher_signature: str = "serving_default"
     teacher_outputs: str | None = None
@@ -165,8 +174,12 @@ def shares_model(opts: LabelAndBalanceOptions) -> bool:
     """
     if opts.no_large_model:
         return False
-    if opts.large_model or opts.model_copies:
-        return True
+    return bool(opts.large_model or opts.model_copies) or on_accelerator(opts)
+
+
+def on_accelerator(opts: LabelAndBalanceOptions) -> bool:
+    """Whether the teacher runs on a GPU or TPU: `--device=gpu|tpu`, or workers with a
+    `worker_accelerator` service option (`--device=auto` then finds it)."""
     service_options = opts.view_as(GoogleCloudOptions).dataflow_service_options or []
     return opts.device in ("gpu", "tpu") or any(
         option.startswith("worker_accelerator") for option in service_options)
@@ -319,7 +332,7 @@ def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSp
                                                  input_columns(opts))
     scored = read.images | "TeacherInference" >> TeacherInference(
         handler, spec.image, spec.outputs, metadata.topk, opts.max_image_pixels, opts.decoder,
-        teacher_runtime(opts))
+        teacher_runtime(opts), opts.decode_ahead)
     image_buckets, file_sizes = 1, read.file_sizes
     if opts.input_format == "images":
         image_buckets = math.ceil(check_input_pattern(opts.input) / IMAGES_PER_TABLE_FILE)

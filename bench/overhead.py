@@ -1,7 +1,7 @@
 """What the job costs over a bare loop: label_and_balance end to end vs decode + predict alone.
 
     python -m bench.overhead [--work_dir /tmp/ns-bench-e2e] [--limit 0] [--decoders pillow,tf]
-                             [--repeat_input 1]
+                             [--repeat_input 1] [--decode_ahead 2]
 
 On the 50,000 unlabeled Fashion-MNIST images of `bench.end_to_end` (8 TFRecord files, 28x28
 PNGs) with its tiny CNN teacher (a light teacher, so framework overhead is not hidden behind
@@ -14,7 +14,8 @@ model time), each in a fresh process, one after the other:
 - **job**: `python -m beam_jobs.label_and_balance` on DirectRunner, keeping about every image
   without duplication (`--min_confidence=0`, K = the largest class, `--no_duplicate`), so it
   does everything the bare loop does plus the predictions table, the selection and the shards;
-  once per `--decoders` entry.
+  once per `--decoders` entry and per `--decode_ahead` entry (batches decoded on a second
+  thread while the teacher runs).
 
 Both walls include Python and TensorFlow start-up and loading the teacher; the bare loop also
 prints its loop alone. Every command runs `--repeats` times, interleaved; ratios are median
@@ -119,6 +120,8 @@ def main() -> None:
                         help="Runs of every command, interleaved; medians are reported.")
     parser.add_argument("--decoders", default="pillow,tf",
                         help="Comma-separated --decoder values to run the job with.")
+    parser.add_argument("--decode_ahead", default="2",
+                        help="Comma-separated --decode_ahead values to run the job with.")
     parser.add_argument("--repeat_input", type=int, default=1,
                         help="Feed every image this many times (copies get their own ids), to "
                         "amortise fixed start-up costs over a larger input.")
@@ -134,7 +137,8 @@ def main() -> None:
     if args.repeat_input > 1:
         pattern = repeated_input(pattern, args.repeat_input)
 
-    bare_walls, job_walls, rows = [], {d: [] for d in args.decoders.split(",")}, {}
+    jobs = [(d, a) for d in args.decoders.split(",") for a in args.decode_ahead.split(",")]
+    bare_walls, job_walls, rows = [], {job: [] for job in jobs}, {}
     for _ in range(args.repeats):  # interleaved: drift on a shared machine hits every command
         seconds, out = _run(["-m", "bench.overhead", "--bare", pattern, teacher,
                              f"--batch_size={args.batch_size}"])
@@ -142,34 +146,34 @@ def main() -> None:
         bare_walls.append(seconds)
         images = bare["images"]
         rows["bare loop (tf.data, parallel decode)"] = bare["per_class"]
-        for decoder in job_walls:
-            out_dir = os.path.join(args.work_dir, "runs", f"overhead-{decoder}")
+        for decoder, ahead in job_walls:
+            name = f"--decoder={decoder} --decode_ahead={ahead}"
+            out_dir = os.path.join(args.work_dir, "runs", f"overhead-{decoder}-{ahead}")
             seconds, _ = _run([
                 "-m", "beam_jobs.label_and_balance", f"--input={pattern}",
                 f"--teacher={teacher}", f"--output_dir={out_dir}", "--min_confidence=0",
                 f"--images_per_class={images}", "--no_duplicate", "--label_type=hard",
                 "--num_shards=16", f"--batch_size={args.batch_size}", f"--decoder={decoder}",
-                "--overwrite", "--runner=DirectRunner"])
-            job_walls[decoder].append(seconds)
+                f"--decode_ahead={ahead}", "--overwrite", "--runner=DirectRunner"])
+            job_walls[decoder, ahead].append(seconds)
             with open(os.path.join(out_dir, "stats.json")) as f:
                 stats = json.load(f)
             assert stats["totals"]["read"] == images, stats["totals"]
-            rows[f"label_and_balance --decoder={decoder}"] = [c["above_threshold"]
-                                                             for c in stats["classes"]]
+            rows[name] = [c["above_threshold"] for c in stats["classes"]]
     bare_s = statistics.median(bare_walls)
     print(f"{images} images, teacher {teacher}, batch {args.batch_size}; median of "
           f"{args.repeats} interleaved runs; bare loop alone {bare['loop_s']:.1f} s "
           f"({images / bare['loop_s']:.0f} images/s) in its last run\n")
-    print(f"{'':<40}{'wall s':>8}{'images/s':>10}{'vs bare':>9}   all walls")
+    print(f"{'':<42}{'wall s':>8}{'images/s':>10}{'vs bare':>9}   all walls")
     walls = {"bare loop (tf.data, parallel decode)": bare_walls,
-             **{f"label_and_balance --decoder={d}": w for d, w in job_walls.items()}}
+             **{f"--decoder={d} --decode_ahead={a}": w for (d, a), w in job_walls.items()}}
     for name, seconds in walls.items():
         median = statistics.median(seconds)
-        print(f"{name:<40}{median:>8.1f}{images / median:>10.0f}{bare_s / median:>9.2f}   "
+        print(f"{name:<42}{median:>8.1f}{images / median:>10.0f}{bare_s / median:>9.2f}   "
               + " ".join(f"{s:.1f}" for s in seconds))
     print("\nimages per predicted class:")
     for name, per_class in rows.items():
-        print(f"  {name:<40}{per_class}")
+        print(f"  {name:<42}{per_class}")
 
 
 if __name__ == "__main__":

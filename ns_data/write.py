@@ -455,6 +455,7 @@ class _PairWithImages(beam.DoFn):
                     for key, value in self._copies_of(picked, i, encoded, int(copies[i]),
                                                       chunks):
                         yield from batches.add(key, value)
+                    self._records.inc(int(copies[i]))
             except OSError as e:
                 raise ValueError(f"{source}, an input file of the predictions table {path}, "
                                  f"cannot be read ({type(e).__name__}: {e}): the input changed "
@@ -517,7 +518,6 @@ class _PairWithImages(beam.DoFn):
             order = id_hash(image_id + b"#%d" % copy, spec.seed)
             record = schema.pseudo_label_example(image_id, encoded, probabilities,
                                                  spec.label_type, copy=copy, topk=spec.topk)
-            self._records.inc()
             yield shard_key(PSEUDO_LABEL_PREFIX, order, spec.num_shards,
                             chunks[PSEUDO_LABEL_PREFIX]), (order, record)
 

@@ -8,6 +8,9 @@ import pytest
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image
 
 from ns_data import devices, inference
@@ -33,11 +36,22 @@ def raw_images(*contents: bytes) -> list[RawImage]:
             for i, data in enumerate(contents)]
 
 
+def run_decode(fn: inference._Decode, batches: list[list[RawImage]]) -> list:
+    """The DoFn's outputs over one bundle of `batches`, in order, out of their windows."""
+    fn.setup()
+    fn.start_bundle()
+    outputs = [out for batch in batches
+               for out in fn.process(batch, timestamp=MIN_TIMESTAMP, window=GlobalWindow())]
+    outputs += list(fn.finish_bundle() or ())
+    fn.teardown()
+    return [TaggedOutput(out.tag, getattr(out.value, "value", out.value))
+            if isinstance(out, TaggedOutput) else getattr(out, "value", out) for out in outputs]
+
+
 def decode(decoder: str, images: list[RawImage], runtime=None):
     fn = inference._Decode(SPEC, max_pixels=10_000, decoder=decoder, runtime=runtime)
-    fn.setup()
     decoded, failed = None, []
-    for out in fn.process(images):
+    for out in run_decode(fn, [images]):
         if isinstance(out, TaggedOutput):
             failed.extend(out.value.to_pylist())  # rows of the predictions table
         else:
@@ -72,6 +86,48 @@ def test_decode_batches_good_images_and_fails_bad_ones_per_image(decoder, gpu_se
     assert [f[IMAGE_HASH] for f in failed] == [content_hash(images[i].encoded) for i in (1, 3, 4)]
     assert ("100x200, over the limit of 10000 pixels (--max_image_pixels)"
             in failed[2][ERROR_MESSAGE])
+
+
+@pytest.mark.parametrize("ahead", [1, 2, 5])
+def test_decoding_ahead_emits_every_batch_in_order_and_in_its_window(ahead, gpu_settings):
+    # 7 batches with a bad image in every third: what a bundle emits with batches decoded on
+    # another thread, up to `ahead` in flight, is what decoding each in turn emits, in order.
+    batches = [[RawImage(b"id", b"bad" if (b + i) % 3 == 0 else encoded("PNG", 10 * b + i),
+                         "in.tfrecord", 4 * b + i) for i in range(4)] for b in range(7)]
+
+    def emitted(n_ahead):
+        fn = inference._Decode(SPEC, 10_000, "pillow", None, ahead=n_ahead)
+        return [(out.tag, out.value.column(INDEX).to_pylist()) if isinstance(out, TaggedOutput)
+                else ("decoded", [key[1] for key in out[0]], out[1].tobytes())
+                for out in run_decode(fn, batches)]
+
+    serial = emitted(0)
+    assert emitted(ahead) == serial
+    # Every image once, failed or decoded, and the batches in input order.
+    assert sorted(i for out in serial for i in out[1]) == list(range(28))
+    batch_of = [index // 4 for out in serial for index in out[1]]
+    assert batch_of == sorted(batch_of)
+    assert sum(len(out[1]) for out in serial if out[0] == "failed") == 10
+
+
+def test_batches_still_decoding_at_the_end_of_a_bundle_are_emitted_by_finish_bundle(
+        gpu_settings):
+    fn = inference._Decode(SPEC, 10_000, "pillow", None, ahead=3)
+    fn.setup()
+    fn.start_bundle()
+    window = GlobalWindow()
+    during = [out for b in range(2) for out in fn.process(
+        raw_images(encoded("PNG", b)), timestamp=MIN_TIMESTAMP, window=window)]
+    after = list(fn.finish_bundle())
+    fn.teardown()
+    assert len(during) + len(after) == 2
+    assert all(isinstance(out, WindowedValue) and list(out.windows) == [window]
+               and out.timestamp == MIN_TIMESTAMP for out in during + after)
+
+
+def test_ahead_must_not_be_negative():
+    with pytest.raises(ValueError, match="ahead must be >= 0"):
+        inference._Decode(SPEC, 10_000, "pillow", None, ahead=-1)
 
 
 def test_pillow_decodes_gif_for_a_grayscale_teacher_where_tf_fails(gpu_settings):

@@ -202,3 +202,64 @@ def test_dense_targets_refuses_records_it_cannot_turn_into_targets(record, messa
     parsed = tf.io.parse_example(tf.constant([record]), schema.tf_feature_spec())
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         schema.dense_targets(parsed, 4)
+
+
+# --------------------------------------------------------------------------------------------
+# The wire encoder: protobuf's own deterministic bytes
+# --------------------------------------------------------------------------------------------
+
+def proto_example(features: dict[str, tuple[str, list]]) -> bytes:
+    """What protobuf serializes for {name: (kind, values)}, kind one of bytes/int64/float."""
+    lists = {"bytes": lambda v: tf.train.Feature(bytes_list=tf.train.BytesList(value=v)),
+             "int64": lambda v: tf.train.Feature(int64_list=tf.train.Int64List(value=v)),
+             "float": lambda v: tf.train.Feature(float_list=tf.train.FloatList(value=v))}
+    return tf.train.Example(features=tf.train.Features(feature={
+        name: lists[kind](values) for name, (kind, values) in features.items()})
+    ).SerializeToString(deterministic=True)
+
+
+def test_the_encoder_writes_protobufs_own_bytes_for_every_kind_of_value():
+    rng = np.random.default_rng(0)
+    encoders = {"bytes": schema._bytes, "int64": schema._ints, "float": schema._floats}
+    for _ in range(300):
+        features = {}
+        for n in range(int(rng.integers(1, 6))):
+            kind = ("bytes", "int64", "float")[int(rng.integers(3))]
+            count = int(rng.integers(0, 4))
+            # Sizes across the one-, two- and three-byte length varints; ints of every width.
+            values = ([rng.bytes(int(rng.choice([0, 5, 127, 128, 300, 20_000])))
+                       for _ in range(count)] if kind == "bytes"
+                      else [int(v) for v in rng.integers(-2**63, 2**63 - 1, count)]
+                      + [0, 1, 127, 128, -1][:count] if kind == "int64"
+                      else [float(v) for v in rng.normal(0, 1e3, count).astype(np.float32)])
+            features[f"{'kzab'[n % 4]}/feature{int(rng.integers(100))}"] = (kind, values)
+        ours = schema._example({name: encoders[kind](values)
+                                for name, (kind, values) in features.items()})
+        assert ours == proto_example(features)
+
+
+@pytest.mark.parametrize("label_type", list(schema.LabelType))
+def test_every_record_the_toolkit_writes_is_byte_identical_to_protobufs(label_type):
+    rng = np.random.default_rng(1)
+    for copy in (0, 1, 127, 128, 100_000):
+        probabilities = rng.random(int(rng.integers(2, 30))).astype(np.float32)
+        probabilities /= probabilities.sum()
+        encoded = rng.bytes(int(rng.integers(1, 40_000)))
+        label = int(np.argmax(probabilities))
+        want = {schema.IMAGE_ENCODED: ("bytes", [encoded]), schema.IMAGE_ID: ("bytes", [b"i"]),
+                schema.LABEL: ("int64", [label]), schema.COPY: ("int64", [copy]),
+                schema.CONFIDENCE: ("float", [float(probabilities[label])])}
+        if label_type is schema.LabelType.SOFT:
+            want[schema.PROBABILITIES] = ("float", probabilities.tolist())
+        if label_type is schema.LabelType.SOFT_TOPK:
+            classes, probs = schema.topk_target(probabilities, 5)
+            want[schema.TOPK_CLASSES] = ("int64", classes.tolist())
+            want[schema.TOPK_PROBS] = ("float", probs.tolist())
+        assert schema.pseudo_label_example(b"i", encoded, probabilities, label_type, copy=copy,
+                                           topk=5) == proto_example(want)
+    assert schema.dead_letter_example("decode", b"i", None, "bad \u00e9") == proto_example({
+        schema.IMAGE_ID: ("bytes", [b"i"]), schema.ERROR_STAGE: ("bytes", [b"decode"]),
+        schema.ERROR_MESSAGE: ("bytes", ["bad \u00e9".encode()])})
+    assert schema.image_example(b"", b"x", label=0) == proto_example({
+        schema.IMAGE_ENCODED: ("bytes", [b""]), schema.IMAGE_ID: ("bytes", [b"x"]),
+        schema.LABEL: ("int64", [0])})
