@@ -115,12 +115,20 @@ def _floats(values: Sequence[float] | np.ndarray) -> bytes:
 
 
 def _example(features: dict[str, bytes]) -> bytes:
-    """A serialized tf.train.Example of encoded Features by name, in key order."""
-    entries = []
+    """A serialized tf.train.Example of encoded Features by name, in key order.
+
+    The pieces are joined once, so an image's bytes are copied once into the record.
+    """
+    pieces: list[bytes] = []
+    size = 0
     for name in sorted(features):
-        key = _KEYS.get(name) or _KEYS.setdefault(name, _field(_LEN_1, name.encode()))
-        entries.append(_field(_LEN_1, key + _field(_LEN_2, features[name])))
-    return _field(_LEN_1, b"".join(entries))
+        key = _KEYS.get(name) or _KEYS.setdefault(name, _field(_LEN_1, name.encode()) + _LEN_2)
+        value = features[name]
+        value_size = _varint(len(value))
+        entry_size = _varint(len(key) + len(value_size) + len(value))
+        pieces += (_LEN_1, entry_size, key, value_size, value)
+        size += 1 + len(entry_size) + len(key) + len(value_size) + len(value)
+    return b"".join([_LEN_1, _varint(size), *pieces])
 
 
 def image_example(encoded: bytes, image_id: bytes | None = None, label: int | None = None) -> bytes:
