@@ -70,6 +70,10 @@ def parse_image_record(serialized: bytes) -> tuple[bytes, bytes]:
     Raises:
       ParseFailure: when the record is not an Example with `image/encoded` bytes.
     """
+    quick = schema.image_features(serialized)
+    if quick is not None:
+        image_id, encoded = quick
+        return image_id or schema.content_id(encoded), encoded
     try:
         features = schema.parse_example(serialized)
     except Exception as e:  # noqa: BLE001 - any bad record becomes a dead letter

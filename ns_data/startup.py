@@ -6,7 +6,8 @@ stderr, and what silences each line, measured with a fresh `python -c 'import te
 first op:
 
   WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
-  I0000 ... port.cc:153] oneDNN custom operations are on. ...
+  I0000 ... port.cc:153] oneDNN custom operations are on. ...  (CPUs where TensorFlow turns
+      oneDNN on by default: those with AVX512_VNNI, AVX_VNNI or AMX; not this AMD EPYC)
   I0000 ... cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.
       printed while the shared libraries load, by absl's logging before anything initialises
       it, twice (libtensorflow_framework and the profiler plugin each carry a copy of absl). No

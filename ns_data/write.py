@@ -26,6 +26,7 @@ Beam's filesystem API.) Same inputs and seed give byte-identical files, unlike B
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import posixpath
@@ -39,7 +40,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from ns_data import formats, globs, schema
 from ns_data import predictions as table
-from ns_data.balance import ClassPlan, id_hash
+from ns_data.balance import ClassPlan, id_hash, id_hashes
 from ns_data.lazy import tf
 from ns_data.read import ParseFailure, parse_image_record
 from ns_data.records import STAGE_FILE, STAGE_PARSE
@@ -65,7 +66,8 @@ def chunks_per_shard(total: int, num_shards: int, chunk_records: int) -> int:
 
 
 def shard_key(prefix: str, order: int, num_shards: int, chunks: int) -> tuple[str, int, int]:
-    """The shuffle key (prefix, shard, chunk) of a record with this order key."""
+    """The shuffle key (prefix, shard, chunk) of a record with this order key (`_PseudoLabels`
+    works out the same for many keys at once)."""
     return prefix, order % num_shards, (order // num_shards) % chunks
 
 
@@ -239,11 +241,62 @@ class _Rows:
         self._classes = classes.values.to_numpy()
         self._probs = rows.column(table.TOPK_PROBS).combine_chunks().values.to_numpy()
 
-    def classes(self, i: int) -> np.ndarray:
-        return self._classes[self._offsets[i]:self._offsets[i + 1]]
+    def probabilities(self, i: int, num_classes: int) -> np.ndarray:
+        """Row i's probability vector (float32; zero outside its top classes)."""
+        dense = np.zeros(num_classes, dtype=np.float32)
+        at = slice(self._offsets[i], self._offsets[i + 1])
+        dense[self._classes[at]] = self._probs[at]
+        return dense
 
-    def probs(self, i: int) -> np.ndarray:
-        return self._probs[self._offsets[i]:self._offsets[i + 1]]
+    def top1(self, num_classes: int) -> tuple[list[int], list[float]]:
+        """Every row's label and confidence: the argmax of its probability vector (ties to the
+        lower class) and that probability, as `schema.pseudo_label_example` takes them; in
+        blocks of rows, so memory stays bounded whatever the class count."""
+        n = len(self.ids)
+        labels, confidences = np.zeros(n, np.int64), np.zeros(n, np.float32)
+        block = max(1, (1 << 20) // num_classes)
+        for start in range(0, n, block):
+            stop = min(n, start + block)
+            at = slice(self._offsets[start], self._offsets[stop])
+            rows = np.repeat(np.arange(stop - start), np.diff(self._offsets[start:stop + 1]))
+            dense = np.zeros((stop - start, num_classes), np.float32)
+            dense[rows, self._classes[at]] = self._probs[at]
+            labels[start:stop] = dense.argmax(axis=1)
+            confidences[start:stop] = dense[np.arange(stop - start), labels[start:stop]]
+        return labels.tolist(), confidences.tolist()
+
+
+class _PseudoLabels:
+    """The pseudo-label records of some table rows' copies, keyed for the shard shuffle.
+
+    Every row's label and confidence and every copy's order key are worked out for all rows at
+    once (numpy, one hash call), so a record costs little more than its serialization, and an
+    image's copies share their encoded features (`schema.pseudo_label_records`).
+    """
+
+    def __init__(self, rows: _Rows, copies: np.ndarray, spec: OutputSpec, num_classes: int,
+                 chunks: int):
+        self._rows, self._spec, self._num_classes = rows, spec, num_classes
+        self._labels, self._confidences = rows.top1(num_classes)
+        copies = copies.astype(np.int64).tolist()
+        self._first = [0, *itertools.accumulate(copies)]
+        orders = id_hashes([image_id + b"#%d" % copy for image_id, n in zip(rows.ids, copies)
+                            for copy in range(n)], spec.seed)
+        self._orders = orders.tolist()
+        self._shards = (orders % np.uint64(spec.num_shards)).tolist()
+        self._chunks = (orders // np.uint64(spec.num_shards) % np.uint64(chunks)).tolist()
+
+    def copies(self, i: int, encoded: bytes):
+        """(shard key, (order, record)) of row i's copies, its image being `encoded`."""
+        rows, spec = self._rows, self._spec
+        target = ([] if spec.label_type is schema.LabelType.HARD else schema.soft_target(
+            rows.probabilities(i, self._num_classes), spec.label_type, spec.topk))
+        first, end = self._first[i], self._first[i + 1]
+        records = schema.pseudo_label_records(rows.ids[i], encoded, self._labels[i],
+                                              self._confidences[i], target, range(end - first))
+        for j, record in enumerate(records, first):
+            yield (PSEUDO_LABEL_PREFIX, self._shards[j], self._chunks[j]), (self._orders[j],
+                                                                           record)
 
 
 class KeyedBatches:
@@ -432,6 +485,8 @@ class _PairWithImages(beam.DoFn):
         chunks = {prefix: chunks_per_shard(totals.get(prefix, 0), n, self._spec.chunk_records)
                   for prefix, n in self._spec.num_shards_by_prefix.items()}
         picked = _Rows(reads.rows)
+        labeled = _PseudoLabels(picked, copies, self._spec, self._metadata.num_classes,
+                                chunks[PSEUDO_LABEL_PREFIX])
         by_source: dict[str, dict[int, int]] = {}
         batches = KeyedBatches()
         for i, (source, index) in enumerate(zip(picked.sources, picked.indices)):
@@ -452,8 +507,7 @@ class _PairWithImages(beam.DoFn):
                     if recorded is not None and table.content_hash(encoded) != recorded:
                         changed.append((source, index, picked.ids[i]))
                         continue
-                    for key, value in self._copies_of(picked, i, encoded, int(copies[i]),
-                                                      chunks):
+                    for key, value in labeled.copies(i, encoded):
                         yield from batches.add(key, value)
                     self._records.inc(int(copies[i]))
             except OSError as e:
@@ -507,19 +561,6 @@ class _PairWithImages(beam.DoFn):
                              f"{path} says {image_id!r}: the input changed since the table was "
                              "written")
         return encoded
-
-    def _copies_of(self, rows: _Rows, i: int, encoded: bytes, copies: int,
-                   chunks: Mapping[str, int]):
-        image_id = rows.ids[i]
-        probabilities = np.zeros(self._metadata.num_classes, dtype=np.float32)
-        probabilities[rows.classes(i)] = rows.probs(i)
-        spec = self._spec
-        for copy in range(copies):
-            order = id_hash(image_id + b"#%d" % copy, spec.seed)
-            record = schema.pseudo_label_example(image_id, encoded, probabilities,
-                                                 spec.label_type, copy=copy, topk=spec.topk)
-            yield shard_key(PSEUDO_LABEL_PREFIX, order, spec.num_shards,
-                            chunks[PSEUDO_LABEL_PREFIX]), (order, record)
 
     def _dead_letter(self, rows: _Rows, i: int, serialized: bytes | None,
                      chunks: Mapping[str, int]):

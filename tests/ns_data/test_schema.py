@@ -263,3 +263,19 @@ def test_every_record_the_toolkit_writes_is_byte_identical_to_protobufs(label_ty
     assert schema.image_example(b"", b"x", label=0) == proto_example({
         schema.IMAGE_ENCODED: ("bytes", [b""]), schema.IMAGE_ID: ("bytes", [b"x"]),
         schema.LABEL: ("int64", [0])})
+
+
+@pytest.mark.parametrize("label_type", list(schema.LabelType))
+def test_an_images_copies_are_each_the_record_pseudo_label_example_writes(label_type):
+    rng = np.random.default_rng(2)
+    for size in (0, 100, 127, 128, 16_383, 16_384, 2_000_000):
+        probabilities = rng.random(12).astype(np.float32)
+        encoded = rng.bytes(size)
+        label = int(np.argmax(probabilities))
+        records = schema.pseudo_label_records(
+            b"img", encoded, label, probabilities[label],
+            schema.soft_target(probabilities, label_type, 4), range(3))
+        assert records == [schema.pseudo_label_example(b"img", encoded, probabilities,
+                                                       label_type, copy=c, topk=4)
+                           for c in range(3)]
+        assert [schema.parse_pseudo_label(r).copy for r in records] == [0, 1, 2]

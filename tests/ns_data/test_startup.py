@@ -69,8 +69,14 @@ def test_a_job_prints_none_of_tensorflows_or_beams_start_up_lines_unless_asked(t
     assert verbose.stdout == "2\n"
     lines = verbose.stderr.splitlines()
     assert lines.count(ABSL) == 2
+    # The oneDNN line prints only where TensorFlow turns oneDNN on by default (CPUs with
+    # AVX512_VNNI, AVX_VNNI or AMX; not on an AMD EPYC seen here); every other line prints anywhere.
     for pattern in startup.CHATTER:
-        assert any(pattern.search(line) for line in lines), pattern.pattern
+        if "oneDNN" not in pattern.pattern:
+            assert any(pattern.search(line) for line in lines), pattern.pattern
+    # Nothing printed at the import is unknown; the cuInit error comes at the first op, after.
+    assert [line for line in lines
+            if not startup.is_chatter(line) and "cuda_platform.cc" not in line] == []
 
 
 def test_a_value_the_user_exported_wins_over_the_defaults():
