@@ -13,6 +13,7 @@ import os
 import pathlib
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -22,6 +23,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from ns_data import predictions
 from ns_data import write as write_module
 from ns_data.balance import id_hash
+from ns_data.records import Prediction
 from ns_data.write import (DEFAULT_CHUNK_RECORDS, OutputSpec, WriteShuffledShards,
                            chunks_per_shard, shard_key, shard_path)
 from tests.data_files import read_tfrecords, write_tfrecord
@@ -254,3 +256,26 @@ def test_an_input_file_whose_size_and_records_changed_since_the_table_is_refused
                                          "input changed since the table was written$"):
         write_module.check_inputs(rows, "t.parquet", meta)
     write_module.check_inputs(_rows((source, 0)), "t.parquet", meta)  # none recorded: format 1
+
+
+
+def test_rows_top1_is_each_rows_argmax_over_its_probability_vector_block_by_block():
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(40):
+        k = int(rng.integers(1, 13))
+        classes = rng.permutation(12)[:k].astype(np.int32)
+        probs = rng.random(k).astype(np.float32)
+        if i % 5 == 0:  # a tie between two classes: the lower class wins, as np.argmax says
+            probs[:2] = probs.max()
+        rows.append(Prediction("f", i, b"%d" % i, classes, probs))
+    rows.append(Prediction("f", 40, b"40", stage="decode", message="bad"))
+    picked = write_module._Rows(predictions.to_table(rows))
+    dense = [picked.probabilities(i, 12) for i in range(len(rows))]
+    assert dense[3][rows[3].classes].tolist() == rows[3].probs.tolist()
+    want_labels = [int(np.argmax(p)) for p in dense]
+    want = (want_labels, [float(p[label]) for p, label in zip(dense, want_labels)])
+    assert picked.top1(12) == want  # the 41 rows in one block
+    # With 2**20 // 3 classes a block is 3 rows; the extra classes' zeros change nothing.
+    assert picked.top1((1 << 20) // 3) == want
+    assert (want[0][40], want[1][40]) == (0, 0.0)  # a failed row has no classes
