@@ -18,16 +18,20 @@ model time), each in a fresh process, one after the other:
   thread while the teacher runs).
 
 Both walls include Python and TensorFlow start-up and loading the teacher; the bare loop also
-prints its loop alone. Every command runs `--repeats` times, interleaved; ratios are median
-images/s of the job over median images/s of the bare loop. `--repeat_input N` feeds both every
-image N times (copies with their own ids, written once next to the input), to see how the ratio
-moves as fixed costs are amortised over a larger input.
+prints its loop alone. Every command runs `--repeats` times, interleaved; each "vs bare" is
+the bare loop's median over the job's (so for the wall: the job's images/s over the loop's).
+CPU s is the process's user + system time: the work done, steadier than the wall on a shared
+machine (time spent waiting for a core is not in it) but blind to how well the work overlaps,
+which the wall shows. `--repeat_input N` feeds both every image N times (copies with their own
+ids, written once next to the input), to see how the ratio moves as fixed costs are amortised
+over a larger input.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -96,15 +100,22 @@ def repeated_input(pattern: str, times: int) -> str:
     return os.path.join(directory, "*.tfrecord")
 
 
-def _run(argv: list[str]) -> tuple[float, str]:
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run(argv: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds, stdout) of one command in a fresh process."""
     env = {**os.environ, "PYTHONPATH": _ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     run = subprocess.run([sys.executable, *argv], cwd=_ROOT, env=env, capture_output=True,
                          text=True)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     if run.returncode:
         raise RuntimeError(f"{argv[:2]} failed:\n{run.stderr[-3000:]}")
-    return seconds, run.stdout
+    return seconds, cpu, run.stdout
 
 
 def main() -> None:
@@ -139,37 +150,43 @@ def main() -> None:
 
     jobs = [(d, a) for d in args.decoders.split(",") for a in args.decode_ahead.split(",")]
     bare_walls, job_walls, rows = [], {job: [] for job in jobs}, {}
+    bare_cpu, job_cpu = [], {job: [] for job in jobs}
     for _ in range(args.repeats):  # interleaved: drift on a shared machine hits every command
-        seconds, out = _run(["-m", "bench.overhead", "--bare", pattern, teacher,
-                             f"--batch_size={args.batch_size}"])
+        seconds, cpu, out = _run(["-m", "bench.overhead", "--bare", pattern, teacher,
+                                  f"--batch_size={args.batch_size}"])
         bare = json.loads(out.strip().splitlines()[-1])
         bare_walls.append(seconds)
+        bare_cpu.append(cpu)
         images = bare["images"]
         rows["bare loop (tf.data, parallel decode)"] = bare["per_class"]
         for decoder, ahead in job_walls:
             name = f"--decoder={decoder} --decode_ahead={ahead}"
             out_dir = os.path.join(args.work_dir, "runs", f"overhead-{decoder}-{ahead}")
-            seconds, _ = _run([
+            seconds, cpu, _ = _run([
                 "-m", "beam_jobs.label_and_balance", f"--input={pattern}",
                 f"--teacher={teacher}", f"--output_dir={out_dir}", "--min_confidence=0",
                 f"--images_per_class={images}", "--no_duplicate", "--label_type=hard",
                 "--num_shards=16", f"--batch_size={args.batch_size}", f"--decoder={decoder}",
                 f"--decode_ahead={ahead}", "--overwrite", "--runner=DirectRunner"])
             job_walls[decoder, ahead].append(seconds)
+            job_cpu[decoder, ahead].append(cpu)
             with open(os.path.join(out_dir, "stats.json")) as f:
                 stats = json.load(f)
             assert stats["totals"]["read"] == images, stats["totals"]
             rows[name] = [c["above_threshold"] for c in stats["classes"]]
-    bare_s = statistics.median(bare_walls)
+    bare_s, bare_c = statistics.median(bare_walls), statistics.median(bare_cpu)
     print(f"{images} images, teacher {teacher}, batch {args.batch_size}; median of "
           f"{args.repeats} interleaved runs; bare loop alone {bare['loop_s']:.1f} s "
           f"({images / bare['loop_s']:.0f} images/s) in its last run\n")
-    print(f"{'':<42}{'wall s':>8}{'images/s':>10}{'vs bare':>9}   all walls")
-    walls = {"bare loop (tf.data, parallel decode)": bare_walls,
-             **{f"--decoder={d} --decode_ahead={a}": w for (d, a), w in job_walls.items()}}
-    for name, seconds in walls.items():
-        median = statistics.median(seconds)
-        print(f"{name:<42}{median:>8.1f}{images / median:>10.0f}{bare_s / median:>9.2f}   "
+    print(f"{'':<42}{'wall s':>8}{'images/s':>10}{'vs bare':>9}{'CPU s':>8}{'vs bare':>9}"
+          "   all walls")
+    walls = {"bare loop (tf.data, parallel decode)": (bare_walls, bare_cpu),
+             **{f"--decoder={d} --decode_ahead={a}": (w, job_cpu[d, a])
+                for (d, a), w in job_walls.items()}}
+    for name, (seconds, cpu) in walls.items():
+        median, median_cpu = statistics.median(seconds), statistics.median(cpu)
+        print(f"{name:<42}{median:>8.1f}{images / median:>10.0f}{bare_s / median:>9.2f}"
+              f"{median_cpu:>8.1f}{bare_c / median_cpu:>9.2f}   "
               + " ".join(f"{s:.1f}" for s in seconds))
     print("\nimages per predicted class:")
     for name, per_class in rows.items():
