@@ -271,7 +271,8 @@ class _PseudoLabels:
 
     Every row's label and confidence and every copy's order key are worked out for all rows at
     once (numpy, one hash call), so a record costs little more than its serialization, and an
-    image's copies share their encoded features (`schema.pseudo_label_records`).
+    image's copies share their encoded features (`schema.pseudo_label_records`). It holds three
+    Python ints per copy (about 100 bytes): some 100 MB for a table file with a million copies.
     """
 
     def __init__(self, rows: _Rows, copies: np.ndarray, spec: OutputSpec, num_classes: int,
