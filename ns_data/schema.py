@@ -123,7 +123,7 @@ def _entry(name: str, *value: bytes) -> list[bytes]:
     """One entry of the Features map, its encoded Feature given in pieces, as pieces to join."""
     key = _KEYS.get(name) or _KEYS.setdefault(name, _field(_LEN_1, name.encode()) + _LEN_2)
     size = sum(map(len, value))
-    value_size = _ONE_BYTE[size] if size < 128 else _varint(size)
+    value_size = _varint(size)
     return [_LEN_1, _varint(len(key) + len(value_size) + size), key, value_size, *value]
 
 

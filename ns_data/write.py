@@ -65,9 +65,9 @@ def chunks_per_shard(total: int, num_shards: int, chunk_records: int) -> int:
     return max(1, math.ceil(total / num_shards / chunk_records))
 
 
-def shard_key(prefix: str, order: int, num_shards: int, chunks: int) -> tuple[str, int, int]:
-    """The shuffle key (prefix, shard, chunk) of a record with this order key (`_PseudoLabels`
-    works out the same for many keys at once)."""
+def shard_key(prefix: str, order, num_shards: int, chunks: int) -> tuple:
+    """The shuffle key (prefix, shard, chunk) of a record with this order key; with a uint64
+    array of order keys, (prefix, shards, chunks) as arrays."""
     return prefix, order % num_shards, (order // num_shards) % chunks
 
 
@@ -283,9 +283,9 @@ class _PseudoLabels:
         self._first = [0, *itertools.accumulate(copies)]
         orders = id_hashes([image_id + b"#%d" % copy for image_id, n in zip(rows.ids, copies)
                             for copy in range(n)], spec.seed)
-        self._orders = orders.tolist()
-        self._shards = (orders % np.uint64(spec.num_shards)).tolist()
-        self._chunks = (orders // np.uint64(spec.num_shards) % np.uint64(chunks)).tolist()
+        _, shards, chunks = shard_key(PSEUDO_LABEL_PREFIX, orders, spec.num_shards, chunks)
+        self._orders, self._shards, self._chunks = (orders.tolist(), shards.tolist(),
+                                                    chunks.tolist())
 
     def copies(self, i: int, encoded: bytes):
         """(shard key, (order, record)) of row i's copies, its image being `encoded`."""
