@@ -51,9 +51,9 @@ from ns_data.teacher_flags import teacher_runtime, teacher_spec
 LOCAL_RUNNERS = ("direct", "switchingdirect", "bundlebaseddirect", "prism")
 # Image files per predictions table file with --input_format=images.
 IMAGES_PER_TABLE_FILE = 4096
-# Batches decoded ahead of the teacher (--decode_ahead): measured 0.77-0.85x the wall of
-# decoding in turn on this CPU-only job (BENCHMARKS.md); on an accelerator the host's cores
-# are idle while the teacher runs, so the overlap matters more.
+# Batches decoded ahead of the teacher (--decode_ahead), the teacher on a thread of its own:
+# measured 0.77-0.85x the wall of decoding in turn on this CPU-only job (BENCHMARKS.md); on an
+# accelerator the host's cores are idle while the teacher runs, so the overlap matters more.
 DECODE_AHEAD = 2
 
 
@@ -73,9 +73,10 @@ class LabelAndBalanceOptions(InputOptions, PipelineOptions):
                        "and within a few levels of the trainer's pixels; tf = the trainer's "
                        "own TensorFlow ops, pixel for pixel (default: %(default)s).")
         g.add_argument("--decode_ahead", type=cli.non_negative_int, default=DECODE_AHEAD,
-                       help="Batches decoded on a second thread while the teacher runs on the "
-                       "one before, so decoding overlaps inference instead of alternating with "
-                       "it; 0 decodes each batch in turn (default: %(default)s).")
+                       help="Batches decoded on a thread of their own while the teacher runs "
+                       "on the one before, on another thread, so reading, decoding, inference "
+                       "and writing the predictions overlap instead of taking turns; 0 does "
+                       "each batch's steps in turn on one thread (default: %(default)s).")
         g = teacher_flags.add_teacher_args(parser)
         g.add_argument("--large_model", action="store_true",
                        help="Load one model per worker machine, shared by its SDK processes "

@@ -17,7 +17,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -63,6 +63,54 @@ def _failure(key: Key, stage: str, message: str) -> Prediction:
                       image_hash=image_hash)
 
 
+class _InOrder:
+    """Work running on a helper thread, handed back in the order it was started.
+
+    Each future comes with a context: at least the timestamp and window of the element that
+    started it, since its outputs may be emitted while a later element (or, in
+    `finish_bundle`, none) is processed, and so are emitted as WindowedValues in their own
+    window (`_in_window`). When a result raises, the work still in flight is cancelled and the
+    error fails the bundle.
+    """
+
+    def __init__(self, ahead: int):
+        self._ahead = ahead
+        self._pending: collections.deque = collections.deque()
+
+    def add(self, future: concurrent.futures.Future, context: tuple) -> None:
+        self._pending.append((future, context))
+
+    def ready(self):
+        """(result, context) of the oldest work while more than `ahead` are in flight, or while
+        the oldest is already done."""
+        while self._pending and (len(self._pending) > self._ahead or self._pending[0][0].done()):
+            yield self._next()
+
+    def drain(self):
+        while self._pending:
+            yield self._next()
+
+    def _next(self):
+        future, context = self._pending.popleft()
+        try:
+            return future.result(), context
+        except BaseException:
+            for later, _ in self._pending:
+                later.cancel()
+            self._pending.clear()
+            raise
+
+
+def _in_window(outputs, timestamp, window):
+    """Outputs (TaggedOutput or not) as WindowedValues in `window` at `timestamp`."""
+    for output in outputs:
+        if isinstance(output, beam.pvalue.TaggedOutput):
+            yield beam.pvalue.TaggedOutput(
+                output.tag, WindowedValue(output.value, timestamp, [window]))
+        else:
+            yield WindowedValue(output, timestamp, [window])
+
+
 class _Decode(beam.DoFn):
     """[RawImage] → (keys, uint8 pixels [n, H, W, C]); the images that fail → a table of failed
     predictions rows. A key carries the hash of the image's bytes (`predictions.content_hash`),
@@ -105,33 +153,20 @@ class _Decode(beam.DoFn):
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def start_bundle(self):
-        self._pending: collections.deque = collections.deque()
+        self._pending = _InOrder(self._ahead)
 
     def process(self, images: Sequence[RawImage], timestamp=beam.DoFn.TimestampParam,
                 window=beam.DoFn.WindowParam):
         if self._pool is None:
             yield from self._outputs(self._decode(images))
             return
-        self._pending.append((self._pool.submit(self._decode, images), timestamp, window))
-        while len(self._pending) > self._ahead or self._pending[0][0].done():
-            yield from self._emit_first()
-            if not self._pending:
-                break
+        self._pending.add(self._pool.submit(self._decode, images), (timestamp, window))
+        for decoded, (timestamp, window) in self._pending.ready():
+            yield from _in_window(self._outputs(decoded), timestamp, window)
 
     def finish_bundle(self):
-        while self._pending:
-            yield from self._emit_first()
-
-    def _emit_first(self):
-        """The outputs of the oldest batch in flight, in its own window (they may be emitted
-        while a later element, or none, is being processed)."""
-        future, timestamp, window = self._pending.popleft()
-        for output in self._outputs(future.result()):
-            if isinstance(output, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(
-                    output.tag, WindowedValue(output.value, timestamp, [window]))
-            else:
-                yield WindowedValue(output, timestamp, [window])
+        for decoded, (timestamp, window) in self._pending.drain():
+            yield from _in_window(self._outputs(decoded), timestamp, window)
 
     def _decode(self, images: Sequence[RawImage]):
         """(keys, pixels, failed rows) of a batch; runs on the decoding thread, so it touches no
@@ -153,6 +188,38 @@ class _Decode(beam.DoFn):
             yield keys, pixels
 
 
+class Scores(NamedTuple):
+    """The teacher's inference of one element: per image its (raw output, probabilities) or
+    None, and None or why it failed; how many teacher batches were split to find the images
+    that fail on their own, and the seconds the teacher took."""
+
+    rows: list[tuple[np.ndarray, np.ndarray] | None]
+    errors: list[str | None]
+    splits: int = 0
+    seconds: float = 0.0
+
+
+def _unpickled_in_flight():
+    raise RuntimeError("a teacher batch still running was serialized: RunInference and "
+                       "ToPredictions must run fused in one stage")
+
+
+class _InFlight:
+    """`Scores` the teacher is still computing on its own thread (`TeacherOnBatches` with
+    `threaded`); `_ToPredictions`, fused after RunInference, waits for them in order.
+
+    Beam samples element sizes by pickling elements, so this pickles without waiting for the
+    teacher, to a marker that fails if it were ever unpickled: it is never meant to leave the
+    stage it was made in.
+    """
+
+    def __init__(self, future: concurrent.futures.Future):
+        self.future = future
+
+    def __reduce__(self):
+        return _unpickled_in_flight, ()
+
+
 class TeacherOnBatches(ModelHandler):
     """The teacher's handler, fed pre-batched elements: (keys, pixels [n, H, W, C]).
 
@@ -164,14 +231,24 @@ class TeacherOnBatches(ModelHandler):
     one bad image costs about 2·log2(batch) extra calls). Any other error fails the bundle.
     Loading and sharing (`large_model`, `model_copies`) are the wrapped handler's.
 
-    The inference of each element is (rows, errors): per image its (raw output, probabilities)
-    or None, and None or why it failed.
+    The inference of each element is its `Scores`. With `threaded`, the teacher runs on a
+    thread of its own, one element after the other, and the inference is an `_InFlight` that
+    `_ToPredictions` resolves: the bundle's thread reads, hands out decoding and writes
+    predictions tables while the teacher runs, as the teacher would be fed by `tf.data` in a
+    hand-written loop. An error then reaches the bundle from `_ToPredictions`; Beam's
+    RunInference latency metric measures only the hand-off (`ns_data/teacher_batch_ms`
+    measures the teacher).
     """
 
-    def __init__(self, handler: ModelHandler):
+    def __init__(self, handler: ModelHandler, threaded: bool = False):
         super().__init__()
         self._handler = handler
         self._batch_size = handler.batch_elements_kwargs().get("max_batch_size") or 64
+        self._threaded = threaded
+        self._pool = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_pool": None}  # a thread pool is made where it runs
 
     def load_model(self) -> Any:
         return self._handler.load_model()
@@ -193,27 +270,38 @@ class TeacherOnBatches(ModelHandler):
 
     def run_inference(self, batch, model, inference_args=None) -> list[PredictionResult]:
         keys, pixels = batch
-        rows: list[tuple[np.ndarray, np.ndarray] | None] = []
-        errors: list[str | None] = []
-        for start in range(0, len(keys), self._batch_size):
-            batch_rows, batch_errors = self._score(list(pixels[start:start + self._batch_size]),
-                                                   model, inference_args)
-            rows.extend(batch_rows)
-            errors.extend(batch_errors)
-        return [PredictionResult(keys, (rows, errors))]
+        if not self._threaded:
+            return [PredictionResult(keys, self._scores(pixels, model, inference_args))]
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ns-teacher")
+        return [PredictionResult(keys, _InFlight(self._pool.submit(self._scores, pixels, model,
+                                                                   inference_args)))]
 
-    def _score(self, images: list[np.ndarray], model, inference_args):
+    def _scores(self, pixels: np.ndarray, model, inference_args) -> Scores:
+        """Every image's scores, in teacher batches; touches no Beam metric (it may run on the
+        teacher's thread; `_ToPredictions` counts)."""
+        start = time.perf_counter()
+        rows, errors, splits = [], [], 0
+        for first in range(0, len(pixels), self._batch_size):
+            scores = self._score(list(pixels[first:first + self._batch_size]), model,
+                                 inference_args)
+            rows.extend(scores.rows)
+            errors.extend(scores.errors)
+            splits += scores.splits
+        return Scores(rows, errors, splits, time.perf_counter() - start)
+
+    def _score(self, images: list[np.ndarray], model, inference_args) -> Scores:
         try:
             results = self._handler.run_inference(images, model, inference_args)
         except teacher_data_errors() as e:
             if len(images) == 1:
-                return [None], [f"{type(e).__name__}: {_first_line(e)}"]
-            beam.metrics.Metrics.counter("ns_data", "teacher_batches_split").inc()
+                return Scores([None], [f"{type(e).__name__}: {_first_line(e)}"])
             half = len(images) // 2
-            first_rows, first_errors = self._score(images[:half], model, inference_args)
-            rows, errors = self._score(images[half:], model, inference_args)
-            return first_rows + rows, first_errors + errors
-        return [result.inference for result in results], [None] * len(images)
+            first = self._score(images[:half], model, inference_args)
+            second = self._score(images[half:], model, inference_args)
+            return Scores(first.rows + second.rows, first.errors + second.errors,
+                          1 + first.splits + second.splits)
+        return Scores([result.inference for result in results], [None] * len(images))
 
 
 def _invalid_rows(raw: np.ndarray, probabilities: np.ndarray, outputs: str) -> np.ndarray:
@@ -240,13 +328,33 @@ class _ToPredictions(beam.DoFn):
         self._invalid = beam.metrics.Metrics.counter("ns_data", "invalid_teacher_output")
         self._failed = beam.metrics.Metrics.counter("ns_data", "failed_inference")
         self._confidence = beam.metrics.Metrics.distribution("ns_data", "confidence_permille")
+        self._splits = beam.metrics.Metrics.counter("ns_data", "teacher_batches_split")
+        self._teacher_ms = beam.metrics.Metrics.distribution("ns_data", "teacher_batch_ms")
 
     def setup(self):
         self._start = self._last_log = time.monotonic()
         self._count = 0
 
-    def process(self, result: PredictionResult):
-        keys, (rows, errors) = result.example, result.inference
+    def start_bundle(self):
+        self._pending = _InOrder(1)  # the teacher's thread has the next element queued
+
+    def process(self, result: PredictionResult, timestamp=beam.DoFn.TimestampParam,
+                window=beam.DoFn.WindowParam):
+        if not isinstance(result.inference, _InFlight):
+            yield from self._table(result.example, result.inference)
+            return
+        self._pending.add(result.inference.future, (result.example, timestamp, window))
+        for scores, (keys, timestamp, window) in self._pending.ready():
+            yield from _in_window(self._table(keys, scores), timestamp, window)
+
+    def finish_bundle(self):
+        for scores, (keys, timestamp, window) in self._pending.drain():
+            yield from _in_window(self._table(keys, scores), timestamp, window)
+
+    def _table(self, keys: Sequence[Key], scores: Scores):
+        rows, errors = scores.rows, scores.errors
+        self._splits.inc(scores.splits)
+        self._teacher_ms.update(int(scores.seconds * 1000))
         failed = [_failure(keys[i], STAGE_INFERENCE, error)
                   for i, error in enumerate(errors) if error is not None]
         self._failed.inc(len(failed))
@@ -299,8 +407,10 @@ class TeacherInference(beam.PTransform):
     probability vector each become a failed row (a
     dead letter later) instead of failing the job; a batch that fails for another reason than
     its data (`teacher_data_errors`), e.g. the device running out of memory, fails the bundle.
-    With `decode_ahead` > 0, that many batches are decoded on a second thread while the teacher
-    runs (see `_Decode`); 0 decodes each batch in turn.
+    With `decode_ahead` > 0, that many batches are decoded on a thread of their own (see
+    `_Decode`), and the teacher runs on another (`TeacherOnBatches` with `threaded`), while the
+    bundle's thread reads the next batch and writes the tables of those done; 0 does every
+    step of a batch in turn, on the bundle's thread.
     """
 
     def __init__(self, model_handler: ModelHandler, image_spec: ImageSpec, outputs: str,
@@ -326,6 +436,7 @@ class TeacherInference(beam.PTransform):
                          self._decode_ahead)
         decoded = images | "Decode" >> beam.ParDo(decode).with_outputs(_FAILED, main="decoded")
         scored = (decoded["decoded"]
-                  | "RunInference" >> RunInference(TeacherOnBatches(self._handler))
+                  | "RunInference" >> RunInference(
+                      TeacherOnBatches(self._handler, threaded=self._decode_ahead > 0))
                   | "ToPredictions" >> beam.ParDo(_ToPredictions(self._outputs, self._topk)))
         return (decoded[_FAILED], scored) | "AllPredictions" >> beam.Flatten()

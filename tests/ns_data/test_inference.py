@@ -1,7 +1,10 @@
 """Tests for `ns_data/inference.py`: decoding batches and retrying failed teacher batches."""
 from __future__ import annotations
 
+import concurrent.futures
 import io
+import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -185,7 +188,7 @@ def test_a_failing_teacher_batch_is_retried_in_halves_down_to_the_bad_images(bad
     keys = [("f", i, b"%d" % i) for i in range(16)]
     teacher = _CountingTeacher(batch_size=8)
     [result] = inference.TeacherOnBatches(teacher).run_inference((keys, pixels), None)
-    rows, errors = result.inference
+    rows, errors = result.inference.rows, result.inference.errors
     assert result.example == keys
     assert [i for i, e in enumerate(errors) if e] == bad
     assert all(e == "ValueError: bad pixel in a batch of 1" for e in errors if e)
@@ -213,3 +216,91 @@ def test_a_device_error_is_not_retried_and_fails_the_bundle():
         inference.TeacherOnBatches(teacher).run_inference(
             ([("f", i, b"") for i in range(8)], np.zeros((8, 1, 1, 1), np.uint8)), None)
     assert teacher.calls == [4]
+
+
+class _ThreadRecordingTeacher(_CountingTeacher):
+    """A `_CountingTeacher` that notes the thread of each call, and raises the device's
+    out-of-memory error on a batch whose first image's first pixel is 254."""
+
+    def __init__(self, batch_size: int):
+        super().__init__(batch_size)
+        self.threads: set[int] = set()
+        self.device_errors = 0
+
+    def run_inference(self, batch, model, inference_args=None):
+        self.threads.add(threading.get_ident())
+        if batch[0].flat[0] == 254:
+            self.device_errors += 1
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        return super().run_inference(batch, model, inference_args)
+
+
+def run_teacher(threaded: bool, elements, teacher: ModelHandler) -> list:
+    """RunInference's handler then `_ToPredictions` over one bundle of (keys, pixels)
+    elements, as the fused stage runs them; the tables' rows in emitted order, and whether each
+    output was emitted as a WindowedValue in `window`."""
+    handler = inference.TeacherOnBatches(teacher, threaded=threaded)
+    to_predictions = inference._ToPredictions("probabilities", topk=2)
+    to_predictions.setup()
+    to_predictions.start_bundle()
+    window, outputs = GlobalWindow(), []
+    for element in elements:
+        [result] = handler.run_inference(element, None)
+        outputs += to_predictions.process(result, timestamp=MIN_TIMESTAMP, window=window)
+    outputs += list(to_predictions.finish_bundle() or ())
+    return [(getattr(out, "value", out).to_pylist(),
+             isinstance(out, WindowedValue) and list(out.windows) == [window]) for out in outputs]
+
+
+def teacher_elements(n: int, bad: dict[int, int]):
+    """n elements of 5 images each, on which the fake teacher outputs [1, 0]; `bad` {e: v}
+    sets the first pixel of element e's first image to v."""
+    elements = []
+    for e in range(n):
+        pixels = np.zeros((5, 1, 1, 2), np.uint8)
+        pixels[:, 0, 0, 0], pixels[:, 0, 0, 1] = 1, 0  # the fake's output: [1, 0]
+        if e in bad:
+            pixels[0, 0, 0, 0] = bad[e]
+        elements.append(([("in.tfrecord", 5 * e + i, b"id%d" % (5 * e + i), 7) for i in range(5)],
+                         pixels))
+    return elements
+
+
+def test_a_threaded_teacher_runs_off_the_bundle_thread_and_emits_what_the_serial_one_does():
+    # 6 elements; element 2 holds an image the teacher fails on (a dead letter after splits).
+    elements = teacher_elements(6, bad={2: 255})
+    serial_teacher, threaded_teacher = _ThreadRecordingTeacher(4), _ThreadRecordingTeacher(4)
+    serial = run_teacher(False, elements, serial_teacher)
+    threaded = run_teacher(True, elements, threaded_teacher)
+    assert [rows for rows, _ in threaded] == [rows for rows, _ in serial]
+    assert all(in_window for _, in_window in threaded)
+    rows = [row for table, _ in serial for row in table]
+    assert [row[INDEX] for row in rows] == list(range(30))
+    assert [row[INDEX] for row in rows if row[ERROR_STAGE]] == [10]
+    assert serial_teacher.threads == {threading.get_ident()}
+    assert len(threaded_teacher.threads) == 1
+    assert threaded_teacher.threads != {threading.get_ident()}
+    assert threaded_teacher.calls == serial_teacher.calls
+
+
+def test_a_device_error_on_the_teachers_thread_fails_the_bundle():
+    teacher = _ThreadRecordingTeacher(4)
+    with pytest.raises(tf.errors.ResourceExhaustedError, match="OOM when allocating"):
+        run_teacher(True, teacher_elements(5, bad={1: 254}), teacher)
+    # Not retried in halves: a device error is not the data's.
+    assert teacher.device_errors == 1
+
+
+def test_a_batch_in_flight_pickles_without_waiting_and_cannot_be_unpickled():
+    # Beam samples element sizes by pickling; that must not wait for the teacher, and the
+    # batch must never be rebuilt elsewhere without its result.
+    pending = inference._InFlight(concurrent.futures.Future())  # never completes
+    pickled = []
+    dumping = threading.Thread(target=lambda: pickled.append(pickle.dumps(
+        PredictionResult([("f", 0, b"x", 1)], pending))), daemon=True)
+    dumping.start()
+    dumping.join(timeout=10)
+    assert pickled, "pickling waited for the teacher"
+    data = pickled[0]
+    with pytest.raises(RuntimeError, match="a teacher batch still running was serialized"):
+        pickle.loads(data)
