@@ -6,11 +6,14 @@ import io
 import pickle
 import threading
 
+import apache_beam as beam
 import numpy as np
 import pytest
 import tensorflow as tf
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
@@ -18,9 +21,9 @@ from PIL import Image
 
 from ns_data import devices, inference
 from ns_data.images import ImageSpec, decode_and_resize
-from ns_data.predictions import (ERROR_MESSAGE, ERROR_STAGE, IMAGE_HASH, INDEX, LABEL,
-                                 content_hash)
+from ns_data.predictions import ERROR_MESSAGE, ERROR_STAGE, IMAGE_HASH, INDEX, LABEL, content_hash
 from ns_data.records import STAGE_DECODE, RawImage
+from tests import fakes
 
 SPEC = ImageSpec(12, 10, 1)
 
@@ -304,3 +307,30 @@ def test_a_batch_in_flight_pickles_without_waiting_and_cannot_be_unpickled():
     data = pickled[0]
     with pytest.raises(RuntimeError, match="a teacher batch still running was serialized"):
         pickle.loads(data)
+
+
+@pytest.mark.parametrize("ahead", [0, 2])
+def test_the_teachers_metrics_are_counted_whichever_thread_it_runs_on(ahead):
+    # 3 read batches of 8 images, one of which makes its teacher batch of 8 raise: that batch
+    # is split 3 times (8 -> 4 + 4, 4 -> 2 + 2, 2 -> 1 + 1) to find it.
+    images = [fakes.fake_image(i, i % fakes.NUM_CLASSES, 100) for i in range(23)]
+    images.insert(13, fakes.fake_image(99, fakes.CLASS_RAISE, 100))
+    batches = [[RawImage(im.image_id, im.encoded, "in.tfrecord", 8 * b + i)
+                for i, im in enumerate(images[8 * b:8 * b + 8])] for b in range(3)]
+    spec = fakes.fake_spec(8)
+    pipeline = TestPipeline(runner="DirectRunner")
+    _ = (pipeline | beam.Create(batches, reshuffle=False)
+         | inference.TeacherInference(fakes.FakeTeacherHandler(8), spec.image, spec.outputs,
+                                      topk=2, decoder="pillow", decode_ahead=ahead))
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    def metric(name, kind):
+        [found] = result.metrics().query(MetricsFilter().with_namespace("ns_data")
+                                         .with_name(name))[kind]
+        return found.committed
+
+    assert metric("teacher_batches_split", "counters") == 3
+    assert metric("images_scored", "counters") == 23
+    assert metric("failed_inference", "counters") == 1
+    assert metric("teacher_batch_ms", "distributions").count == 3  # one per read batch
