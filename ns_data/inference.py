@@ -318,6 +318,9 @@ class _ToPredictions(beam.DoFn):
     """A batch's teacher outputs → a table of its predictions rows (top-k, `predictions.SCHEMA`);
     invalid outputs and failed teacher batches become failed rows.
 
+    A batch still on the teacher's thread (`_InFlight`) is waited for in order, at most one
+    element later, and the rest in `finish_bundle`; its table keeps the element's window.
+    Counts the teacher's metrics here, on the bundle's thread, whichever thread it ran on.
     Also logs progress (images scored and rate) from each worker every 30 seconds.
     """
 
