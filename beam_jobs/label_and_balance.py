@@ -52,8 +52,9 @@ LOCAL_RUNNERS = ("direct", "switchingdirect", "bundlebaseddirect", "prism")
 # Image files per predictions table file with --input_format=images.
 IMAGES_PER_TABLE_FILE = 4096
 # Batches decoded ahead of the teacher (--decode_ahead), the teacher on a thread of its own:
-# measured 0.77-0.85x the wall of decoding in turn on this CPU-only job (BENCHMARKS.md); on an
-# accelerator the host's cores are idle while the teacher runs, so the overlap matters more.
+# 0.83x (Pillow) and 0.93x (tf) the wall of --decode_ahead=0 on this CPU-only job (BENCHMARKS.md,
+# session 7); on an accelerator the host's cores are idle while the teacher runs, so the
+# overlap matters more.
 DECODE_AHEAD = 2
 
 
