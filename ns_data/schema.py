@@ -127,11 +127,17 @@ def _entry(name: str, *value: bytes) -> list[bytes]:
     return [_LEN_1, _varint(len(key) + len(value_size) + size), key, value_size, *value]
 
 
-def _image_entry(encoded: bytes) -> list[bytes]:
-    """The `image/encoded` entry as pieces, the image's bytes among them uncopied."""
-    value_size = _varint(len(encoded))
-    bytes_list = _varint(1 + len(value_size) + len(encoded))
-    return _entry(IMAGE_ENCODED, _LEN_1, bytes_list, _LEN_1, value_size, encoded)
+def _bytes_entry_head(name: str, size: int) -> bytes:
+    """The entry of a feature of one bytes value of `size` bytes, but for the value: the value
+    follows it (so an image's bytes are copied once, into the record)."""
+    key = _KEYS.get(name) or _KEYS.setdefault(name, _field(_LEN_1, name.encode()) + _LEN_2)
+    value_size = _varint(size)
+    list_size = 1 + len(value_size) + size
+    list_head = _varint(list_size)
+    feature_size = 1 + len(list_head) + list_size
+    feature_head = _varint(feature_size)
+    return b"".join((_LEN_1, _varint(len(key) + len(feature_head) + feature_size), key,
+                     feature_head, _LEN_1, list_head, _LEN_1, value_size))
 
 
 def _example(features: dict[str, bytes]) -> bytes:
@@ -223,14 +229,16 @@ def pseudo_label_records(image_id: bytes, encoded: bytes, label: int, confidence
       label, confidence: the teacher's argmax class and its probability.
       target: `soft_target(...)` of the teacher's probabilities.
     """
-    shared = [_CONFIDENCE_ENTRY + _FLOAT32.pack(confidence), *_image_entry(encoded),
-              b"".join(_entry(IMAGE_ID, _bytes([image_id]))), _int_entry(LABEL, label), *target]
-    size = sum(map(len, shared))
+    first = _CONFIDENCE_ENTRY + _FLOAT32.pack(confidence)
+    rest = [_bytes_entry_head(IMAGE_ENCODED, len(encoded)), encoded,
+            _bytes_entry_head(IMAGE_ID, len(image_id)) + image_id, _int_entry(LABEL, label),
+            *target]
+    size = len(first) + sum(map(len, rest))
     records = []
     for copy in copies:
         copy_entry = _int_entry(COPY, copy)
-        records.append(b"".join([_LEN_1, _varint(size + len(copy_entry)), shared[0], copy_entry,
-                                 *shared[1:]]))
+        records.append(b"".join([_LEN_1, _varint(size + len(copy_entry)), first, copy_entry,
+                                 *rest]))
     return records
 
 

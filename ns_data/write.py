@@ -271,8 +271,9 @@ class _PseudoLabels:
 
     Every row's label and confidence and every copy's order key are worked out for all rows at
     once (numpy, one hash call), so a record costs little more than its serialization, and an
-    image's copies share their encoded features (`schema.pseudo_label_records`). It holds three
-    Python ints per copy (about 100 bytes): some 100 MB for a table file with a million copies.
+    image's copies share their encoded features (`schema.pseudo_label_records`). It holds an
+    order key and a shard key per copy (about 120 bytes): some 120 MB for a table file with a
+    million copies.
     """
 
     def __init__(self, rows: _Rows, copies: np.ndarray, spec: OutputSpec, num_classes: int,
@@ -283,11 +284,11 @@ class _PseudoLabels:
         self._first = [0, *itertools.accumulate(copies)]
         orders = id_hashes([image_id + b"#%d" % copy for image_id, n in zip(rows.ids, copies)
                             for copy in range(n)], spec.seed)
-        _, shards, chunks = shard_key(PSEUDO_LABEL_PREFIX, orders, spec.num_shards, chunks)
-        self._orders, self._shards, self._chunks = (orders.tolist(), shards.tolist(),
-                                                    chunks.tolist())
+        prefix, shards, chunks = shard_key(PSEUDO_LABEL_PREFIX, orders, spec.num_shards, chunks)
+        self._orders = orders.tolist()
+        self._keys = list(zip(itertools.repeat(prefix), shards.tolist(), chunks.tolist()))
 
-    def copies(self, i: int, encoded: bytes):
+    def copies(self, i: int, encoded: bytes) -> list[tuple[tuple, tuple[int, bytes]]]:
         """(shard key, (order, record)) of row i's copies, its image being `encoded`."""
         rows, spec = self._rows, self._spec
         target = ([] if spec.label_type is schema.LabelType.HARD else schema.soft_target(
@@ -295,35 +296,39 @@ class _PseudoLabels:
         first, end = self._first[i], self._first[i + 1]
         records = schema.pseudo_label_records(rows.ids[i], encoded, self._labels[i],
                                               self._confidences[i], target, range(end - first))
-        for j, record in enumerate(records, first):
-            yield (PSEUDO_LABEL_PREFIX, self._shards[j], self._chunks[j]), (self._orders[j],
-                                                                           record)
+        keys, orders = self._keys, self._orders
+        return [(keys[j], (orders[j], record)) for j, record in enumerate(records, first)]
 
 
 class KeyedBatches:
     """Collects (key, (order, record)) into (key, [(order, record), ...]) batches.
 
     A batch is emitted when it holds `_BATCH_RECORDS` records, and every batch when together
-    they hold `_BATCH_BYTES` bytes, so a worker holds a bounded part of one input file.
+    they hold `_BATCH_BYTES` bytes, so a worker holds a bounded part of one input file. `add`
+    returns the batches ready (most often none: an empty tuple), not a generator: it runs once
+    per record.
     """
 
     def __init__(self):
         self._batches: dict[tuple, list] = {}
         self._bytes = 0
 
-    def add(self, key: tuple, value: tuple[int, bytes]):
-        batch = self._batches.setdefault(key, [])
+    def add(self, key: tuple, value: tuple[int, bytes]) -> list | tuple:
+        batch = self._batches.get(key)
+        if batch is None:
+            batch = self._batches[key] = []
         batch.append(value)
         self._bytes += len(value[1])
         if self._bytes >= _BATCH_BYTES:
-            yield from self.flush()
-        elif len(batch) >= _BATCH_RECORDS:
+            return self.flush()
+        if len(batch) >= _BATCH_RECORDS:
             self._bytes -= sum(len(record) for _, record in batch)
-            yield key, self._batches.pop(key)
+            return [(key, self._batches.pop(key))]
+        return ()
 
-    def flush(self):
+    def flush(self) -> list:
         batches, self._batches, self._bytes = self._batches, {}, 0
-        yield from batches.items()
+        return list(batches.items())
 
 
 _BATCH_RECORDS = 1024
@@ -490,27 +495,32 @@ class _PairWithImages(beam.DoFn):
                                 chunks[PSEUDO_LABEL_PREFIX])
         by_source: dict[str, dict[int, int]] = {}
         batches = KeyedBatches()
+        add, stages, ids = batches.add, picked.stages, picked.ids
+        hashes = picked.hashes or [None] * len(ids)
         for i, (source, index) in enumerate(zip(picked.sources, picked.indices)):
-            if picked.stages[i] == STAGE_FILE:  # no bytes to read: the file breaks there
-                yield from batches.add(*self._dead_letter(picked, i, None, chunks))
+            if stages[i] == STAGE_FILE:  # no bytes to read: the file breaks there
+                yield from add(*self._dead_letter(picked, i, None, chunks))
             else:
                 by_source.setdefault(source, {})[index] = i
-        changed = []
+        changed, written = [], []
+        # Once per record: no generator per record, and the counter counted once per call.
         for source, rows_at in by_source.items():
             try:
                 for index, serialized in self._read(source, rows_at, path):
                     i = rows_at[index]
-                    if picked.stages[i] is not None:
-                        yield from batches.add(*self._dead_letter(picked, i, serialized, chunks))
+                    if stages[i] is not None:
+                        yield from add(*self._dead_letter(picked, i, serialized, chunks))
                         continue
-                    encoded = self._encoded(serialized, picked.ids[i], source, index, path)
-                    recorded = picked.hashes[i] if picked.hashes else None
+                    encoded = self._encoded(serialized, ids[i], source, index, path)
+                    recorded = hashes[i]
                     if recorded is not None and table.content_hash(encoded) != recorded:
-                        changed.append((source, index, picked.ids[i]))
+                        changed.append((source, index, ids[i]))
                         continue
                     for key, value in labeled.copies(i, encoded):
-                        yield from batches.add(key, value)
-                    self._records.inc(int(copies[i]))
+                        ready = add(key, value)
+                        if ready:
+                            yield from ready
+                    written.append(i)
             except OSError as e:
                 raise ValueError(f"{source}, an input file of the predictions table {path}, "
                                  f"cannot be read ({type(e).__name__}: {e}): the input changed "
@@ -525,6 +535,7 @@ class _PairWithImages(beam.DoFn):
                              f"{path} has another image's label for it ({len(changed)} such "
                              f"image(s) selected in {scope}): the input changed since the table "
                              "was written; rerun beam_jobs.label_and_balance on it")
+        self._records.inc(int(copies[written].sum()))
         yield from batches.flush()
 
     def _read(self, source: str, rows_at: Mapping[int, int], path: str):

@@ -241,12 +241,14 @@ def test_the_encoder_writes_protobufs_own_bytes_for_every_kind_of_value():
 @pytest.mark.parametrize("label_type", list(schema.LabelType))
 def test_every_record_the_toolkit_writes_is_byte_identical_to_protobufs(label_type):
     rng = np.random.default_rng(1)
-    for copy in (0, 1, 127, 128, 100_000):
+    # Copies, image sizes and id lengths on each side of a varint's 1-, 2- and 3-byte sizes.
+    for copy, size, id_size in ((0, 1, 1), (1, 127, 127), (127, 128, 128), (128, 16_383, 200),
+                                (100_000, 16_384, 16_384), (3, 2_097_152, 5)):
         probabilities = rng.random(int(rng.integers(2, 30))).astype(np.float32)
         probabilities /= probabilities.sum()
-        encoded = rng.bytes(int(rng.integers(1, 40_000)))
+        encoded, image_id = rng.bytes(size), rng.bytes(id_size)
         label = int(np.argmax(probabilities))
-        want = {schema.IMAGE_ENCODED: ("bytes", [encoded]), schema.IMAGE_ID: ("bytes", [b"i"]),
+        want = {schema.IMAGE_ENCODED: ("bytes", [encoded]), schema.IMAGE_ID: ("bytes", [image_id]),
                 schema.LABEL: ("int64", [label]), schema.COPY: ("int64", [copy]),
                 schema.CONFIDENCE: ("float", [float(probabilities[label])])}
         if label_type is schema.LabelType.SOFT:
@@ -255,8 +257,8 @@ def test_every_record_the_toolkit_writes_is_byte_identical_to_protobufs(label_ty
             classes, probs = schema.topk_target(probabilities, 5)
             want[schema.TOPK_CLASSES] = ("int64", classes.tolist())
             want[schema.TOPK_PROBS] = ("float", probs.tolist())
-        assert schema.pseudo_label_example(b"i", encoded, probabilities, label_type, copy=copy,
-                                           topk=5) == proto_example(want)
+        assert schema.pseudo_label_example(image_id, encoded, probabilities, label_type,
+                                           copy=copy, topk=5) == proto_example(want)
     assert schema.dead_letter_example("decode", b"i", None, "bad \u00e9") == proto_example({
         schema.IMAGE_ID: ("bytes", [b"i"]), schema.ERROR_STAGE: ("bytes", [b"decode"]),
         schema.ERROR_MESSAGE: ("bytes", ["bad \u00e9".encode()])})

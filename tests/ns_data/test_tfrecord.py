@@ -25,7 +25,9 @@ def test_reads_gzip_by_suffix(tmp_path):
 
 
 @pytest.mark.parametrize("damage, match", [
-    (lambda b: b[:-3], r"record 3 at byte \d+ is truncated"),
+    (lambda b: b[:-3], r"record 3 at byte 849 is truncated \(10240 of 10240 bytes\)"),
+    (lambda b: b[:-5000], r"record 3 at byte 849 is truncated \(5244 of 10240 bytes\)"),
+    (lambda b: b[:855], r"record 3 at byte 849 is truncated \(incomplete header\)"),
     (lambda b: b[:5], r"record 0 at byte 0 is truncated \(incomplete header\)"),
     # Records 0 and 1 take 16 and 17 bytes; byte 50 is in record 2's data.
     (lambda b: b[:50] + bytes([b[50] ^ 1]) + b[51:], r"record 2 at byte 33 is corrupt"),
