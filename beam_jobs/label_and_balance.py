@@ -332,7 +332,7 @@ def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSp
     read_batch = spec.batch_size * math.ceil(DEFAULT_READ_BATCH / spec.batch_size)
     read = pipeline | "ReadImages" >> ReadImages(opts.input, opts.input_format, read_batch,
                                                  input_columns(opts))
-    scored = read.images | "TeacherInference" >> TeacherInference(
+    undecodable, scored = read.images | "TeacherInference" >> TeacherInference(
         handler, spec.image, spec.outputs, metadata.topk, opts.max_image_pixels, opts.decoder,
         teacher_runtime(opts), opts.decode_ahead)
     image_buckets, file_sizes = 1, read.file_sizes
@@ -341,8 +341,7 @@ def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSp
         # One image per file: the rows' image hashes say whether it changed, and a table of
         # millions of files need not carry (nor every worker hold) their sizes.
         file_sizes = None
-    paths = ((read.failed, scored)
-             | "AllPredictions" >> beam.Flatten()
+    paths = ((read.failed, undecodable, scored)
              | "WritePredictions" >> predictions.WritePredictions(
                  predictions_dir(opts), metadata, image_buckets, file_sizes))
     return select_and_write(paths, opts.view_as(BalanceOptions).output_dir, config, metadata,

@@ -398,7 +398,10 @@ class _ToPredictions(beam.DoFn):
 
 
 class TeacherInference(beam.PTransform):
-    """[RawImage] batches → tables of predictions rows: one row per image, scored or failed.
+    """[RawImage] batches → tables of predictions rows: one row per image, scored or failed; as
+    two PCollections, (the images that do not decode, the teacher's rows), which
+    `predictions.WritePredictions` takes as they are (a Flatten of them would copy every table
+    once more on DirectRunner, which materializes a Flatten of several inputs).
 
     Decodes and resizes each image to the teacher's input (`decoder`, a name of
     `ns_data.images.DECODERS`; `runtime` is the teacher's device settings, which a `tf` decoder
@@ -442,4 +445,4 @@ class TeacherInference(beam.PTransform):
                   | "RunInference" >> RunInference(
                       TeacherOnBatches(self._handler, threaded=self._decode_ahead > 0))
                   | "ToPredictions" >> beam.ParDo(_ToPredictions(self._outputs, self._topk)))
-        return (decoded[_FAILED], scored) | "AllPredictions" >> beam.Flatten()
+        return decoded[_FAILED], scored

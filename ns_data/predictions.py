@@ -508,8 +508,10 @@ class _WriteTableFile(beam.DoFn):
 
 
 class WritePredictions(beam.PTransform):
-    """Tables of predictions rows (`SCHEMA`, any order: `to_table`, `scored_table`) → the
-    predictions table; returns the PCollection of its file paths.
+    """Tables of predictions rows (`SCHEMA`, any order: `to_table`, `scored_table`), in one
+    PCollection or several (a tuple, flattened after the rows are grouped into a few big pieces
+    per input file, not before) → the predictions table; returns the PCollection of its file
+    paths.
 
     Predictions are grouped by input file (by path bucket for image files) — a shuffle of small
     Arrow tables, no image bytes — and each group becomes one Parquet file. With `input_sizes`,
@@ -528,9 +530,13 @@ class WritePredictions(beam.PTransform):
         self._input_sizes = input_sizes
 
     def expand(self, predictions):
-        return (predictions
-                | "ByInputFile" >> beam.ParDo(_TablePieces(self._metadata.input_format,
-                                                           self._image_buckets))
+        tables = predictions if isinstance(predictions, tuple) else (predictions,)
+        pieces = [rows | f"ByInputFile{i or ''}" >> beam.ParDo(
+            _TablePieces(self._metadata.input_format, self._image_buckets))
+            for i, rows in enumerate(tables)]
+        if len(pieces) > 1:
+            pieces = [pieces | "AllPieces" >> beam.Flatten()]
+        return (pieces[0]
                 | "GroupByInputFile" >> beam.GroupByKey()
                 | "WriteTableFiles" >> beam.ParDo(
                     _WriteTableFile(self._table_dir, self._metadata),

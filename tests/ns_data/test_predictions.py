@@ -97,9 +97,10 @@ def test_top10_of_1000_classes_costs_under_64_bytes_a_row(tmp_path):
     assert data / n <= 64, data / n
 
 
+@pytest.mark.parametrize("inputs", [1, 3])
 @pytest.mark.parametrize("piece_rows", [3, 65_536])
 def test_write_predictions_one_sorted_file_per_input_whatever_the_pieces(
-        tmp_path, monkeypatch, piece_rows):
+        tmp_path, monkeypatch, piece_rows, inputs):
     import apache_beam as beam
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
@@ -112,10 +113,12 @@ def test_write_predictions_one_sorted_file_per_input_whatever_the_pieces(
     shuffled = [rows[i] for i in rng.permutation(len(rows))]
     out = str(tmp_path / "table")
     with TestPipeline() as p:
-        # Batches of rows of both files, as tables: the step splits them by input file.
+        # Batches of rows of both files, as tables: the step splits them by input file. With
+        # several PCollections (as the teacher pass gives them), each has some of the batches.
         batches = [table.to_table(shuffled[i:i + 4]) for i in range(0, len(shuffled), 4)]
-        paths = (p | beam.Create(batches, reshuffle=False)
-                 | table.WritePredictions(out, META))
+        tables = tuple(p | f"Create{k}" >> beam.Create(batches[k::inputs], reshuffle=False)
+                       for k in range(inputs))
+        paths = (tables if inputs > 1 else tables[0]) | table.WritePredictions(out, META)
         assert_that(paths, equal_to([table.table_file(out, "f1"), table.table_file(out, "f2")]))
     for source in ("f1", "f2"):
         got = table.read_table_file(table.table_file(out, source)).to_pydict()
