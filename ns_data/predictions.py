@@ -445,12 +445,11 @@ class _TablePieces(beam.DoFn):
             self._rows[group] = self._rows.get(group, 0) + part.num_rows
             if self._rows[group] >= _PIECE_ROWS:
                 del self._rows[group]
-                yield group, pa.concat_tables(self._pieces.pop(group))
+                yield group, _one_piece(self._pieces.pop(group))
 
     def finish_bundle(self):
         for group, pieces in self._pieces.items():
-            yield WindowedValue((group, pa.concat_tables(pieces)), MIN_TIMESTAMP,
-                                [GlobalWindow()])
+            yield WindowedValue((group, _one_piece(pieces)), MIN_TIMESTAMP, [GlobalWindow()])
         self._pieces, self._rows = {}, {}
 
     def _split(self, rows: pa.Table):
@@ -469,6 +468,14 @@ class _TablePieces(beam.DoFn):
 
 
 _PIECE_ROWS = 65_536
+
+
+def _one_piece(tables: list[pa.Table]) -> pa.Table:
+    """Tables → one table of one chunk per column. Copying the rows once is cheap next to
+    pickling a table of many small chunks (each one's buffers and metadata on their own): 4x
+    faster for a table file's 25 batches of 256 rows, and a piece is pickled at least twice
+    on its way to its table file."""
+    return pa.concat_tables(tables).combine_chunks()
 
 
 def inputs_of(rows: pa.Table, sizes: Mapping[str, int]) -> list[InputFile]:

@@ -127,9 +127,11 @@ def _entry(name: str, *value: bytes) -> list[bytes]:
     return [_LEN_1, _varint(len(key) + len(value_size) + size), key, value_size, *value]
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _bytes_entry_head(name: str, size: int) -> bytes:
     """The entry of a feature of one bytes value of `size` bytes, but for the value: the value
-    follows it (so an image's bytes are copied once, into the record)."""
+    follows it (so an image's bytes are copied once, into the record). Cached: ids of one
+    length and images of one size repeat."""
     key = _KEYS.get(name) or _KEYS.setdefault(name, _field(_LEN_1, name.encode()) + _LEN_2)
     value_size = _varint(size)
     list_size = 1 + len(value_size) + size
