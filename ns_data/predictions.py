@@ -538,12 +538,10 @@ class WritePredictions(beam.PTransform):
 
     def expand(self, predictions):
         tables = predictions if isinstance(predictions, tuple) else (predictions,)
-        pieces = [rows | f"ByInputFile{i or ''}" >> beam.ParDo(
+        pieces = tuple(rows | f"ByInputFile{i or ''}" >> beam.ParDo(
             _TablePieces(self._metadata.input_format, self._image_buckets))
-            for i, rows in enumerate(tables)]
-        if len(pieces) > 1:
-            pieces = [pieces | "AllPieces" >> beam.Flatten()]
-        return (pieces[0]
+            for i, rows in enumerate(tables))
+        return ((pieces | "AllPieces" >> beam.Flatten() if len(pieces) > 1 else pieces[0])
                 | "GroupByInputFile" >> beam.GroupByKey()
                 | "WriteTableFiles" >> beam.ParDo(
                     _WriteTableFile(self._table_dir, self._metadata),

@@ -121,10 +121,15 @@ def _floats(values: Sequence[float] | np.ndarray) -> bytes:
 
 def _entry(name: str, *value: bytes) -> list[bytes]:
     """One entry of the Features map, its encoded Feature given in pieces, as pieces to join."""
+    return [*_entry_head(name, sum(map(len, value))), *value]
+
+
+def _entry_head(name: str, size: int) -> list[bytes]:
+    """The pieces of an entry of the Features map that come before its encoded Feature of
+    `size` bytes."""
     key = _KEYS.get(name) or _KEYS.setdefault(name, _field(_LEN_1, name.encode()) + _LEN_2)
-    size = sum(map(len, value))
     value_size = _varint(size)
-    return [_LEN_1, _varint(len(key) + len(value_size) + size), key, value_size, *value]
+    return [_LEN_1, _varint(len(key) + len(value_size) + size), key, value_size]
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -132,14 +137,11 @@ def _bytes_entry_head(name: str, size: int) -> bytes:
     """The entry of a feature of one bytes value of `size` bytes, but for the value: the value
     follows it (so an image's bytes are copied once, into the record). Cached: ids of one
     length and images of one size repeat."""
-    key = _KEYS.get(name) or _KEYS.setdefault(name, _field(_LEN_1, name.encode()) + _LEN_2)
     value_size = _varint(size)
-    list_size = 1 + len(value_size) + size
+    list_size = 1 + len(value_size) + size  # the BytesList: its one value
     list_head = _varint(list_size)
-    feature_size = 1 + len(list_head) + list_size
-    feature_head = _varint(feature_size)
-    return b"".join((_LEN_1, _varint(len(key) + len(feature_head) + feature_size), key,
-                     feature_head, _LEN_1, list_head, _LEN_1, value_size))
+    return b"".join([*_entry_head(name, 1 + len(list_head) + list_size),  # the Feature
+                     _LEN_1, list_head, _LEN_1, value_size])
 
 
 def _example(features: dict[str, bytes]) -> bytes:
