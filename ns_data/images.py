@@ -3,7 +3,8 @@
 The trainer decodes with `decode_and_resize` (TensorFlow ops, in its graph). The Beam job picks a
 decoder by name (`make_decoder`, `--decoder`): `ImageDecoder` runs the trainer's very function,
 `PillowDecoder` gives the same pixels to within a level or a few (JPEG) at several times the
-rate, without a TensorFlow op per image.
+rate, without a TensorFlow op per image (and decodes plain 8-bit PNGs with OpenCV when it is
+installed, to the same pixels: see `PillowDecoder`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ns_data.lazy import tf
+
+try:  # optional: PillowDecoder's fast path for plain PNGs (requirements.txt installs it)
+    import cv2
+except ImportError:  # pragma: no cover - the decoder then uses Pillow for every PNG
+    cv2 = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +175,29 @@ def image_dimensions(encoded: bytes) -> tuple[int, int] | None:
     return height, width
 
 
+# PNG colour types (IHDR) by the teacher's channels: grayscale, truecolour (RGB).
+_PNG_COLOR_TYPES = {1: 0, 3: 2}
+
+
+def _png_layout(encoded: bytes) -> tuple[int, int] | None:
+    """(bit depth, colour type) of a whole PNG whose every chunk has the right checksum; None
+    for anything else (not a PNG, cut, or a chunk damaged), so a damaged PNG reaches a decoder
+    that names the damage instead of libpng printing it."""
+    if not encoded.startswith(_PNG_SIGNATURE) or encoded[12:16] != b"IHDR":
+        return None
+    at, size = len(_PNG_SIGNATURE), len(encoded)
+    while at + 12 <= size:
+        length, = struct.unpack_from(">I", encoded, at)
+        end = at + 12 + length
+        if end > size or zlib.crc32(encoded[at + 4:end - 4]) != struct.unpack_from(
+                ">I", encoded, end - 4)[0]:
+            return None
+        if encoded[at + 4:at + 8] == b"IEND":
+            return encoded[24], encoded[25]
+        at = end
+    return None
+
+
 def _png_dimensions(encoded: bytes) -> tuple[int, int] | None:
     if len(encoded) < _PNG_HEADER_BYTES or encoded[8:16] != _PNG_IHDR:
         return None  # cut, or not a PNG: `truncation` or the decoder says which
@@ -293,6 +322,13 @@ class PillowDecoder:
     Every format is checked against `max_pixels` from its header before any pixel is
     decoded; a truncated image is an error (`truncation` names a cut PNG or JPEG as the `tf`
     decoder does; Pillow's `LOAD_TRUNCATED_IMAGES` is left off).
+
+    A PNG already in the teacher's layout (8-bit grayscale for a 1-channel teacher, 8-bit RGB
+    for a 3-channel one, every chunk's checksum right) is decoded by OpenCV's libpng instead,
+    when OpenCV is installed: PNG is lossless, so the pixels are the very ones Pillow decodes,
+    at about 4x the rate on small images, where Pillow's own Python per image costs more than
+    the decoding (`bench/decode.py`), and outside the GIL. Anything else, and a PNG OpenCV
+    cannot decode, goes the Pillow way, which also names what is wrong with it.
     Picklable.
     """
 
@@ -304,6 +340,9 @@ class PillowDecoder:
 
     def __call__(self, encoded: bytes) -> np.ndarray:
         _check_layout(encoded)
+        pixels = self._plain_png(encoded)
+        if pixels is not None:
+            return pixels
         try:
             image = _open(encoded)
         except Image.DecompressionBombError as e:
@@ -324,6 +363,27 @@ class PillowDecoder:
     def decode_batch(self, encoded: Sequence[bytes]) -> tuple[np.ndarray, dict[int, Exception]]:
         """`decode_each` (Pillow has no batch call to save)."""
         return decode_each(self, encoded)
+
+    def _plain_png(self, encoded: bytes) -> np.ndarray | None:
+        """The pixels of a PNG in the teacher's layout, decoded by OpenCV (resized by Pillow, as
+        the Pillow way resizes); None for every other image, which the Pillow way decodes or
+        refuses: this way never raises, so every error is the Pillow way's."""
+        if cv2 is None or _png_layout(encoded) != (8, _PNG_COLOR_TYPES[self.spec.channels]):
+            return None
+        height, width = _png_dimensions(encoded)
+        if height * width > min(self.max_pixels, Image.MAX_IMAGE_PIXELS or self.max_pixels):
+            return None  # the Pillow way refuses it, with its message
+        flags = (cv2.IMREAD_GRAYSCALE if self.spec.channels == 1
+                 else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
+        pixels = cv2.imdecode(np.frombuffer(encoded, np.uint8), flags)
+        if pixels is None or pixels.shape[:2] != (height, width):
+            return None  # OpenCV could not decode it: the Pillow way says why
+        if self.spec.channels == 3:
+            pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+        if (width, height) != self._size:
+            pixels = np.asarray(Image.fromarray(pixels, self._mode).resize(
+                self._size, Image.Resampling.BILINEAR))
+        return pixels.reshape(self.spec.shape)
 
     def _convert(self, image: Image.Image) -> Image.Image:
         if image.mode in _WIDE_MODES:

@@ -36,13 +36,17 @@ def test_prints_each_stage_and_the_time_outside_them(tmp_path):
     out = run.stdout
     assert "job args ['--flag=1']" in out  # the job ran as `python -m tiny_job --flag=1`
     assert sorted(re.findall(r"^\(\d, \d+\)$", out, re.M)) == ["(0, 135)", "(1, 145)", "(2, 155)"]
-    total, staged, stages, outside = re.search(
-        r"tiny_job: ([\d.]+) s in this process, ([\d.]+) s in (\d+) stages, ([\d.]+) s outside",
-        out).groups()
+    total, total_cpu, staged, stages, staged_cpu, outside, outside_cpu = re.search(
+        r"tiny_job: ([\d.]+) s in this process \(([\d.]+) CPU s\), ([\d.]+) s in (\d+) stages "
+        r"\(([\d.]+) CPU s\), ([\d.]+) s outside them \(([\d.]+) CPU s\)", out).groups()
     assert abs(float(total) - float(staged) - float(outside)) < 0.11
-    rows = re.findall(r"^ *([\d.]+) +([\d.]+)% +(\d+)  (.+)$", out, re.M)
+    assert abs(float(total_cpu) - float(staged_cpu) - float(outside_cpu)) < 0.11
+    rows = re.findall(r"^ *([\d.]+) +([\d.]+)% +([\d.]+) +([\d.]+) +(\d+)  (.+)$", out, re.M)
     assert len(rows) == 3 and int(stages) >= 3
-    seconds = [float(s) for s, _, _, _ in rows]
+    seconds = [float(row[0]) for row in rows]
     assert seconds == sorted(seconds, reverse=True)
-    # Three groups, each 0.3 s in the step after the GroupByKey: the slowest stage is that one.
-    assert "Group/Read" in rows[0][3] and "Slow" in rows[0][3] and seconds[0] >= 0.9
+    # Three groups, each 0.3 s in the step after the GroupByKey: the slowest stage is that one,
+    # and it sleeps, so it keeps a core busy a small part of its wall time.
+    assert "Group/Read" in rows[0][5] and "Slow" in rows[0][5] and seconds[0] >= 0.9
+    slow_cpu, slow_cores = float(rows[0][2]), float(rows[0][3])
+    assert slow_cpu < 0.5 * seconds[0] and abs(slow_cores - slow_cpu / seconds[0]) < 0.01

@@ -6,11 +6,13 @@ import pickle
 import struct
 import zlib
 
+import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image, JpegImagePlugin
 
+from ns_data import images as images_module
 from ns_data.images import (DECODERS, ImageDecoder, ImageSpec, PillowDecoder, decode_and_resize,
                             image_dimensions, make_decoder, truncation)
 from tests.data_files import png
@@ -316,6 +318,89 @@ def test_pillow_is_pixel_exact_at_the_target_size(fmt, shape):
     assert decoded.dtype == np.uint8 and decoded.shape == shape
     np.testing.assert_array_equal(decoded, tf_reference(encoded, spec))
     np.testing.assert_array_equal(decoded, pixels)
+
+
+class CountingOpenCV:
+    """ns_data.images.cv2 stand-in: OpenCV itself, counting the images it decodes."""
+
+    def __init__(self):
+        self.decoded = 0
+
+    def __getattr__(self, name):
+        return getattr(cv2, name)
+
+    def imdecode(self, *args):
+        self.decoded += 1
+        return cv2.imdecode(*args)
+
+
+def decode_both_ways(spec: ImageSpec, encoded: bytes, monkeypatch) -> tuple[np.ndarray, bool]:
+    """(pixels, whether OpenCV decoded them), after checking that Pillow alone gives the same."""
+    counting = CountingOpenCV()
+    monkeypatch.setattr(images_module, "cv2", counting)
+    fast = PillowDecoder(spec)(encoded)
+    monkeypatch.setattr(images_module, "cv2", None)
+    np.testing.assert_array_equal(fast, PillowDecoder(spec)(encoded))
+    return fast, counting.decoded == 1
+
+
+@pytest.mark.parametrize("shape, spec, options", [
+    ((9, 13, 1), ImageSpec(9, 13, 1), {}),
+    ((9, 13, 3), ImageSpec(9, 13, 3), {}),
+    ((40, 30, 1), ImageSpec(20, 15, 1), {}),  # decoded by OpenCV, resized by Pillow
+    ((40, 30, 3), ImageSpec(17, 11, 3), {}),
+    ((9, 13, 1), ImageSpec(9, 13, 1), {"transparency": 7}),  # a tRNS chunk: pixels kept
+    ((9, 13, 3), ImageSpec(9, 13, 3), {"transparency": (1, 2, 3)}),
+], ids=["gray", "rgb", "gray-resized", "rgb-resized", "gray-trns", "rgb-trns"])
+def test_pillow_plain_pngs_are_decoded_by_opencv_to_pillows_pixels(shape, spec, options,
+                                                                   monkeypatch):
+    pixels = random_pixels(shape, seed=21)
+    fast, by_opencv = decode_both_ways(spec, pil_bytes(pixels, "PNG", **options), monkeypatch)
+    assert by_opencv and fast.shape == spec.shape and fast.dtype == np.uint8
+    if spec.shape == shape:
+        np.testing.assert_array_equal(fast, pixels)
+
+
+def test_pillow_other_pngs_go_the_pillow_way(monkeypatch):
+    gray, rgb = random_pixels((9, 13, 1), seed=22), random_pixels((9, 13, 3), seed=23)
+    wide = (random_pixels((9, 13), seed=24).astype(np.uint16) << 8) | 0x5A
+    cases = [
+        (ImageSpec(9, 13, 3), pil_bytes(gray, "PNG")),  # gray for an RGB teacher
+        (ImageSpec(9, 13, 1), pil_bytes(rgb, "PNG")),  # RGB for a gray teacher
+        (ImageSpec(9, 13, 3), pil_bytes(random_pixels((9, 13, 4), seed=25), "PNG")),  # RGBA
+        (ImageSpec(9, 13, 3), pil_bytes(np.asarray(Image.fromarray(rgb).convert("P")), "PNG",
+                                        mode="P")),  # palette
+        (ImageSpec(9, 13, 1), pil_bytes(wide, "PNG", mode="I;16")),  # 16-bit
+    ]
+    for spec, encoded in cases:
+        fast, by_opencv = decode_both_ways(spec, encoded, monkeypatch)
+        assert not by_opencv and fast.shape == spec.shape
+
+
+def test_pillow_damaged_png_is_named_by_pillow_not_decoded_by_opencv(monkeypatch, capfd):
+    spec = ImageSpec(28, 28, 1)
+    whole = pil_bytes(random_pixels((28, 28, 1), seed=26), "PNG")
+    idat = whole.index(b"IDAT")
+    damaged = bytearray(whole)
+    damaged[idat + 8] ^= 0xFF  # a byte of the image data: the IDAT checksum fails
+    # The same damage with the checksum made right again: only decoding finds it.
+    length = int.from_bytes(whole[idat - 4:idat], "big")
+    recrc = bytearray(damaged)
+    recrc[idat + 4 + length:idat + 8 + length] = struct.pack(
+        ">I", zlib.crc32(bytes(damaged[idat:idat + 4 + length])))
+    for encoded, opencv_tries in ((bytes(damaged), 0), (bytes(recrc), 1)):
+        capfd.readouterr()
+        counting = CountingOpenCV()
+        monkeypatch.setattr(images_module, "cv2", counting)
+        with pytest.raises(OSError) as fast:
+            PillowDecoder(spec)(encoded)
+        monkeypatch.setattr(images_module, "cv2", None)
+        with pytest.raises(OSError) as pillow:
+            PillowDecoder(spec)(encoded)
+        assert str(fast.value) == str(pillow.value)  # the same dead letter either way
+        assert counting.decoded == opencv_tries
+        if not opencv_tries:  # libpng prints what it finds; a checksum's damage never gets there
+            assert "libpng" not in capfd.readouterr().err
 
 
 def test_pillow_rgba_png_drops_alpha_like_tensorflow():
