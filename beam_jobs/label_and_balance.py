@@ -70,8 +70,9 @@ class LabelAndBalanceOptions(InputOptions, PipelineOptions):
                        "decoded (default: %(default)s).")
         g.add_argument("--decoder", choices=sorted(DECODERS), default=DEFAULT_DECODER,
                        help="How images are decoded and resized for the teacher: pillow = "
-                       "Pillow/libjpeg with DCT scaling of large JPEGs, several times faster "
-                       "and within a few levels of the trainer's pixels; tf = the trainer's "
+                       "Pillow/libjpeg with DCT scaling of large JPEGs (plain 8-bit PNGs with "
+                       "OpenCV, same pixels), several times faster and within a few levels of "
+                       "the trainer's pixels; tf = the trainer's "
                        "own TensorFlow ops, pixel for pixel (default: %(default)s).")
         g.add_argument("--decode_ahead", type=cli.non_negative_int, default=DECODE_AHEAD,
                        help="Batches decoded on a thread of their own while the teacher runs "

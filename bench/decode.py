@@ -9,7 +9,9 @@ Cases: photo-like RGB JPEGs (quality 90) of 500x375, the common ImageNet-like si
 Decoders, all producing uint8 [H, W, C]:
 
 - `ns pillow`: `ns_data.images.PillowDecoder`, the job's default (`--decoder=pillow`):
-  libjpeg DCT scaling, then Pillow's antialiased bilinear resize;
+  libjpeg DCT scaling, then Pillow's antialiased bilinear resize; plain 8-bit PNGs by OpenCV;
+- `ns pillow, no cv2`: the same decoder with its OpenCV way for PNGs turned off (every image by
+  Pillow), to show what that way gains;
 - `ns tf`: `ns_data.images.ImageDecoder` (`--decoder=tf`): the trainer's `decode_and_resize`
   in a `tf.function`, one call per image;
 - `plain PIL`: `Image.open(...).convert(mode).resize(size, BILINEAR)`, what one writes by hand;
@@ -37,7 +39,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ns_data.images import ImageDecoder, ImageSpec, PillowDecoder, decode_and_resize  # noqa: E402
+from ns_data.images import (ImageDecoder, ImageSpec, PillowDecoder, cv2,  # noqa: E402
+                            decode_and_resize)
 
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -76,6 +79,13 @@ def small_pngs(count: int) -> tuple[list[bytes], str]:
     return [encode(p, "PNG") for p in pixels], source
 
 
+class PillowOnly(PillowDecoder):
+    """`PillowDecoder` without its OpenCV way for plain PNGs."""
+
+    def _plain_png(self, encoded: bytes) -> None:
+        return None
+
+
 def plain_pil(spec: ImageSpec):
     mode, size = ("L" if spec.channels == 1 else "RGB"), (spec.width, spec.height)
 
@@ -100,7 +110,8 @@ def tf_eager(spec: ImageSpec, jpeg: bool):
 
 
 def measure(case: str, images: list[bytes], spec: ImageSpec, jpeg: bool, rounds: int) -> None:
-    decoders = {"ns pillow": PillowDecoder(spec), "ns tf": ImageDecoder(spec),
+    decoders = {"ns pillow": PillowDecoder(spec), "ns pillow, no cv2": PillowOnly(spec),
+                "ns tf": ImageDecoder(spec),
                 "plain PIL": plain_pil(spec), "tf eager": tf_eager(spec, jpeg)}
     reference = [decode_and_resize(tf.constant(e), spec).numpy().astype(np.int16)
                  for e in images]
@@ -118,11 +129,11 @@ def measure(case: str, images: list[bytes], spec: ImageSpec, jpeg: bool, rounds:
     mean_kib = sum(map(len, images)) / len(images) / 1024
     print(f"\n{case}: {len(images)} images, {mean_kib:.1f} KiB each, "
           f"-> {spec.height}x{spec.width}x{spec.channels}")
-    print(f"  {'decoder':<10} {'images/s/core':>14} {'vs plain PIL':>13} {'vs tf eager':>12}"
+    print(f"  {'decoder':<17} {'images/s/core':>14} {'vs plain PIL':>13} {'vs tf eager':>12}"
           f" {'mean diff':>10} {'max diff':>9}")
     rate = {name: len(images) / statistics.median(s) for name, s in seconds.items()}
     for name in decoders:
-        print(f"  {name:<10} {rate[name]:>14.0f} {rate[name] / rate['plain PIL']:>12.2f}x"
+        print(f"  {name:<17} {rate[name]:>14.0f} {rate[name] / rate['plain PIL']:>12.2f}x"
               f" {rate[name] / rate['tf eager']:>11.2f}x {diffs[name][0]:>10.3f}"
               f" {diffs[name][1]:>9d}")
 
@@ -135,7 +146,8 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), "unknown CPU")
     print(f"One core of {cpu}; TensorFlow {tf.__version__}, 1 thread; Pillow "
-          f"{Image.__version__}; median of {args.rounds} interleaved rounds")
+          f"{Image.__version__}; OpenCV {cv2.__version__ if cv2 else 'not installed'}; median of "
+          f"{args.rounds} interleaved rounds")
     measure("JPEG 500x375", jpegs(args.images, 375, 500, seed=1), ImageSpec(224, 224, 3),
             jpeg=True, rounds=args.rounds)
     measure("JPEG 1024x768", jpegs(args.images // 2, 768, 1024, seed=2),

@@ -179,11 +179,12 @@ def image_dimensions(encoded: bytes) -> tuple[int, int] | None:
 _PNG_COLOR_TYPES = {1: 0, 3: 2}
 
 
-def _png_layout(encoded: bytes) -> tuple[int, int] | None:
-    """(bit depth, colour type) of a whole PNG whose every chunk has the right checksum; None
-    for anything else (not a PNG, cut, or a chunk damaged), so a damaged PNG reaches a decoder
-    that names the damage instead of libpng printing it."""
-    if not encoded.startswith(_PNG_SIGNATURE) or encoded[12:16] != b"IHDR":
+def _png_layout(encoded: bytes) -> tuple[int, int, int, int] | None:
+    """(height, width, bit depth, colour type) of a whole PNG whose every chunk has the right
+    checksum (so `_check_layout` has nothing to refuse in it); None for anything else (not a
+    PNG, cut, or a chunk damaged), so a damaged PNG reaches a decoder that names the damage
+    instead of libpng printing it."""
+    if not encoded.startswith(_PNG_SIGNATURE) or encoded[8:16] != _PNG_IHDR:
         return None
     at, size = len(_PNG_SIGNATURE), len(encoded)
     while at + 12 <= size:
@@ -193,7 +194,8 @@ def _png_layout(encoded: bytes) -> tuple[int, int] | None:
                 ">I", encoded, end - 4)[0]:
             return None
         if encoded[at + 4:at + 8] == b"IEND":
-            return encoded[24], encoded[25]
+            width, height = struct.unpack_from(">II", encoded, 16)
+            return height, width, encoded[24], encoded[25]
         at = end
     return None
 
@@ -339,10 +341,10 @@ class PillowDecoder:
         self._size = (spec.width, spec.height)
 
     def __call__(self, encoded: bytes) -> np.ndarray:
-        _check_layout(encoded)
-        pixels = self._plain_png(encoded)
+        pixels = self._plain_png(encoded)  # a whole PNG, every checksum right: nothing to refuse
         if pixels is not None:
             return pixels
+        _check_layout(encoded)
         try:
             image = _open(encoded)
         except Image.DecompressionBombError as e:
@@ -368,9 +370,10 @@ class PillowDecoder:
         """The pixels of a PNG in the teacher's layout, decoded by OpenCV (resized by Pillow, as
         the Pillow way resizes); None for every other image, which the Pillow way decodes or
         refuses: this way never raises, so every error is the Pillow way's."""
-        if cv2 is None or _png_layout(encoded) != (8, _PNG_COLOR_TYPES[self.spec.channels]):
+        layout = _png_layout(encoded) if cv2 is not None else None
+        if layout is None or layout[2:] != (8, _PNG_COLOR_TYPES[self.spec.channels]):
             return None
-        height, width = _png_dimensions(encoded)
+        height, width = layout[:2]
         if height * width > min(self.max_pixels, Image.MAX_IMAGE_PIXELS or self.max_pixels):
             return None  # the Pillow way refuses it, with its message
         flags = (cv2.IMREAD_GRAYSCALE if self.spec.channels == 1
