@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ns_data.images import (ImageDecoder, ImageSpec, PillowDecoder, cv2,  # noqa: E402
+from ns_data.images import (ImageDecoder, ImageSpec, PillowDecoder, _opencv,  # noqa: E402
                             decode_and_resize)
 
 tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -145,8 +145,9 @@ def main() -> None:
     args = parser.parse_args()
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), "unknown CPU")
+    opencv = _opencv()
     print(f"One core of {cpu}; TensorFlow {tf.__version__}, 1 thread; Pillow "
-          f"{Image.__version__}; OpenCV {cv2.__version__ if cv2 else 'not installed'}; median of "
+          f"{Image.__version__}; OpenCV {opencv.__version__ if opencv else 'none'}; median of "
           f"{args.rounds} interleaved rounds")
     measure("JPEG 500x375", jpegs(args.images, 375, 500, seed=1), ImageSpec(224, 224, 3),
             jpeg=True, rounds=args.rounds)

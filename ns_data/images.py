@@ -14,17 +14,30 @@ import struct
 import warnings
 import zlib
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ns_data.lazy import tf
 
-try:  # optional: PillowDecoder's fast path for plain PNGs (requirements.txt installs it)
-    import cv2
-except ImportError:  # pragma: no cover - the decoder then uses Pillow for every PNG
-    cv2 = None
+_NOT_IMPORTED = object()
+# OpenCV, for PillowDecoder's plain PNGs: imported by `_opencv` on first use (0.2 s, that every
+# job start would pay otherwise); None when it is not installed.
+cv2: Any = _NOT_IMPORTED
+
+
+def _opencv() -> Any:
+    """OpenCV (`opencv-python-headless`, in requirements.txt), or None when it is not
+    installed: PillowDecoder then decodes every PNG with Pillow, to the same pixels."""
+    global cv2
+    if cv2 is _NOT_IMPORTED:
+        try:
+            import cv2 as module  # noqa: PLC0415 - see above
+        except ImportError:  # pragma: no cover - an install without requirements.txt
+            module = None
+        cv2 = module
+    return cv2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,19 +383,20 @@ class PillowDecoder:
         """The pixels of a PNG in the teacher's layout, decoded by OpenCV (resized by Pillow, as
         the Pillow way resizes); None for every other image, which the Pillow way decodes or
         refuses: this way never raises, so every error is the Pillow way's."""
-        layout = _png_layout(encoded) if cv2 is not None else None
+        opencv = _opencv()
+        layout = _png_layout(encoded) if opencv is not None else None
         if layout is None or layout[2:] != (8, _PNG_COLOR_TYPES[self.spec.channels]):
             return None
         height, width = layout[:2]
         if height * width > min(self.max_pixels, Image.MAX_IMAGE_PIXELS or self.max_pixels):
             return None  # the Pillow way refuses it, with its message
-        flags = (cv2.IMREAD_GRAYSCALE if self.spec.channels == 1
-                 else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
-        pixels = cv2.imdecode(np.frombuffer(encoded, np.uint8), flags)
+        flags = (opencv.IMREAD_GRAYSCALE if self.spec.channels == 1
+                 else opencv.IMREAD_COLOR) | opencv.IMREAD_IGNORE_ORIENTATION
+        pixels = opencv.imdecode(np.frombuffer(encoded, np.uint8), flags)
         if pixels is None or pixels.shape[:2] != (height, width):
             return None  # OpenCV could not decode it: the Pillow way says why
         if self.spec.channels == 3:
-            pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+            pixels = opencv.cvtColor(pixels, opencv.COLOR_BGR2RGB)
         if (width, height) != self._size:
             pixels = np.asarray(Image.fromarray(pixels, self._mode).resize(
                 self._size, Image.Resampling.BILINEAR))

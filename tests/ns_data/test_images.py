@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -359,6 +363,17 @@ def test_pillow_plain_pngs_are_decoded_by_opencv_to_pillows_pixels(shape, spec, 
     assert by_opencv and fast.shape == spec.shape and fast.dtype == np.uint8
     if spec.shape == shape:
         np.testing.assert_array_equal(fast, pixels)
+
+
+def test_opencv_is_imported_when_a_png_is_first_decoded_not_with_the_module():
+    code = ("import sys; from ns_data import images; assert 'cv2' not in sys.modules; "
+            "images.make_decoder('pillow', images.ImageSpec(2, 2, 1))(bytes.fromhex("
+            f"'{png(np.zeros((2, 2, 1), np.uint8)).hex()}')); print('cv2' in sys.modules)")
+    repo = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(repo)}, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["True"]
 
 
 def test_pillow_other_pngs_go_the_pillow_way(monkeypatch):
