@@ -392,7 +392,10 @@ class PillowDecoder:
             return None  # the Pillow way refuses it, with its message
         flags = (opencv.IMREAD_GRAYSCALE if self.spec.channels == 1
                  else opencv.IMREAD_COLOR) | opencv.IMREAD_IGNORE_ORIENTATION
-        pixels = opencv.imdecode(np.frombuffer(encoded, np.uint8), flags)
+        try:
+            pixels = opencv.imdecode(np.frombuffer(encoded, np.uint8), flags)
+        except opencv.error:
+            pixels = None
         if pixels is None or pixels.shape[:2] != (height, width):
             return None  # OpenCV could not decode it: the Pillow way says why
         if self.spec.channels == 3:

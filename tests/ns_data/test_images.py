@@ -376,6 +376,19 @@ def test_opencv_is_imported_when_a_png_is_first_decoded_not_with_the_module():
     assert run.stdout.split() == ["True"]
 
 
+def test_pillow_takes_over_when_opencv_raises(monkeypatch):
+    class FailingOpenCV(CountingOpenCV):
+        def imdecode(self, *args):
+            self.decoded += 1
+            raise cv2.error("imdecode failed")
+
+    failing = FailingOpenCV()
+    monkeypatch.setattr(images_module, "cv2", failing)
+    pixels = random_pixels((9, 13, 1), seed=27)
+    np.testing.assert_array_equal(PillowDecoder(ImageSpec(9, 13, 1))(png(pixels)), pixels)
+    assert failing.decoded == 1
+
+
 def test_pillow_other_pngs_go_the_pillow_way(monkeypatch):
     gray, rgb = random_pixels((9, 13, 1), seed=22), random_pixels((9, 13, 3), seed=23)
     wide = (random_pixels((9, 13), seed=24).astype(np.uint16) << 8) | 0x5A
