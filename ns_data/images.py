@@ -190,25 +190,51 @@ def image_dimensions(encoded: bytes) -> tuple[int, int] | None:
 
 # PNG colour types (IHDR) by the teacher's channels: grayscale, truecolour (RGB).
 _PNG_COLOR_TYPES = {1: 0, 3: 2}
+# The chunks a plain PNG may hold, with their length (None: any; a dict: by colour type): the
+# ones Pillow and libpng both read, or both skip, alike. Any other chunk (iCCP, zTXt, iTXt, an
+# APNG's, ...) and any other length send the PNG the Pillow way: libpng skips a malformed
+# ancillary chunk with a warning where Pillow refuses the file.
+_PLAIN_PNG_CHUNKS = {
+    b"IDAT": None, b"IEND": 0, b"tEXt": None, b"pHYs": 9, b"gAMA": 4, b"sRGB": 1, b"cHRM": 32,
+    b"tIME": 7, b"tRNS": {0: 2, 2: 6}, b"bKGD": {0: 2, 2: 6}, b"sBIT": {0: 1, 2: 3},
+}
+_PNG_MAX_TEXT = 1 << 20  # Pillow's MAX_TEXT_CHUNK: more text is refused by one, not the other
+_LIBPNG_MAX_SIDE = 1_000_000  # libpng's default limit on width and height
 
 
-def _png_layout(encoded: bytes) -> tuple[int, int, int, int] | None:
-    """(height, width, bit depth, colour type) of a whole PNG whose every chunk has the right
-    checksum (so `_check_layout` has nothing to refuse in it); None for anything else (not a
-    PNG, cut, or a chunk damaged), so a damaged PNG reaches a decoder that names the damage
-    instead of libpng printing it."""
-    if not encoded.startswith(_PNG_SIGNATURE) or encoded[8:16] != _PNG_IHDR:
+def _plain_png_layout(encoded: bytes) -> tuple[int, int, int, int] | None:
+    """(height, width, bit depth, colour type) of a whole, plain PNG: every chunk's checksum
+    right, a valid header, and only chunks both decoders read alike (`_PLAIN_PNG_CHUNKS`), so
+    `_check_layout` has nothing to refuse in it and OpenCV gives Pillow's pixels; None for any
+    other bytes, which the Pillow way decodes or names (a damaged chunk then never reaches
+    libpng, which would print it)."""
+    if (len(encoded) < _PNG_HEADER_BYTES or not encoded.startswith(_PNG_SIGNATURE)
+            or encoded[8:16] != _PNG_IHDR):
         return None
-    at, size = len(_PNG_SIGNATURE), len(encoded)
+    width, height, depth, color, compression, filtering, interlace = struct.unpack_from(
+        ">IIBBBBB", encoded, 16)
+    if (not (0 < width <= _LIBPNG_MAX_SIDE and 0 < height <= _LIBPNG_MAX_SIDE)
+            or compression or filtering or interlace > 1):
+        return None
+    at, size, text = len(_PNG_SIGNATURE), len(encoded), 0
     while at + 12 <= size:
         length, = struct.unpack_from(">I", encoded, at)
         end = at + 12 + length
         if end > size or zlib.crc32(encoded[at + 4:end - 4]) != struct.unpack_from(
                 ">I", encoded, end - 4)[0]:
             return None
-        if encoded[at + 4:at + 8] == b"IEND":
-            width, height = struct.unpack_from(">II", encoded, 16)
-            return height, width, encoded[24], encoded[25]
+        kind = encoded[at + 4:at + 8]
+        if at > len(_PNG_SIGNATURE):  # after IHDR
+            expected = _PLAIN_PNG_CHUNKS.get(kind, -1)
+            if isinstance(expected, dict):
+                expected = expected.get(color, -1)
+            if expected is not None and expected != length:
+                return None
+            text += length if kind == b"tEXt" else 0
+            if text > _PNG_MAX_TEXT:
+                return None
+        if kind == b"IEND":
+            return height, width, depth, color
         at = end
     return None
 
@@ -338,12 +364,14 @@ class PillowDecoder:
     decoded; a truncated image is an error (`truncation` names a cut PNG or JPEG as the `tf`
     decoder does; Pillow's `LOAD_TRUNCATED_IMAGES` is left off).
 
-    A PNG already in the teacher's layout (8-bit grayscale for a 1-channel teacher, 8-bit RGB
-    for a 3-channel one, every chunk's checksum right) is decoded by OpenCV's libpng instead,
-    when OpenCV is installed: PNG is lossless, so the pixels are the very ones Pillow decodes,
-    at about 4x the rate on small images, where Pillow's own Python per image costs more than
-    the decoding (`bench/decode.py`), and outside the GIL. Anything else, and a PNG OpenCV
-    cannot decode, goes the Pillow way, which also names what is wrong with it.
+    A plain PNG already in the teacher's layout (8-bit grayscale for a 1-channel teacher, 8-bit
+    RGB for a 3-channel one; every chunk's checksum right and only chunks both libraries read
+    alike, `_plain_png_layout`) is decoded by OpenCV's libpng instead, when OpenCV is
+    installed: PNG is lossless, so the pixels are the very ones Pillow decodes, at about 3-4x
+    the rate on small images, where Pillow's own Python per image costs more than the decoding
+    (`bench/decode.py`), and outside the GIL. Anything else, and a PNG OpenCV cannot decode,
+    goes the Pillow way, which also names what is wrong with it (libpng then prints a line to
+    stderr first: only for image data that is corrupt under a right checksum).
     Picklable.
     """
 
@@ -384,7 +412,7 @@ class PillowDecoder:
         the Pillow way resizes); None for every other image, which the Pillow way decodes or
         refuses: this way never raises, so every error is the Pillow way's."""
         opencv = _opencv()
-        layout = _png_layout(encoded) if opencv is not None else None
+        layout = _plain_png_layout(encoded) if opencv is not None else None
         if layout is None or layout[2:] != (8, _PNG_COLOR_TYPES[self.spec.channels]):
             return None
         height, width = layout[:2]

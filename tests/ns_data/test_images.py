@@ -287,6 +287,10 @@ def test_a_png_whose_size_fails_its_checksum_is_refused_not_huge(decoder):
 # PillowDecoder: the Beam job's default, checked against decode_and_resize
 # --------------------------------------------------------------------------------------------
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def pil_bytes(pixels: np.ndarray, fmt: str, mode: str | None = None, **options) -> bytes:
     out = io.BytesIO()
     Image.fromarray(pixels.squeeze() if pixels.shape[-1] == 1 else pixels, mode).save(
@@ -374,6 +378,55 @@ def test_opencv_is_imported_when_a_png_is_first_decoded_not_with_the_module():
                          env={**os.environ, "PYTHONPATH": str(repo)}, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["True"]
+
+
+def plain_png_with(chunk: bytes, channels: int = 1) -> bytes:
+    """A 13x9 8-bit PNG (gray or RGB) with `chunk` between its header and its image data."""
+    rows = random_pixels((9, 13 * channels), seed=28)
+    header = struct.pack(">IIBBBBB", 13, 9, 8, {1: 0, 3: 2}[channels], 0, 0, 0)
+    data = zlib.compress(b"".join(b"\0" + row.tobytes() for row in rows))
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + chunk
+            + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b""))
+
+
+def outcome(decode, encoded: bytes):
+    try:
+        return decode(encoded)
+    except Exception as e:  # noqa: BLE001 - compared below
+        return f"{type(e).__name__}: {e}"
+
+
+@pytest.mark.parametrize("chunk, channels, by_opencv", [
+    (b"", 1, True),
+    (png_chunk(b"pHYs", struct.pack(">IIB", 2835, 2835, 1)), 1, True),
+    (png_chunk(b"gAMA", struct.pack(">I", 45455)) + png_chunk(b"sRGB", b"\0"), 3, True),
+    (png_chunk(b"tRNS", struct.pack(">HHH", 1, 2, 3)), 3, True),
+    (png_chunk(b"tEXt", b"Software\0test"), 1, True),
+    # Checksums right, content malformed: libpng skips the chunk, Pillow refuses the file.
+    (png_chunk(b"sRGB", b""), 1, False),
+    (png_chunk(b"pHYs", b"\0\0"), 1, False),
+    (png_chunk(b"gAMA", b"\0\0"), 3, False),
+    (png_chunk(b"tRNS", b"\0"), 1, False),
+    (png_chunk(b"iCCP", b"icc\0\1" + b"junk"), 3, False),
+    (png_chunk(b"zTXt", b"k\0\1" + b"junk"), 1, False),
+    (png_chunk(b"acTL", struct.pack(">II", 1, 0))
+     + png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, 5, 5, 0, 0, 1, 1, 0, 0)), 1, False),
+    (png_chunk(b"tEXt", b"k\0" + b"x" * (1 << 20)), 1, False),  # over Pillow's text limit
+], ids=["none", "phys", "gama-srgb", "trns", "text", "short-srgb", "short-phys", "short-gama",
+        "short-trns", "iccp", "ztxt", "apng", "big-text"])
+def test_only_chunks_both_libraries_read_alike_take_the_opencv_way(chunk, channels, by_opencv,
+                                                                   monkeypatch):
+    encoded, spec = plain_png_with(chunk, channels), ImageSpec(9, 13, channels)
+    counting = CountingOpenCV()
+    monkeypatch.setattr(images_module, "cv2", counting)
+    fast = outcome(PillowDecoder(spec), encoded)
+    monkeypatch.setattr(images_module, "cv2", None)
+    pillow = outcome(PillowDecoder(spec), encoded)
+    assert counting.decoded == by_opencv
+    if isinstance(pillow, str):
+        assert fast == pillow  # the same dead letter, word for word
+    else:
+        np.testing.assert_array_equal(fast, pillow)
 
 
 def test_pillow_takes_over_when_opencv_raises(monkeypatch):
@@ -519,10 +572,6 @@ def test_every_format_is_checked_against_the_pixel_limit(decoder):
         encoded = pil_bytes(np.zeros((200, 300, 3), np.uint8), fmt)
         with pytest.raises(ValueError, match="300x200, over the limit of 50000 pixels"):
             make_decoder(decoder, ImageSpec(4, 4, 3), max_pixels=50_000)(encoded)
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def test_pillow_bomb_beyond_pillows_own_limit_is_a_value_error():
