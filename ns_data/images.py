@@ -216,7 +216,7 @@ def _plain_png_layout(encoded: bytes) -> tuple[int, int, int, int] | None:
     if (not (0 < width <= _LIBPNG_MAX_SIDE and 0 < height <= _LIBPNG_MAX_SIDE)
             or compression or filtering or interlace > 1):
         return None
-    at, size, text = len(_PNG_SIGNATURE), len(encoded), 0
+    at, size, text, idat = len(_PNG_SIGNATURE), len(encoded), 0, False
     while at + 12 <= size:
         length, = struct.unpack_from(">I", encoded, at)
         end = at + 12 + length
@@ -231,10 +231,11 @@ def _plain_png_layout(encoded: bytes) -> tuple[int, int, int, int] | None:
             if expected is not None and expected != length:
                 return None
             text += length if kind == b"tEXt" else 0
+            idat = idat or kind == b"IDAT"
             if text > _PNG_MAX_TEXT:
                 return None
         if kind == b"IEND":
-            return height, width, depth, color
+            return (height, width, depth, color) if idat else None
         at = end
     return None
 

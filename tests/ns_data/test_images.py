@@ -429,6 +429,16 @@ def test_only_chunks_both_libraries_read_alike_take_the_opencv_way(chunk, channe
         np.testing.assert_array_equal(fast, pillow)
 
 
+def test_a_png_without_image_data_goes_the_pillow_way(monkeypatch):
+    header = struct.pack(">IIBBBBB", 13, 9, 8, 0, 0, 0, 0)
+    encoded = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IEND", b"")
+    counting = CountingOpenCV()
+    monkeypatch.setattr(images_module, "cv2", counting)
+    with pytest.raises((OSError, SyntaxError, ValueError)):
+        PillowDecoder(ImageSpec(9, 13, 1))(encoded)
+    assert counting.decoded == 0  # OpenCV would print a warning about it first
+
+
 def test_pillow_takes_over_when_opencv_raises(monkeypatch):
     class FailingOpenCV(CountingOpenCV):
         def imdecode(self, *args):
