@@ -198,23 +198,27 @@ _PLAIN_PNG_CHUNKS = {
     b"IDAT": None, b"IEND": 0, b"tEXt": None, b"pHYs": 9, b"gAMA": 4, b"sRGB": 1, b"cHRM": 32,
     b"tIME": 7, b"tRNS": {0: 2, 2: 6}, b"bKGD": {0: 2, 2: 6}, b"sBIT": {0: 1, 2: 3},
 }
-_PNG_MAX_TEXT = 1 << 20  # Pillow's MAX_TEXT_CHUNK: more text is refused by one, not the other
+# Pillow and libpng limit text each their own way (Pillow: 1 MB per compressed chunk, 64 MB in
+# all): a PNG with more than Pillow's MAX_TEXT_CHUNK of text goes the Pillow way.
+_PNG_MAX_TEXT = 1 << 20
 _LIBPNG_MAX_SIDE = 1_000_000  # libpng's default limit on width and height
 
 
-def _plain_png_layout(encoded: bytes) -> tuple[int, int, int, int] | None:
-    """(height, width, bit depth, colour type) of a whole, plain PNG: every chunk's checksum
-    right, a valid header, and only chunks both decoders read alike (`_PLAIN_PNG_CHUNKS`), so
-    `_check_layout` has nothing to refuse in it and OpenCV gives Pillow's pixels; None for any
-    other bytes, which the Pillow way decodes or names (a damaged chunk then never reaches
-    libpng, which would print it)."""
+def _plain_png_size(encoded: bytes, color_type: int, max_pixels: int) -> tuple[int, int] | None:
+    """(height, width) of a whole, plain 8-bit PNG of `color_type` of at most `max_pixels`
+    pixels: a valid header, every chunk's checksum right and only chunks both decoders read
+    alike (`_PLAIN_PNG_CHUNKS`), so `_check_layout` has nothing to refuse in it and OpenCV gives
+    Pillow's pixels; None for any other bytes, which the Pillow way decodes or names (a damaged
+    chunk then never reaches libpng, which would print it). The header is checked before the
+    chunks' checksums are computed, so another PNG costs nothing more than it did."""
     if (len(encoded) < _PNG_HEADER_BYTES or not encoded.startswith(_PNG_SIGNATURE)
             or encoded[8:16] != _PNG_IHDR):
         return None
     width, height, depth, color, compression, filtering, interlace = struct.unpack_from(
         ">IIBBBBB", encoded, 16)
-    if (not (0 < width <= _LIBPNG_MAX_SIDE and 0 < height <= _LIBPNG_MAX_SIDE)
-            or compression or filtering or interlace > 1):
+    if (depth != 8 or color != color_type or compression or filtering or interlace > 1
+            or not (0 < width <= _LIBPNG_MAX_SIDE and 0 < height <= _LIBPNG_MAX_SIDE)
+            or height * width > max_pixels):
         return None
     at, size, text, idat = len(_PNG_SIGNATURE), len(encoded), 0, False
     while at + 12 <= size:
@@ -235,7 +239,7 @@ def _plain_png_layout(encoded: bytes) -> tuple[int, int, int, int] | None:
             if text > _PNG_MAX_TEXT:
                 return None
         if kind == b"IEND":
-            return (height, width, depth, color) if idat else None
+            return (height, width) if idat else None
         at = end
     return None
 
@@ -367,7 +371,7 @@ class PillowDecoder:
 
     A plain PNG already in the teacher's layout (8-bit grayscale for a 1-channel teacher, 8-bit
     RGB for a 3-channel one; every chunk's checksum right and only chunks both libraries read
-    alike, `_plain_png_layout`) is decoded by OpenCV's libpng instead, when OpenCV is
+    alike, `_plain_png_size`) is decoded by OpenCV's libpng instead, when OpenCV is
     installed: PNG is lossless, so the pixels are the very ones Pillow decodes, at about 3-4x
     the rate on small images, where Pillow's own Python per image costs more than the decoding
     (`bench/decode.py`), and outside the GIL. Anything else, and a PNG OpenCV cannot decode,
@@ -413,12 +417,13 @@ class PillowDecoder:
         the Pillow way resizes); None for every other image, which the Pillow way decodes or
         refuses: this way never raises, so every error is the Pillow way's."""
         opencv = _opencv()
-        layout = _plain_png_layout(encoded) if opencv is not None else None
-        if layout is None or layout[2:] != (8, _PNG_COLOR_TYPES[self.spec.channels]):
+        # Over either pixel limit, the Pillow way refuses it, with its message.
+        limit = min(self.max_pixels, Image.MAX_IMAGE_PIXELS or self.max_pixels)
+        size = (_plain_png_size(encoded, _PNG_COLOR_TYPES[self.spec.channels], limit)
+                if opencv is not None else None)
+        if size is None:
             return None
-        height, width = layout[:2]
-        if height * width > min(self.max_pixels, Image.MAX_IMAGE_PIXELS or self.max_pixels):
-            return None  # the Pillow way refuses it, with its message
+        height, width = size
         flags = (opencv.IMREAD_GRAYSCALE if self.spec.channels == 1
                  else opencv.IMREAD_COLOR) | opencv.IMREAD_IGNORE_ORIENTATION
         try:
