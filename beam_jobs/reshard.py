@@ -182,7 +182,7 @@ def output_patterns(output_dir: str) -> list[str]:
 
 
 class _KeyImages(beam.DoFn):
-    """[RawImage] batches → ((prefix, shard, chunk), [(order, image example)]) batches of a
+    """[RawImage] batches → ((prefix, shard, chunk), `Framed` image examples) batches of a
     bundle, for the shard shuffle. The order key is a hash of the image id: it picks the shard
     and the record's place in it."""
 
@@ -208,12 +208,12 @@ class _KeyImages(beam.DoFn):
                         f"{image.source} record {image.index}: {e}")
                     classes.append(None)
                     yield from self._batches.add(shard_key(DEAD_LETTER_PREFIX, 0, 1, 1),
-                                                 (order, letter))
+                                                 order, letter)
                     continue
                 classes.append(label)
             record = schema.image_example(image.encoded, image.image_id, label)
             yield from self._batches.add(
-                shard_key(IMAGES_PREFIX, order, self._num_shards, self._chunks), (order, record))
+                shard_key(IMAGES_PREFIX, order, self._num_shards, self._chunks), order, record)
         if classes:  # per-class counts, and the images without one (None)
             yield beam.pvalue.TaggedOutput(_CLASSES, classes)
 
@@ -226,16 +226,17 @@ _CLASSES = "classes"
 
 
 def dead_letters(rows: pa.Table):
-    """A table of failed rows from `ReadImages` → one batch of dead-letter records for the
-    shard shuffle. A message that does not name its file gets the file and record index."""
-    letters = []
+    """A table of failed rows from `ReadImages` → batches of dead-letter records for the shard
+    shuffle. A message that does not name its file gets the file and record index."""
+    batches = KeyedBatches()
     for image_id, source, index, stage, message in zip(*(rows.column(c).to_pylist() for c in (
             table.ID, table.SOURCE, table.INDEX, table.ERROR_STAGE, table.ERROR_MESSAGE))):
         if source not in message:
             message = f"{source} record {index}: {message}"
         order = id_hash(b"%s#%s#%d" % (stage.encode(), source.encode(), index), 0)
-        letters.append((order, schema.dead_letter_example(stage, image_id, None, message)))
-    return [(shard_key(DEAD_LETTER_PREFIX, 0, 1, 1), letters)] if letters else []
+        yield from batches.add(shard_key(DEAD_LETTER_PREFIX, 0, 1, 1), order,
+                               schema.dead_letter_example(stage, image_id, None, message))
+    yield from batches.flush()
 
 
 def _write_summary(counts: list[tuple[tuple[str, int], int]], failed: dict[str, int],

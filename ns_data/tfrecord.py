@@ -50,33 +50,85 @@ def masked_crc(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
+def frame(record: bytes) -> bytes:
+    """`record` as one TFRecord frame: the bytes `tf.io.TFRecordWriter` writes for it.
+
+    Writers that batch records frame them where they are made, so a file is then written with
+    a few large writes instead of one writer call per record; frames concatenate into a file.
+    """
+    size = len(record)
+    head = _HEADS.get(size)
+    if head is None:  # lengths repeat (small images): their header and its checksum too
+        if len(_HEADS) >= _MAX_HEADS:
+            _HEADS.clear()
+        length = _LENGTH.pack(size)
+        head = _HEADS[size] = length + _FOOTER.pack(masked_crc(length))
+    crc = google_crc32c.value(record)
+    return b"".join((head, record, _FOOTER.pack((((crc >> 15) | (crc << 17)) + _MASK_DELTA)
+                                                & 0xFFFFFFFF)))
+
+
+_LENGTH = struct.Struct("<Q")
+_HEADS: dict[int, bytes] = {}
+_MAX_HEADS = 1 << 16
+
+
 def iter_records(path: str) -> Iterator[bytes]:
     """Yields the records of one TFRecord file in order (compression from the file suffix).
+
+    The file is read in blocks of `_BLOCK` bytes (a record larger than that in one piece), and
+    the frames are cut from the block: a few reads per megabyte rather than three per record.
 
     Raises:
       CorruptRecordError: naming the file, the record index and the byte offset where the file
         stops being readable.
     """
     with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
-        index = offset = 0
+        buffer, at, index, offset = b"", 0, 0, 0
         while True:
-            header = f.read(_HEADER.size)
-            if not header:
-                return
-            if len(header) < _HEADER.size:
-                raise CorruptRecordError(path, index, offset, "is truncated (incomplete header)")
-            length, length_crc = _HEADER.unpack(header)
-            if masked_crc(header[:8]) != length_crc:
+            if len(buffer) - at < _HEADER.size:
+                buffer, at = _refill(f, buffer, at, _HEADER.size), 0
+                if not buffer:
+                    return
+                if len(buffer) < _HEADER.size:
+                    raise CorruptRecordError(path, index, offset,
+                                             "is truncated (incomplete header)")
+            length, length_crc = _HEADER.unpack_from(buffer, at)
+            if masked_crc(buffer[at:at + 8]) != length_crc:
                 raise CorruptRecordError(path, index, offset, "has a corrupt length (checksum "
                                          "mismatch: damaged, or not a TFRecord file)")
-            data = f.read(length)
-            footer = f.read(_FOOTER.size)
-            if len(data) < length or len(footer) < _FOOTER.size:
-                raise CorruptRecordError(path, index, offset,
-                                         f"is truncated ({len(data)} of {length} bytes)")
-            if masked_crc(data) != _FOOTER.unpack(footer)[0]:
+            size = _HEADER.size + length + _FOOTER.size
+            if len(buffer) - at < size:
+                buffer, at = _refill(f, buffer, at, size), 0
+                if len(buffer) < size:
+                    got = min(length, len(buffer) - _HEADER.size)
+                    raise CorruptRecordError(path, index, offset,
+                                             f"is truncated ({got} of {length} bytes)")
+            data = buffer[at + _HEADER.size:at + _HEADER.size + length]
+            crc = google_crc32c.value(data)
+            if ((((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+                    != _FOOTER.unpack_from(buffer, at + size - _FOOTER.size)[0]):
                 raise CorruptRecordError(path, index, offset,
                                          "is corrupt (data checksum mismatch)")
             yield data
             index += 1
-            offset += _HEADER.size + length + _FOOTER.size
+            offset += size
+            at += size
+
+
+_BLOCK = 1 << 20
+
+
+def _refill(f, buffer: bytes, at: int, wanted: int) -> bytes:
+    """`buffer[at:]` and the file's next bytes, at least `wanted` bytes in all unless the file
+    ends first (then all it has), and a whole `_BLOCK` more when there is one."""
+    parts, have = [buffer[at:]], len(buffer) - at
+    need = max(wanted - have, _BLOCK)
+    while have < wanted:
+        block = f.read(need)
+        if not block:
+            break
+        parts.append(block)
+        have += len(block)
+        need -= len(block)
+    return b"".join(parts)

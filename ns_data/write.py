@@ -30,7 +30,8 @@ import itertools
 import logging
 import math
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -45,7 +46,7 @@ from ns_data.lazy import tf
 from ns_data.read import ParseFailure, parse_image_record
 from ns_data.records import STAGE_FILE, STAGE_PARSE
 from ns_data.select import file_copies
-from ns_data.tfrecord import CorruptRecordError, iter_records
+from ns_data.tfrecord import CorruptRecordError, frame, iter_records
 
 PSEUDO_LABEL_PREFIX = "pseudo_labels"
 DEAD_LETTER_PREFIX = "dead_letters"
@@ -71,8 +72,51 @@ def shard_key(prefix: str, order, num_shards: int, chunks: int) -> tuple:
     return prefix, order % num_shards, (order // num_shards) % chunks
 
 
+class Framed(NamedTuple):
+    """Records of one shuffle key as TFRecord frames (`tfrecord.frame`), in three bytes strings,
+    which cross the shuffle as they are (a list of (order, record) tuples would be encoded and
+    decoded value by value).
+
+    Attributes:
+      orders: each record's order key, uint64 little-endian.
+      ends: where each record's frame ends in `frames`, uint64 little-endian.
+      frames: the frames, one after the other.
+    """
+
+    orders: bytes
+    ends: bytes
+    frames: bytes
+
+
+def framed(orders: Sequence[int], frames: Sequence[bytes]) -> Framed:
+    """The `Framed` of records with these order keys and frames."""
+    return Framed(np.asarray(orders, dtype="<u8").tobytes(),
+                  np.cumsum([len(f) for f in frames], dtype="<u8").tobytes(), b"".join(frames))
+
+
+def sorted_frames(batches: Iterable[Framed]) -> list[memoryview]:
+    """Every frame of `batches`, ordered by order key and, for one key shared by two records
+    (one chance in 2^63 for a pair), by the records' bytes: the order of sorting (order,
+    record) pairs, whatever order the batches come in."""
+    keys, frames = [], []
+    for batch in batches:
+        data, ends = memoryview(batch.frames), np.frombuffer(batch.ends, "<u8").tolist()
+        frames += [data[start:end] for start, end in zip([0, *ends], ends)]
+        keys.append(np.frombuffer(batch.orders, "<u8"))
+    if not frames:
+        return []
+    keys = np.concatenate(keys)
+    rank = np.argsort(keys, kind="stable")
+    ranked = keys[rank]
+    if (ranked[1:] == ranked[:-1]).any():
+        keys = keys.tolist()
+        rank = sorted(range(len(frames)), key=lambda i: (keys[i], bytes(frames[i][12:-4])))
+    return [frames[i] for i in rank]
+
+
 class _WriteChunk(beam.DoFn):
-    """((prefix, shard, chunk), records) → one sorted piece file."""
+    """((prefix, shard, chunk), [Framed]) → one sorted piece file, written in blocks of about
+    `_WRITE_BYTES`."""
 
     def __init__(self, temp_dir: str):
         self._temp_dir = temp_dir
@@ -83,12 +127,20 @@ class _WriteChunk(beam.DoFn):
     def process(self, element):
         (prefix, shard, chunk), batches = element
         path = posixpath.join(self._temp_dir, f"{prefix}-{shard:05d}-{chunk:05d}.tfrecord")
-        count = 0
-        with tf.io.TFRecordWriter(path) as writer:
-            for _, record in sorted(record for batch in batches for record in batch):
-                writer.write(record)
-                count += 1
-        yield (prefix, shard), (chunk, path, count)
+        frames = sorted_frames(batches)
+        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as out:
+            block, size = [], 0
+            for frame in frames:
+                block.append(frame)
+                size += len(frame)
+                if size >= _WRITE_BYTES:
+                    out.write(b"".join(block))
+                    block, size = [], 0
+            out.write(b"".join(block))
+        yield (prefix, shard), (chunk, path, len(frames))
+
+
+_WRITE_BYTES = 8 << 20
 
 
 class _FinishShard(beam.DoFn):
@@ -150,10 +202,10 @@ def _remove_temp_dir(_, temp_dir: str):
 
 
 class WriteShuffledShards(beam.PTransform):
-    """((prefix, shard, chunk), [(order, record), ...]) → TFRecord shards; returns
-    ((prefix, shard), n).
+    """((prefix, shard, chunk), `Framed`) → TFRecord shards; returns ((prefix, shard), n).
 
-    The input is keyed with `shard_key`; each element is a batch of records of one key (a
+    The input is keyed with `shard_key` (`KeyedBatches` makes it); each element is a batch of
+    records of one key (a
     shuffle of a few thousand batches costs far less per record than one of millions of
     records). This transform's `GroupShards` is the shuffle of the records; everything after it
     moves file names.
@@ -288,8 +340,8 @@ class _PseudoLabels:
         self._orders = orders.tolist()
         self._keys = list(zip(itertools.repeat(prefix), shards.tolist(), chunks.tolist()))
 
-    def copies(self, i: int, encoded: bytes) -> list[tuple[tuple, tuple[int, bytes]]]:
-        """(shard key, (order, record)) of row i's copies, its image being `encoded`."""
+    def copies(self, i: int, encoded: bytes) -> list[tuple[tuple, int, bytes]]:
+        """(shard key, order, record) of row i's copies, its image being `encoded`."""
         rows, spec = self._rows, self._spec
         target = ([] if spec.label_type is schema.LabelType.HARD else schema.soft_target(
             rows.probabilities(i, self._num_classes), spec.label_type, spec.topk))
@@ -297,11 +349,11 @@ class _PseudoLabels:
         records = schema.pseudo_label_records(rows.ids[i], encoded, self._labels[i],
                                               self._confidences[i], target, range(end - first))
         keys, orders = self._keys, self._orders
-        return [(keys[j], (orders[j], record)) for j, record in enumerate(records, first)]
+        return [(keys[j], orders[j], record) for j, record in enumerate(records, first)]
 
 
 class KeyedBatches:
-    """Collects (key, (order, record)) into (key, [(order, record), ...]) batches.
+    """Collects (key, order, record) into (key, `Framed`) batches, framing each record.
 
     A batch is emitted when it holds `_BATCH_RECORDS` records, and every batch when together
     they hold `_BATCH_BYTES` bytes, so a worker holds a bounded part of one input file. `add`
@@ -310,25 +362,28 @@ class KeyedBatches:
     """
 
     def __init__(self):
-        self._batches: dict[tuple, list] = {}
+        self._batches: dict[tuple, tuple[list[int], list[bytes]]] = {}
         self._bytes = 0
 
-    def add(self, key: tuple, value: tuple[int, bytes]) -> list | tuple:
+    def add(self, key: tuple, order: int, record: bytes) -> list | tuple:
         batch = self._batches.get(key)
         if batch is None:
-            batch = self._batches[key] = []
-        batch.append(value)
-        self._bytes += len(value[1])
+            batch = self._batches[key] = ([], [])
+        orders, frames = batch
+        orders.append(order)
+        frames.append(frame(record))
+        self._bytes += len(frames[-1])
         if self._bytes >= _BATCH_BYTES:
             return self.flush()
-        if len(batch) >= _BATCH_RECORDS:
-            self._bytes -= sum(len(record) for _, record in batch)
-            return [(key, self._batches.pop(key))]
+        if len(orders) >= _BATCH_RECORDS:
+            self._bytes -= sum(map(len, frames))
+            del self._batches[key]
+            return [(key, framed(orders, frames))]
         return ()
 
     def flush(self) -> list:
         batches, self._batches, self._bytes = self._batches, {}, 0
-        return list(batches.items())
+        return [(key, framed(*batch)) for key, batch in batches.items()]
 
 
 _BATCH_RECORDS = 1024
@@ -516,8 +571,8 @@ class _PairWithImages(beam.DoFn):
                     if recorded is not None and table.content_hash(encoded) != recorded:
                         changed.append((source, index, ids[i]))
                         continue
-                    for key, value in labeled.copies(i, encoded):
-                        ready = add(key, value)
+                    for key, order, record in labeled.copies(i, encoded):
+                        ready = add(key, order, record)
                         if ready:
                             yield from ready
                     written.append(i)
@@ -588,8 +643,7 @@ class _PairWithImages(beam.DoFn):
                 encoded = serialized
         order = id_hash(stage.encode() + b"#" + image_id, self._spec.seed)
         record = schema.dead_letter_example(stage, image_id, encoded, message)
-        return shard_key(DEAD_LETTER_PREFIX, order, 1, chunks[DEAD_LETTER_PREFIX]), (order,
-                                                                                     record)
+        return shard_key(DEAD_LETTER_PREFIX, order, 1, chunks[DEAD_LETTER_PREFIX]), order, record
 
 
 def _totals(_, plans: Mapping[int, ClassPlan], counts, spec: OutputSpec) -> dict[str, int]:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 
 import pytest
 
-from ns_data.tfrecord import CorruptRecordError, iter_records
+from ns_data import tfrecord
+from ns_data.tfrecord import CorruptRecordError, frame, iter_records
 from tests.data_files import write_tfrecord
 
 RECORDS = [b"", b"a", b"record-%d" % 7 * 100, bytes(range(256)) * 40]
@@ -39,3 +41,32 @@ def test_damage_is_reported_with_path_record_and_offset(tmp_path, damage, match)
     path.write_bytes(damage(open(good, "rb").read()))
     with pytest.raises(CorruptRecordError, match=str(path) + ": " + match):
         list(iter_records(str(path)))
+
+
+def test_frame_is_what_tensorflow_writes(tmp_path):
+    records = RECORDS + [b"x" * 300, b"y" * 300, b"z" * 70_000]  # a repeated length, a long one
+    path = write_tfrecord(tmp_path / "a.tfrecord", records)
+    assert b"".join(map(frame, records)) == open(path, "rb").read()
+
+
+@pytest.mark.parametrize("block", [1, 13, 64, 1 << 20])
+def test_every_cut_keeps_the_whole_records_before_it(tmp_path, monkeypatch, block):
+    """Cut at every byte, read in blocks of every size: exactly the records wholly before the
+    cut are read, and the error names the next one's index and offset."""
+    monkeypatch.setattr(tfrecord, "_BLOCK", block)
+    records = [b"", b"ab", b"c" * 40, b"d" * 7]
+    whole = b"".join(map(frame, records))
+    ends = list(itertools.accumulate(len(frame(r)) for r in records))
+    path = tmp_path / "cut.tfrecord"
+    for cut in range(len(whole) + 1):
+        path.write_bytes(whole[:cut])
+        n = sum(end <= cut for end in ends)
+        got = []
+        try:
+            for record in iter_records(str(path)):
+                got.append(record)
+        except CorruptRecordError as e:
+            assert (e.index, e.offset) == (n, ([0] + ends)[n]) and "truncated" in e.problem
+        else:
+            assert cut in (0, *ends)
+        assert got == records[:n], cut

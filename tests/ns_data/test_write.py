@@ -26,6 +26,7 @@ from ns_data.balance import id_hash
 from ns_data.records import Prediction
 from ns_data.write import (DEFAULT_CHUNK_RECORDS, OutputSpec, WriteShuffledShards,
                            chunks_per_shard, shard_key, shard_path)
+from ns_data.tfrecord import frame
 from tests.data_files import read_tfrecords, write_tfrecord
 
 PREFIX = "recs"
@@ -52,7 +53,7 @@ FEW = [(5, record(5, "a")), (13, record(13, "b")), (2, record(2, "c"))]  # shard
 def _pick(index, pairs, num_shards, chunks):
     # Unannotated, so the output type is Any as for the pipeline's own keyed records.
     order, rec = pairs[index]
-    return shard_key(PREFIX, order, num_shards, chunks), [(order, rec)]
+    return shard_key(PREFIX, order, num_shards, chunks), write_module.framed([order], [frame(rec)])
 
 
 def keyed(p, label: str, pairs, num_shards: int, chunk_records: int):
@@ -90,19 +91,43 @@ def shard_names(num_shards: int, prefix: str = PREFIX) -> list[str]:
 # WriteShuffledShards
 # --------------------------------------------------------------------------------------------
 
+def pairs(batch: write_module.Framed) -> list[tuple[int, bytes]]:
+    """(order, record) of each record of a batch, in batch order."""
+    ends = np.frombuffer(batch.ends, "<u8").tolist()
+    frames = [batch.frames[start:end] for start, end in zip([0, *ends], ends)]
+    assert all(f == frame(f[12:-4]) for f in frames)  # each a whole, checksummed frame
+    return list(zip(np.frombuffer(batch.orders, "<u8").tolist(), [f[12:-4] for f in frames]))
+
+
+def unframed(batches) -> list:
+    return [(key, pairs(batch)) for key, batch in batches]
+
+
 def test_keyed_batches_bound_records_and_bytes(monkeypatch):
     monkeypatch.setattr(write_module, "_BATCH_RECORDS", 3)
     monkeypatch.setattr(write_module, "_BATCH_BYTES", 100)
     batches = write_module.KeyedBatches()
     out = []
     for i in range(4):  # key a fills a batch of 3; the 4th waits
-        out += batches.add(("a",), (i, b"x" * 10))
-    assert out == [(("a",), [(0, b"x" * 10), (1, b"x" * 10), (2, b"x" * 10)])]
-    out = list(batches.add(("b",), (9, b"y" * 95)))  # 10 + 95 bytes >= 100: everything goes
-    assert out == [(("a",), [(3, b"x" * 10)]), (("b",), [(9, b"y" * 95)])]
+        out += batches.add(("a",), i, b"x" * 10)  # a frame of 26 bytes
+    assert unframed(out) == [(("a",), [(0, b"x" * 10), (1, b"x" * 10), (2, b"x" * 10)])]
+    out = batches.add(("b",), 9, b"y" * 58)  # 26 + 74 frame bytes >= 100: everything goes
+    assert unframed(out) == [(("a",), [(3, b"x" * 10)]), (("b",), [(9, b"y" * 58)])]
     assert list(batches.flush()) == []
-    out = list(batches.add(("c",), (1, b"z")))
-    assert out == [] and list(batches.flush()) == [(("c",), [(1, b"z")])]
+    out = list(batches.add(("c",), 1, b"z"))
+    assert out == [] and unframed(batches.flush()) == [(("c",), [(1, b"z")])]
+
+
+def test_sorted_frames_order_by_key_then_bytes_whatever_the_batch_order():
+    records = [(5, b"b"), (2, b"z"), (5, b"a"), (2**63 - 1, b""), (0, b"q"), (5, b"c")]
+    expected = [frame(r) for _, r in sorted(records)]
+    for cut in range(len(records) + 1):  # in two batches, either one first
+        one, two = records[:cut], records[cut:]
+        batches = [write_module.framed([o for o, _ in b], [frame(r) for _, r in b])
+                   for b in (one, two)]
+        for order in (batches, batches[::-1]):
+            assert [bytes(f) for f in write_module.sorted_frames(order)] == expected
+    assert write_module.sorted_frames([]) == []
 
 
 @pytest.fixture(scope="module")
