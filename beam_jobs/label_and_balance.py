@@ -56,6 +56,10 @@ IMAGES_PER_TABLE_FILE = 4096
 # session 7); on an accelerator the host's cores are idle while the teacher runs, so the
 # overlap matters more.
 DECODE_AHEAD = 2
+# Teacher calls at once (--teacher_threads), with --decode_ahead > 0: on this 2-core CPU, two
+# calls kept the cores busy where one left a third of a core idle in its serial parts, 3-6 s
+# less wall on 200,000 images (BENCHMARKS.md, session 10).
+TEACHER_THREADS = 2
 
 
 class LabelAndBalanceOptions(InputOptions, PipelineOptions):
@@ -80,6 +84,12 @@ class LabelAndBalanceOptions(InputOptions, PipelineOptions):
                        "and writing the predictions overlap instead of taking turns; 0 does "
                        "each batch's steps in turn on one thread (default: %(default)s).")
         g = teacher_flags.add_teacher_args(parser)
+        g.add_argument("--teacher_threads", type=cli.positive_int, default=TEACHER_THREADS,
+                       help="Teacher batches run at once, each on a thread of its own (with "
+                       "--decode_ahead > 0): on a CPU two keep the cores busy where one call "
+                       "alone leaves some idle; on a GPU or TPU one call's host work (padding, "
+                       "copies, softmax) overlaps the other's device time. Each adds a batch's "
+                       "activations to the memory in use (default: %(default)s).")
         g.add_argument("--large_model", action="store_true",
                        help="Load one model per worker machine, shared by its SDK processes "
                        "(default when the workers have an accelerator: --device=gpu|tpu or a "
@@ -120,6 +130,7 @@ class LabelAndBalanceConfig:
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     decoder: str = DEFAULT_DECODER
     decode_ahead: int = DECODE_AHEAD
+    teacher_threads: int = TEACHER_THREADS
     teacher: str | None = None
     teacher_signature: str = "serving_default"
     teacher_outputs: str | None = None
@@ -335,7 +346,7 @@ def build(pipeline: beam.Pipeline, opts: LabelAndBalanceOptions, spec: TeacherSp
                                                  input_columns(opts))
     undecodable, scored = read.images | "TeacherInference" >> TeacherInference(
         handler, spec.image, spec.outputs, metadata.topk, opts.max_image_pixels, opts.decoder,
-        teacher_runtime(opts), opts.decode_ahead)
+        teacher_runtime(opts), opts.decode_ahead, opts.teacher_threads)
     image_buckets, file_sizes = 1, read.file_sizes
     if opts.input_format == "images":
         image_buckets = math.ceil(check_input_pattern(opts.input) / IMAGES_PER_TABLE_FILE)

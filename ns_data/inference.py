@@ -189,14 +189,22 @@ class _Decode(beam.DoFn):
 
 
 class Scores(NamedTuple):
-    """The teacher's inference of one element: per image its (raw output, probabilities) or
-    None, and None or why it failed; how many teacher batches were split to find the images
-    that fail on their own, and the seconds the teacher took."""
+    """The teacher's inference of one element: the raw outputs and probabilities [n, classes]
+    of the images it scored (None when it scored none), in order; per image None or why it
+    failed; how many teacher batches were split to find the images that fail on their own, and
+    the seconds the teacher took."""
 
-    rows: list[tuple[np.ndarray, np.ndarray] | None]
+    raw: np.ndarray | None
+    probabilities: np.ndarray | None
     errors: list[str | None]
     splits: int = 0
     seconds: float = 0.0
+
+
+def _joined(parts: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    """The rows of `parts` (None: no rows) one after the other; None if there are none."""
+    parts = [part for part in parts if part is not None]
+    return None if not parts else parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _unpickled_in_flight():
@@ -205,8 +213,8 @@ def _unpickled_in_flight():
 
 
 class _InFlight:
-    """`Scores` the teacher is still computing on its own thread (`TeacherOnBatches` with
-    `threaded`); `_ToPredictions`, fused after RunInference, waits for them in order.
+    """`Scores` the teacher is still computing on a thread of its own (`TeacherOnBatches` with
+    `threads`); `_ToPredictions`, fused after RunInference, waits for them in order.
 
     Beam samples element sizes by pickling elements, so this pickles without waiting for the
     teacher, to a marker that fails if it were ever unpickled: it is never meant to leave the
@@ -229,22 +237,28 @@ class TeacherOnBatches(ModelHandler):
     (`teacher_data_errors`) is retried in halves, down to single images, so only the images
     that fail on their own become dead letters, each with its error's first line (a batch with
     one bad image costs about 2·log2(batch) extra calls). Any other error fails the bundle.
-    Loading and sharing (`large_model`, `model_copies`) are the wrapped handler's.
+    Loading and sharing (`large_model`, `model_copies`) are the wrapped handler's. A handler
+    with a `scores(images, model)` method (`TeacherModelHandler`) gives each batch's outputs as
+    two arrays; any other is called through `run_inference`, one `PredictionResult` per image.
 
-    The inference of each element is its `Scores`. With `threaded`, the teacher runs on a
-    thread of its own, one element after the other, and the inference is an `_InFlight` that
-    `_ToPredictions` resolves: the bundle's thread reads, hands out decoding and writes
-    predictions tables while the teacher runs, as the teacher would be fed by `tf.data` in a
-    hand-written loop. An error then reaches the bundle from `_ToPredictions`; Beam's
-    RunInference latency metric measures only the hand-off (`ns_data/teacher_batch_ms`
-    measures the teacher).
+    The inference of each element is its `Scores`. With `threads` > 0, the teacher runs on
+    threads of its own, up to `threads` elements at once, and the inference is an `_InFlight`
+    that `_ToPredictions` resolves in order: the bundle's thread reads, hands out decoding and
+    writes predictions tables while the teacher runs, as the teacher would be fed by `tf.data`
+    in a hand-written loop. Two calls at once keep a CPU's cores busy where one call alone
+    leaves some idle in its serial parts, and on an accelerator overlap one call's host work
+    (padding, copies, softmax) with the other's device time. An error then reaches the bundle
+    from `_ToPredictions`; Beam's RunInference latency metric measures only the hand-off
+    (`ns_data/teacher_batch_ms` measures the teacher).
     """
 
-    def __init__(self, handler: ModelHandler, threaded: bool = False):
+    def __init__(self, handler: ModelHandler, threads: int = 0):
         super().__init__()
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0, got {threads}")
         self._handler = handler
         self._batch_size = handler.batch_elements_kwargs().get("max_batch_size") or 64
-        self._threaded = threaded
+        self._threads = threads
         self._pool = None
 
     def __getstate__(self):
@@ -270,38 +284,49 @@ class TeacherOnBatches(ModelHandler):
 
     def run_inference(self, batch, model, inference_args=None) -> list[PredictionResult]:
         keys, pixels = batch
-        if not self._threaded:
+        if not self._threads:
             return [PredictionResult(keys, self._scores(pixels, model, inference_args))]
         if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ns-teacher")
+            self._pool = concurrent.futures.ThreadPoolExecutor(self._threads,
+                                                               thread_name_prefix="ns-teacher")
         return [PredictionResult(keys, _InFlight(self._pool.submit(self._scores, pixels, model,
                                                                    inference_args)))]
 
     def _scores(self, pixels: np.ndarray, model, inference_args) -> Scores:
-        """Every image's scores, in teacher batches; touches no Beam metric (it may run on the
-        teacher's thread; `_ToPredictions` counts)."""
+        """Every image's scores, in teacher batches; touches no Beam metric (it may run on a
+        teacher thread; `_ToPredictions` counts)."""
         start = time.perf_counter()
-        rows, errors, splits = [], [], 0
-        for first in range(0, len(pixels), self._batch_size):
-            scores = self._score(list(pixels[first:first + self._batch_size]), model,
-                                 inference_args)
-            rows.extend(scores.rows)
-            errors.extend(scores.errors)
-            splits += scores.splits
-        return Scores(rows, errors, splits, time.perf_counter() - start)
+        parts = [self._score(pixels[first:first + self._batch_size], model, inference_args)
+                 for first in range(0, len(pixels), self._batch_size)]
+        return self._join(parts, sum(part.splits for part in parts),
+                          time.perf_counter() - start)
 
-    def _score(self, images: list[np.ndarray], model, inference_args) -> Scores:
+    def _score(self, images: np.ndarray, model, inference_args) -> Scores:
         try:
-            results = self._handler.run_inference(images, model, inference_args)
+            raw, probabilities = self._arrays(images, model, inference_args)
         except teacher_data_errors() as e:
             if len(images) == 1:
-                return Scores([None], [f"{type(e).__name__}: {_first_line(e)}"])
+                return Scores(None, None, [f"{type(e).__name__}: {_first_line(e)}"])
             half = len(images) // 2
             first = self._score(images[:half], model, inference_args)
             second = self._score(images[half:], model, inference_args)
-            return Scores(first.rows + second.rows, first.errors + second.errors,
-                          1 + first.splits + second.splits)
-        return Scores([result.inference for result in results], [None] * len(images))
+            return self._join([first, second], 1 + first.splits + second.splits)
+        return Scores(raw, probabilities, [None] * len(images))
+
+    def _arrays(self, images: np.ndarray, model, inference_args):
+        scores = getattr(self._handler, "scores", None)
+        if scores is not None:
+            return scores(images, model)
+        results = [result.inference for result in
+                   self._handler.run_inference(list(images), model, inference_args)]
+        return (np.stack([raw for raw, _ in results]),
+                np.stack([probabilities for _, probabilities in results]))
+
+    @staticmethod
+    def _join(parts: Sequence[Scores], splits: int, seconds: float = 0.0) -> Scores:
+        return Scores(_joined([part.raw for part in parts]),
+                      _joined([part.probabilities for part in parts]),
+                      [error for part in parts for error in part.errors], splits, seconds)
 
 
 def _invalid_rows(raw: np.ndarray, probabilities: np.ndarray, outputs: str) -> np.ndarray:
@@ -318,15 +343,17 @@ class _ToPredictions(beam.DoFn):
     """A batch's teacher outputs → a table of its predictions rows (top-k, `predictions.SCHEMA`);
     invalid outputs and failed teacher batches become failed rows.
 
-    A batch still on the teacher's thread (`_InFlight`) is waited for in order, at most one
-    element later, and the rest in `finish_bundle`; its table keeps the element's window.
+    A batch still on a teacher thread (`_InFlight`) is waited for in order once more than
+    `in_flight` later elements are queued behind it (the teacher's threads keep that many
+    busy), and the rest in `finish_bundle`; its table keeps the element's window.
     Counts the teacher's metrics here, on the bundle's thread, whichever thread it ran on.
     Also logs progress (images scored and rate) from each worker every 30 seconds.
     """
 
-    def __init__(self, outputs: str, topk: int):
+    def __init__(self, outputs: str, topk: int, in_flight: int = 1):
         self._outputs = outputs
         self._topk = topk
+        self._in_flight = in_flight
         self._scored = beam.metrics.Metrics.counter("ns_data", "images_scored")
         self._invalid = beam.metrics.Metrics.counter("ns_data", "invalid_teacher_output")
         self._failed = beam.metrics.Metrics.counter("ns_data", "failed_inference")
@@ -339,7 +366,7 @@ class _ToPredictions(beam.DoFn):
         self._count = 0
 
     def start_bundle(self):
-        self._pending = _InOrder(1)  # the teacher's thread has the next element queued
+        self._pending = _InOrder(self._in_flight)
 
     def process(self, result: PredictionResult, timestamp=beam.DoFn.TimestampParam,
                 window=beam.DoFn.WindowParam):
@@ -355,7 +382,7 @@ class _ToPredictions(beam.DoFn):
             yield from _in_window(self._table(keys, scores), timestamp, window)
 
     def _table(self, keys: Sequence[Key], scores: Scores):
-        rows, errors = scores.rows, scores.errors
+        errors = scores.errors
         self._splits.inc(scores.splits)
         self._teacher_ms.update(int(scores.seconds * 1000))
         failed = [_failure(keys[i], STAGE_INFERENCE, error)
@@ -364,8 +391,7 @@ class _ToPredictions(beam.DoFn):
         ok = [i for i, error in enumerate(errors) if error is None]
         scored = []
         if ok:
-            raw = np.stack([rows[i][0] for i in ok])
-            probabilities = np.stack([rows[i][1] for i in ok])
+            raw, probabilities = scores.raw, scores.probabilities
             invalid = _invalid_rows(raw, probabilities, self._outputs)
             for j in np.flatnonzero(invalid):
                 error = output_error(raw[j], probabilities[j], self._outputs)
@@ -414,16 +440,19 @@ class TeacherInference(beam.PTransform):
     dead letter later) instead of failing the job; a batch that fails for another reason than
     its data (`teacher_data_errors`), e.g. the device running out of memory, fails the bundle.
     With `decode_ahead` > 0, that many batches are decoded on a thread of their own (see
-    `_Decode`), and the teacher runs on another (`TeacherOnBatches` with `threaded`), while the
-    bundle's thread reads the next batch and writes the tables of those done; 0 does every
-    step of a batch in turn, on the bundle's thread.
+    `_Decode`), and the teacher runs on `teacher_threads` others, that many batches at once
+    (`TeacherOnBatches` with `threads`), while the bundle's thread reads the next batch and
+    writes the tables of those done; 0 does every step of a batch in turn, on the bundle's
+    thread.
     """
 
     def __init__(self, model_handler: ModelHandler, image_spec: ImageSpec, outputs: str,
                  topk: int, max_pixels: int = DEFAULT_MAX_PIXELS,
                  decoder: str = DEFAULT_DECODER, runtime: devices.TeacherRuntime | None = None,
-                 decode_ahead: int = 0):
+                 decode_ahead: int = 0, teacher_threads: int = 1):
         super().__init__()
+        if teacher_threads < 1:
+            raise ValueError(f"teacher_threads must be >= 1, got {teacher_threads}")
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
         if decoder not in DECODERS:
@@ -436,13 +465,15 @@ class TeacherInference(beam.PTransform):
         self._decoder = decoder
         self._runtime = runtime
         self._decode_ahead = decode_ahead
+        self._teacher_threads = teacher_threads
 
     def expand(self, images):
         decode = _Decode(self._image_spec, self._max_pixels, self._decoder, self._runtime,
                          self._decode_ahead)
+        threads = self._teacher_threads if self._decode_ahead else 0
         decoded = images | "Decode" >> beam.ParDo(decode).with_outputs(_FAILED, main="decoded")
         scored = (decoded["decoded"]
-                  | "RunInference" >> RunInference(
-                      TeacherOnBatches(self._handler, threaded=self._decode_ahead > 0))
-                  | "ToPredictions" >> beam.ParDo(_ToPredictions(self._outputs, self._topk)))
+                  | "RunInference" >> RunInference(TeacherOnBatches(self._handler, threads))
+                  | "ToPredictions" >> beam.ParDo(
+                      _ToPredictions(self._outputs, self._topk, max(threads, 1))))
         return decoded[_FAILED], scored

@@ -408,11 +408,18 @@ class TeacherModelHandler(ModelHandler[np.ndarray, PredictionResult, LoadedTeach
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
         images = np.stack(batch)
+        raw, probabilities = self.scores(images, model)
+        return [PredictionResult(example, (r, p))
+                for example, r, p in zip(images, raw, probabilities)]
+
+    def scores(self, images: np.ndarray, model: LoadedTeacher) -> tuple[np.ndarray, np.ndarray]:
+        """(raw outputs, probabilities) [n, classes] of uint8 images [n, H, W, C], as two arrays
+        (`run_inference` without a `PredictionResult` per image)."""
         if images.shape[1:] != self.spec.image.shape:
             raise ValueError(f"images have shape {images.shape[1:]}, "
                              f"the teacher expects {self.spec.image.shape}")
         n, size = len(images), self.spec.batch_size
-        results = []
+        raws, probabilities = [], []
         for start in range(0, n, size):
             chunk = images[start:start + size]
             padded = np.zeros((size, *self.spec.image.shape), dtype=np.uint8)
@@ -421,10 +428,13 @@ class TeacherModelHandler(ModelHandler[np.ndarray, PredictionResult, LoadedTeach
             if raw.shape != (size, self.spec.num_classes):
                 raise ValueError(f"teacher returned shape {raw.shape}, "
                                  f"expected {(size, self.spec.num_classes)}")
-            raw = raw[:len(chunk)]
-            probs = to_probabilities(raw, self.spec.outputs, self.spec.temperature)
-            results.extend(zip(chunk, raw, probs))
-        return [PredictionResult(example, (r, p)) for example, r, p in results]
+            raws.append(raw[:len(chunk)])
+            probabilities.append(to_probabilities(raws[-1], self.spec.outputs,
+                                                  self.spec.temperature))
+        if len(raws) <= 1:
+            empty = np.zeros((0, self.spec.num_classes), np.float32)
+            return (raws[0], probabilities[0]) if raws else (empty, empty)
+        return np.concatenate(raws), np.concatenate(probabilities)
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
         return sum(image.nbytes for image in batch)

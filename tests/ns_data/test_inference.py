@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import itertools
 import pickle
 import threading
 
@@ -191,14 +192,16 @@ def test_a_failing_teacher_batch_is_retried_in_halves_down_to_the_bad_images(bad
     keys = [("f", i, b"%d" % i) for i in range(16)]
     teacher = _CountingTeacher(batch_size=8)
     [result] = inference.TeacherOnBatches(teacher).run_inference((keys, pixels), None)
-    rows, errors = result.inference.rows, result.inference.errors
+    errors = result.inference.errors
     assert result.example == keys
     assert [i for i, e in enumerate(errors) if e] == bad
     assert all(e == "ValueError: bad pixel in a batch of 1" for e in errors if e)
-    for i, row in enumerate(rows):
-        assert (row is None) == (i in bad)
-        if row is not None:
-            np.testing.assert_array_equal(row[0], [i, i])
+    scored = [[i, i] for i in range(16) if i not in bad]  # the fake's output: 2 pixels
+    if scored:
+        np.testing.assert_array_equal(result.inference.raw, scored)
+        np.testing.assert_array_equal(result.inference.probabilities, scored)
+    else:
+        assert result.inference.raw is None and result.inference.probabilities is None
     # Two teacher batches of 8; each failing batch of n is split into n/2 + n/2, recursively.
     if not bad:
         assert teacher.calls == [8, 8]
@@ -238,12 +241,12 @@ class _ThreadRecordingTeacher(_CountingTeacher):
         return super().run_inference(batch, model, inference_args)
 
 
-def run_teacher(threaded: bool, elements, teacher: ModelHandler) -> list:
+def run_teacher(threads: int, elements, teacher: ModelHandler) -> list:
     """RunInference's handler then `_ToPredictions` over one bundle of (keys, pixels)
     elements, as the fused stage runs them; the tables' rows in emitted order, and whether each
     output was emitted as a WindowedValue in `window`."""
-    handler = inference.TeacherOnBatches(teacher, threaded=threaded)
-    to_predictions = inference._ToPredictions("probabilities", topk=2)
+    handler = inference.TeacherOnBatches(teacher, threads=threads)
+    to_predictions = inference._ToPredictions("probabilities", topk=2, in_flight=max(threads, 1))
     to_predictions.setup()
     to_predictions.start_bundle()
     window, outputs = GlobalWindow(), []
@@ -273,8 +276,8 @@ def test_a_threaded_teacher_runs_off_the_bundle_thread_and_emits_what_the_serial
     # 6 elements; element 2 holds an image the teacher fails on (a dead letter after splits).
     elements = teacher_elements(6, bad={2: 255})
     serial_teacher, threaded_teacher = _ThreadRecordingTeacher(4), _ThreadRecordingTeacher(4)
-    serial = run_teacher(False, elements, serial_teacher)
-    threaded = run_teacher(True, elements, threaded_teacher)
+    serial = run_teacher(0, elements, serial_teacher)
+    threaded = run_teacher(1, elements, threaded_teacher)
     assert [rows for rows, _ in threaded] == [rows for rows, _ in serial]
     assert all(in_window for _, in_window in threaded)
     rows = [row for table, _ in serial for row in table]
@@ -286,10 +289,44 @@ def test_a_threaded_teacher_runs_off_the_bundle_thread_and_emits_what_the_serial
     assert threaded_teacher.calls == serial_teacher.calls
 
 
+class _OverlapTeacher(_ThreadRecordingTeacher):
+    """Its first two calls return only once both are running: two calls at once, or a
+    BrokenBarrierError after 10 s."""
+
+    def __init__(self, batch_size: int):
+        super().__init__(batch_size)
+        self._barrier = threading.Barrier(2, timeout=10)
+        self._first_calls = itertools.count()
+
+    def run_inference(self, batch, model, inference_args=None):
+        if next(self._first_calls) < 2:
+            self._barrier.wait()
+        return super().run_inference(batch, model, inference_args)
+
+
+def test_two_teacher_threads_run_two_batches_at_once_and_emit_in_order():
+    elements = teacher_elements(7, bad={3: 255})
+    serial = run_teacher(0, elements, _ThreadRecordingTeacher(5))
+    teacher = _OverlapTeacher(5)
+    overlapped = run_teacher(2, elements, teacher)
+    assert [rows for rows, _ in overlapped] == [rows for rows, _ in serial]
+    assert [row[INDEX] for table, _ in overlapped for row in table] == list(range(35))
+    assert all(in_window for _, in_window in overlapped)
+    assert len(teacher.threads) == 2 and threading.get_ident() not in teacher.threads
+
+
+def test_teacher_threads_are_checked():
+    with pytest.raises(ValueError, match="threads must be >= 0, got -1"):
+        inference.TeacherOnBatches(_CountingTeacher(4), threads=-1)
+    with pytest.raises(ValueError, match="teacher_threads must be >= 1, got 0"):
+        inference.TeacherInference(model_handler=None, image_spec=SPEC, outputs="logits", topk=1,
+                                   teacher_threads=0)
+
+
 def test_a_device_error_on_the_teachers_thread_fails_the_bundle():
     teacher = _ThreadRecordingTeacher(4)
     with pytest.raises(tf.errors.ResourceExhaustedError, match="OOM when allocating"):
-        run_teacher(True, teacher_elements(5, bad={1: 254}), teacher)
+        run_teacher(1, teacher_elements(5, bad={1: 254}), teacher)
     # Not retried in halves: a device error is not the data's.
     assert teacher.device_errors == 1
 
