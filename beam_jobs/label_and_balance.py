@@ -80,16 +80,18 @@ class LabelAndBalanceOptions(InputOptions, PipelineOptions):
                        "own TensorFlow ops, pixel for pixel (default: %(default)s).")
         g.add_argument("--decode_ahead", type=cli.non_negative_int, default=DECODE_AHEAD,
                        help="Batches decoded on a thread of their own while the teacher runs "
-                       "on the one before, on another thread, so reading, decoding, inference "
-                       "and writing the predictions overlap instead of taking turns; 0 does "
-                       "each batch's steps in turn on one thread (default: %(default)s).")
+                       "on those before, on threads of its own (--teacher_threads), so reading, "
+                       "decoding, inference and writing the predictions overlap instead of "
+                       "taking turns; 0 does each batch's steps in turn on one thread "
+                       "(default: %(default)s).")
         g = teacher_flags.add_teacher_args(parser)
         g.add_argument("--teacher_threads", type=cli.positive_int, default=TEACHER_THREADS,
                        help="Teacher batches run at once, each on a thread of its own (with "
                        "--decode_ahead > 0): on a CPU two keep the cores busy where one call "
                        "alone leaves some idle; on a GPU or TPU one call's host work (padding, "
                        "copies, softmax) overlaps the other's device time. Each adds a batch's "
-                       "activations to the memory in use (default: %(default)s).")
+                       "activations to the memory in use. Ignored with --decode_ahead=0 "
+                       "(default: %(default)s).")
         g.add_argument("--large_model", action="store_true",
                        help="Load one model per worker machine, shared by its SDK processes "
                        "(default when the workers have an accelerator: --device=gpu|tpu or a "

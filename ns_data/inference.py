@@ -314,13 +314,21 @@ class TeacherOnBatches(ModelHandler):
         return Scores(raw, probabilities, [None] * len(images))
 
     def _arrays(self, images: np.ndarray, model, inference_args):
+        """(raw outputs, probabilities) of `images`, one row each; a handler that returns
+        another number of rows fails the bundle (its images would be lost or misattributed)."""
         scores = getattr(self._handler, "scores", None)
         if scores is not None:
-            return scores(images, model)
-        results = [result.inference for result in
-                   self._handler.run_inference(list(images), model, inference_args)]
-        return (np.stack([raw for raw, _ in results]),
-                np.stack([probabilities for _, probabilities in results]))
+            raw, probabilities = scores(images, model)
+        else:
+            results = [result.inference for result in
+                       self._handler.run_inference(list(images), model, inference_args)]
+            raw = np.stack([r for r, _ in results]) if results else None
+            probabilities = np.stack([p for _, p in results]) if results else None
+        rows = {0 if a is None else len(a) for a in (raw, probabilities)}
+        if rows != {len(images)}:
+            raise RuntimeError(f"the teacher's handler returned {sorted(rows)} rows of outputs "
+                               f"for a batch of {len(images)} images")
+        return raw, probabilities
 
     @staticmethod
     def _join(parts: Sequence[Scores], splits: int, seconds: float = 0.0) -> Scores:
@@ -343,9 +351,9 @@ class _ToPredictions(beam.DoFn):
     """A batch's teacher outputs → a table of its predictions rows (top-k, `predictions.SCHEMA`);
     invalid outputs and failed teacher batches become failed rows.
 
-    A batch still on a teacher thread (`_InFlight`) is waited for in order once more than
-    `in_flight` later elements are queued behind it (the teacher's threads keep that many
-    busy), and the rest in `finish_bundle`; its table keeps the element's window.
+    A batch still on a teacher thread (`_InFlight`) is waited for in order once `in_flight`
+    later elements are queued behind it (so the teacher's threads have that many to work on),
+    and the rest in `finish_bundle`; its table keeps the element's window.
     Counts the teacher's metrics here, on the bundle's thread, whichever thread it ran on.
     Also logs progress (images scored and rate) from each worker every 30 seconds.
     """

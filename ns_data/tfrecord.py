@@ -120,8 +120,8 @@ _BLOCK = 1 << 20
 
 
 def _refill(f, buffer: bytes, at: int, wanted: int) -> bytes:
-    """`buffer[at:]` and the file's next bytes, at least `wanted` bytes in all unless the file
-    ends first (then all it has), and a whole `_BLOCK` more when there is one."""
+    """`buffer[at:]` and the file's next bytes: `_BLOCK` more, or up to `wanted` bytes in all
+    if that is more (a record larger than a block), fewer only where the file ends."""
     parts, have = [buffer[at:]], len(buffer) - at
     need = max(wanted - have, _BLOCK)
     while have < wanted:

@@ -95,9 +95,13 @@ def framed(orders: Sequence[int], frames: Sequence[bytes]) -> Framed:
 
 
 def sorted_frames(batches: Iterable[Framed]) -> list[memoryview]:
-    """Every frame of `batches`, ordered by order key and, for one key shared by two records
-    (one chance in 2^63 for a pair), by the records' bytes: the order of sorting (order,
-    record) pairs, whatever order the batches come in."""
+    """Every frame of `batches`, ordered by order key and, among records with one order key, by
+    their bytes: the order of sorting (order, record) pairs, whatever order the batches come in.
+
+    Equal keys are common, not a hash collision: an image id defaults to a hash of the image's
+    bytes, so an image present twice in the input gives two records with one key. Only those
+    runs are compared byte by byte; the rest is one numpy sort.
+    """
     keys, frames = [], []
     for batch in batches:
         data, ends = memoryview(batch.frames), np.frombuffer(batch.ends, "<u8").tolist()
@@ -108,9 +112,13 @@ def sorted_frames(batches: Iterable[Framed]) -> list[memoryview]:
     keys = np.concatenate(keys)
     rank = np.argsort(keys, kind="stable")
     ranked = keys[rank]
-    if (ranked[1:] == ranked[:-1]).any():
-        keys = keys.tolist()
-        rank = sorted(range(len(frames)), key=lambda i: (keys[i], bytes(frames[i][12:-4])))
+    rank = rank.tolist()
+    tied = np.flatnonzero(ranked[1:] == ranked[:-1])  # ranked[t] == ranked[t + 1]
+    if len(tied):
+        gaps = np.diff(tied) > 1
+        for start, end in zip(tied[np.r_[True, gaps]].tolist(),
+                              (tied[np.r_[gaps, True]] + 2).tolist()):
+            rank[start:end] = sorted(rank[start:end], key=lambda i: bytes(frames[i][12:-4]))
     return [frames[i] for i in rank]
 
 
@@ -205,10 +213,9 @@ class WriteShuffledShards(beam.PTransform):
     """((prefix, shard, chunk), `Framed`) → TFRecord shards; returns ((prefix, shard), n).
 
     The input is keyed with `shard_key` (`KeyedBatches` makes it); each element is a batch of
-    records of one key (a
-    shuffle of a few thousand batches costs far less per record than one of millions of
-    records). This transform's `GroupShards` is the shuffle of the records; everything after it
-    moves file names.
+    records of one key (a shuffle of a few thousand batches costs far less per record than one
+    of millions of records). This transform's `GroupShards` is the shuffle of the records;
+    everything after it moves file names.
 
     Args:
       output_dir: directory of the shards (any filesystem Beam and TensorFlow can write).

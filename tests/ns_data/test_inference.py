@@ -315,6 +315,28 @@ def test_two_teacher_threads_run_two_batches_at_once_and_emit_in_order():
     assert len(teacher.threads) == 2 and threading.get_ident() not in teacher.threads
 
 
+def test_a_device_error_with_two_teacher_threads_fails_the_bundle():
+    teacher = _ThreadRecordingTeacher(5)
+    with pytest.raises(tf.errors.ResourceExhaustedError, match="OOM when allocating"):
+        run_teacher(2, teacher_elements(6, bad={2: 254}), teacher)
+    assert teacher.device_errors == 1
+
+
+class _ShortTeacher(_CountingTeacher):
+    """Returns one result fewer than the images it is given."""
+
+    def run_inference(self, batch, model, inference_args=None):
+        return super().run_inference(batch, model, inference_args)[:-1]
+
+
+def test_a_handler_returning_too_few_rows_fails_the_bundle():
+    # Its images would otherwise be lost, or take their neighbours' scores.
+    pixels = np.zeros((4, 1, 1, 2), np.uint8)
+    with pytest.raises(RuntimeError, match=r"returned \[3\] rows of outputs for a batch of 4"):
+        inference.TeacherOnBatches(_ShortTeacher(4)).run_inference(
+            ([("f", i, b"") for i in range(4)], pixels), None)
+
+
 def test_teacher_threads_are_checked():
     with pytest.raises(ValueError, match="threads must be >= 0, got -1"):
         inference.TeacherOnBatches(_CountingTeacher(4), threads=-1)

@@ -130,6 +130,23 @@ def test_sorted_frames_order_by_key_then_bytes_whatever_the_batch_order():
     assert write_module.sorted_frames([]) == []
 
 
+def test_sorted_frames_with_many_runs_of_one_key():
+    """Duplicate images share their order key: runs of equal keys anywhere in a chunk (first,
+    last, next to each other) are ordered by bytes, everything else by key."""
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 2**63, 300).tolist()
+    keys[10:14] = [keys[10]] * 4  # one run, then another right after it
+    keys[14:16] = [keys[14]] * 2
+    keys += [keys[0], keys[299], keys[150]] * 2  # three more keys, each now three times
+    records = [(k, rng.bytes(int(rng.integers(0, 20)))) for k in keys]
+    order = rng.permutation(len(records)).tolist()
+    batches = [write_module.framed([records[i][0] for i in part],
+                                   [frame(records[i][1]) for i in part])
+               for part in (order[:100], order[100:250], order[250:])]
+    assert [bytes(f) for f in write_module.sorted_frames(batches)] == [
+        frame(r) for _, r in sorted(records)]
+
+
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
     """Runs the writer on several inputs: {name: (output dir, inputs, num_shards)}."""
