@@ -117,15 +117,18 @@ def iter_records(path: str) -> Iterator[bytes]:
 
 
 _BLOCK = 1 << 20
+_MAX_READ = 64 << 20
 
 
 def _refill(f, buffer: bytes, at: int, wanted: int) -> bytes:
     """`buffer[at:]` and the file's next bytes: `_BLOCK` more, or up to `wanted` bytes in all
-    if that is more (a record larger than a block), fewer only where the file ends."""
+    if that is more (a record larger than a block), fewer only where the file ends. Reads at
+    most `_MAX_READ` bytes at a time, so a damaged length that passed its checksum (2^62 bytes)
+    reads to the end of the file and is reported truncated, not a failed allocation."""
     parts, have = [buffer[at:]], len(buffer) - at
     need = max(wanted - have, _BLOCK)
     while have < wanted:
-        block = f.read(need)
+        block = f.read(min(need, _MAX_READ))
         if not block:
             break
         parts.append(block)

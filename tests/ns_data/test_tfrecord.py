@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import struct
 
 import pytest
 
 from ns_data import tfrecord
-from ns_data.tfrecord import CorruptRecordError, frame, iter_records
+from ns_data.tfrecord import CorruptRecordError, frame, iter_records, masked_crc
 from tests.data_files import write_tfrecord
 
 RECORDS = [b"", b"a", b"record-%d" % 7 * 100, bytes(range(256)) * 40]
@@ -70,3 +71,18 @@ def test_every_cut_keeps_the_whole_records_before_it(tmp_path, monkeypatch, bloc
         else:
             assert cut in (0, *ends)
         assert got == records[:n], cut
+
+
+@pytest.mark.parametrize("length", [1 << 33, 1 << 62, (1 << 64) - 1])
+def test_a_huge_length_with_a_right_checksum_is_a_truncated_record(tmp_path, length):
+    """Damage that leaves the length's checksum right (or a file made so) names the record
+    instead of failing to allocate the bytes it claims."""
+    head = struct.pack("<Q", length)
+    path = tmp_path / "huge.tfrecord"
+    path.write_bytes(frame(b"abc") + head + struct.pack("<I", masked_crc(head)) + b"xyz" * 10)
+    got = []
+    with pytest.raises(CorruptRecordError, match=rf"record 1 at byte 19 is truncated "
+                                                 rf"\(30 of {length} bytes\)"):
+        for record in iter_records(str(path)):
+            got.append(record)
+    assert got == [b"abc"]
