@@ -431,9 +431,11 @@ class TeacherModelHandler(ModelHandler[np.ndarray, PredictionResult, LoadedTeach
             raws.append(raw[:len(chunk)])
             probabilities.append(to_probabilities(raws[-1], self.spec.outputs,
                                                   self.spec.temperature))
-        if len(raws) <= 1:
+        if not raws:
             empty = np.zeros((0, self.spec.num_classes), np.float32)
-            return (raws[0], probabilities[0]) if raws else (empty, empty)
+            return empty, empty
+        if len(raws) == 1:  # the usual call, one teacher batch: no copy
+            return raws[0], probabilities[0]
         return np.concatenate(raws), np.concatenate(probabilities)
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:

@@ -63,9 +63,12 @@ def frame(record: bytes) -> bytes:
             _HEADS.clear()
         length = _LENGTH.pack(size)
         head = _HEADS[size] = length + _FOOTER.pack(masked_crc(length))
-    crc = google_crc32c.value(record)
-    return b"".join((head, record, _FOOTER.pack((((crc >> 15) | (crc << 17)) + _MASK_DELTA)
-                                                & 0xFFFFFFFF)))
+    return b"".join((head, record, _FOOTER.pack(masked_crc(record))))
+
+
+def frame_data(framed: bytes | memoryview) -> bytes:
+    """The record one whole frame holds (`frame`'s inverse, without checking it)."""
+    return bytes(framed[_HEADER.size:len(framed) - _FOOTER.size])
 
 
 _LENGTH = struct.Struct("<Q")
@@ -105,9 +108,7 @@ def iter_records(path: str) -> Iterator[bytes]:
                     raise CorruptRecordError(path, index, offset,
                                              f"is truncated ({got} of {length} bytes)")
             data = buffer[at + _HEADER.size:at + _HEADER.size + length]
-            crc = google_crc32c.value(data)
-            if ((((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
-                    != _FOOTER.unpack_from(buffer, at + size - _FOOTER.size)[0]):
+            if masked_crc(data) != _FOOTER.unpack_from(buffer, at + size - _FOOTER.size)[0]:
                 raise CorruptRecordError(path, index, offset,
                                          "is corrupt (data checksum mismatch)")
             yield data

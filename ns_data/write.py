@@ -46,7 +46,7 @@ from ns_data.lazy import tf
 from ns_data.read import ParseFailure, parse_image_record
 from ns_data.records import STAGE_FILE, STAGE_PARSE
 from ns_data.select import file_copies
-from ns_data.tfrecord import CorruptRecordError, frame, iter_records
+from ns_data.tfrecord import CorruptRecordError, frame, frame_data, iter_records
 
 PSEUDO_LABEL_PREFIX = "pseudo_labels"
 DEAD_LETTER_PREFIX = "dead_letters"
@@ -118,7 +118,7 @@ def sorted_frames(batches: Iterable[Framed]) -> list[memoryview]:
         gaps = np.diff(tied) > 1
         for start, end in zip(tied[np.r_[True, gaps]].tolist(),
                               (tied[np.r_[gaps, True]] + 2).tolist()):
-            rank[start:end] = sorted(rank[start:end], key=lambda i: bytes(frames[i][12:-4]))
+            rank[start:end] = sorted(rank[start:end], key=lambda i: frame_data(frames[i]))
     return [frames[i] for i in rank]
 
 
@@ -138,9 +138,9 @@ class _WriteChunk(beam.DoFn):
         frames = sorted_frames(batches)
         with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as out:
             block, size = [], 0
-            for frame in frames:
-                block.append(frame)
-                size += len(frame)
+            for piece in frames:
+                block.append(piece)
+                size += len(piece)
                 if size >= _WRITE_BYTES:
                     out.write(b"".join(block))
                     block, size = [], 0

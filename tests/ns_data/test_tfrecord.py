@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from ns_data import tfrecord
-from ns_data.tfrecord import CorruptRecordError, frame, iter_records, masked_crc
+from ns_data.tfrecord import CorruptRecordError, frame, frame_data, iter_records, masked_crc
 from tests.data_files import write_tfrecord
 
 RECORDS = [b"", b"a", b"record-%d" % 7 * 100, bytes(range(256)) * 40]
@@ -48,6 +48,7 @@ def test_frame_is_what_tensorflow_writes(tmp_path):
     records = RECORDS + [b"x" * 300, b"y" * 300, b"z" * 70_000]  # a repeated length, a long one
     path = write_tfrecord(tmp_path / "a.tfrecord", records)
     assert b"".join(map(frame, records)) == open(path, "rb").read()
+    assert [frame_data(memoryview(frame(r))) for r in records] == records
 
 
 @pytest.mark.parametrize("block", [1, 13, 64, 1 << 20])

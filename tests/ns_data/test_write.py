@@ -26,7 +26,7 @@ from ns_data.balance import id_hash
 from ns_data.records import Prediction
 from ns_data.write import (DEFAULT_CHUNK_RECORDS, OutputSpec, WriteShuffledShards,
                            chunks_per_shard, shard_key, shard_path)
-from ns_data.tfrecord import frame
+from ns_data.tfrecord import frame, frame_data
 from tests.data_files import read_tfrecords, write_tfrecord
 
 PREFIX = "recs"
@@ -95,8 +95,9 @@ def pairs(batch: write_module.Framed) -> list[tuple[int, bytes]]:
     """(order, record) of each record of a batch, in batch order."""
     ends = np.frombuffer(batch.ends, "<u8").tolist()
     frames = [batch.frames[start:end] for start, end in zip([0, *ends], ends)]
-    assert all(f == frame(f[12:-4]) for f in frames)  # each a whole, checksummed frame
-    return list(zip(np.frombuffer(batch.orders, "<u8").tolist(), [f[12:-4] for f in frames]))
+    records = [frame_data(f) for f in frames]
+    assert [frame(r) for r in records] == frames  # each a whole, checksummed frame
+    return list(zip(np.frombuffer(batch.orders, "<u8").tolist(), records))
 
 
 def unframed(batches) -> list:
